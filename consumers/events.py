@@ -8,14 +8,31 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+StatusName = Literal[
+    "NotStarted",
+    "Queued",
+    "Preparing",
+    "Provisioning",
+    "Starting",
+    "Running",
+    "Finalizing",
+    "CancelRequested",
+    "Completed",
+    "Failed",
+    "Canceled",
+    "NotResponding",
+]
+LevelName = Literal["Informational", "Warning", "Error", "Critical"]
 
 
 class Status(StrEnum):
-    """Run statuses; terminal ones end a run."""
+    """Run statuses, in lifecycle order. Members equal their strings, so
+    `event.Status == Status.Failed` and `event.Status in TERMINAL_STATUSES` both work."""
 
     NotStarted = "NotStarted"
     Queued = "Queued"
@@ -34,40 +51,35 @@ class Status(StrEnum):
     def is_terminal(self) -> bool:
         return self in TERMINAL_STATUSES
 
-    @property
-    def rank(self) -> int:
-        """Lifecycle order, used to break ties between events with the same timestamp."""
-        return _RANK[self]
 
-    @classmethod
-    def parse(cls, value: str) -> Status:
-        """Case-insensitive lookup; producers disagree on capitalisation ("failed", "FAILED")."""
-        try:
-            return _BY_LOWER[value.strip().lower()]
-        except KeyError:
-            raise ValueError(f"unknown status {value!r}") from None
-
-
-TERMINAL_STATUSES = frozenset({Status.Completed, Status.Failed, Status.Canceled})
-_RANK = {s: i for i, s in enumerate(Status)}
-_BY_LOWER = {s.value.lower(): s for s in Status}
+TERMINAL_STATUSES: frozenset[str] = frozenset({Status.Completed, Status.Failed, Status.Canceled})
+# Breaks ties between two events of one run with the same timestamp: later in life wins.
+STATUS_RANK: dict[str, int] = {s.value: i for i, s in enumerate(Status)}
+_STATUS_BY_LOWER = {s.value.lower(): s.value for s in Status}
+_LEVEL_BY_LOWER = {
+    "informational": "Informational",
+    "information": "Informational",
+    "info": "Informational",
+    "warning": "Warning",
+    "error": "Error",
+    "critical": "Critical",
+}
 
 
-class Level(StrEnum):
-    Informational = "Informational"
-    Warning = "Warning"
-    Error = "Error"
-    Critical = "Critical"
+def parse_status(value: str) -> str:
+    """Producers disagree on capitalisation ("failed", "FAILED"); the store never does."""
+    try:
+        return _STATUS_BY_LOWER[value.strip().lower()]
+    except KeyError:
+        raise ValueError(f"unknown status {value!r}") from None
 
-    @classmethod
-    def parse(cls, value: str) -> Level:
-        lowered = value.strip().lower()
-        for level in cls:
-            if level.value.lower() == lowered:
-                return level
-        if lowered in {"info", "information"}:
-            return cls.Informational
-        raise ValueError(f"unknown level {value!r}")
+
+def parse_level(value: Any) -> str:
+    if value is None:
+        return "Informational"
+    if isinstance(value, str) and value.strip().lower() in _LEVEL_BY_LOWER:
+        return _LEVEL_BY_LOWER[value.strip().lower()]
+    raise ValueError(f"unknown level {value!r}")
 
 
 def to_utc(value: datetime) -> datetime:
@@ -79,89 +91,82 @@ def to_utc(value: datetime) -> datetime:
 
 
 def _text(value: Any) -> str:
-    """Tag and property values are strings in the run API; other JSON values keep their JSON."""
-    if isinstance(value, str):
-        return value
-    return orjson.dumps(value).decode()
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
-def _tags(value: Any) -> Any:
+def _labels(value: Any) -> dict[str, str | None]:
+    """Tags and properties are strings in the run API: null means none, other JSON values
+    (numbers, nested objects) are kept as their JSON text rather than rejected."""
     if value is None:
         return {}
-    if isinstance(value, dict):
-        return {str(k): (None if v is None else _text(v)) for k, v in value.items()}
-    return value
+    if not isinstance(value, dict):
+        raise ValueError("expected an object of key/value labels")
+    return {str(k): None if v is None else _text(v) for k, v in value.items()}
 
 
-def _properties(value: Any) -> Any:
-    if value is None:
-        return {}
-    if isinstance(value, dict):
-        return {str(k): _text(v) for k, v in value.items() if v is not None}
-    return value
+def _properties(value: Any) -> dict[str, str]:
+    return {k: v for k, v in _labels(value).items() if v is not None}
 
 
-def _optional_text(value: Any) -> Any:
-    if value is None or isinstance(value, str):
-        return value or None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
-_Status = Status
-_Level = Level
-OptionalText = Annotated[str | None, BeforeValidator(_optional_text)]
+# The exact spelling validates natively (fast); only a miss pays for the Python fallback.
+if TYPE_CHECKING:
+    StatusField = StatusName
+    LevelField = LevelName
+    TagsField = dict[str, str | None]
+    PropertiesField = dict[str, str]
+else:
+    StatusField = Annotated[
+        StatusName | Annotated[str, AfterValidator(parse_status)],
+        Field(union_mode="left_to_right"),
+    ]
+    LevelField = Annotated[
+        LevelName | Annotated[Any, AfterValidator(parse_level)],
+        Field(union_mode="left_to_right"),
+    ]
+    TagsField = Annotated[
+        dict[str, str | None] | Annotated[Any, AfterValidator(_labels)],
+        Field(union_mode="left_to_right"),
+    ]
+    PropertiesField = Annotated[
+        dict[str, str] | Annotated[Any, AfterValidator(_properties)],
+        Field(union_mode="left_to_right"),
+    ]
 
 
 class RunStatusEvent(BaseModel):
     """One status change of one run. Immutable: rules and templates read it, never edit it."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore", str_max_length=65_536)
+    # Unknown keys are ignored: log-analytics exports add TenantId, Type, _ResourceId, ...
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
-    TimeGenerated: datetime
+    TimeGenerated: Annotated[datetime, AfterValidator(to_utc)]
     RunId: Annotated[str, Field(min_length=1, max_length=256)]
-    Status: _Status
-    ParentRunId: OptionalText = None
-    RootRunId: OptionalText = None
-    ExperimentName: OptionalText = None
-    ExperimentId: OptionalText = None
-    WorkspaceName: OptionalText = None
-    WorkspaceId: OptionalText = None
-    Message: OptionalText = None
-    Level: _Level = _Level.Informational
-    OperationName: OptionalText = None
-    CorrelationId: OptionalText = None
-    Identity: OptionalText = None
-    TriggeringUserName: OptionalText = None
-    CallerIpAddress: OptionalText = None
+    Status: StatusField
+    ParentRunId: str | None = None
+    RootRunId: str | None = None
+    ExperimentName: str | None = None
+    ExperimentId: str | None = None
+    WorkspaceName: str | None = None
+    WorkspaceId: str | None = None
+    Message: str | None = None
+    Level: LevelField = "Informational"
+    OperationName: str | None = None
+    CorrelationId: str | None = None
+    Identity: str | None = None
+    TriggeringUserName: str | None = None
+    CallerIpAddress: str | None = None
     DurationMs: int | None = None
-    Location: OptionalText = None
-    ResultType: OptionalText = None
-    ResultSignature: OptionalText = None
-    ResultDescription: OptionalText = None
-    RunType: OptionalText = None
-    Tags: Annotated[dict[str, str | None], BeforeValidator(_tags)] = Field(default_factory=dict)
-    Properties: Annotated[dict[str, str], BeforeValidator(_properties)] = Field(
-        default_factory=dict
-    )
+    Location: str | None = None
+    ResultType: str | None = None
+    ResultSignature: str | None = None
+    ResultDescription: str | None = None
+    RunType: str | None = None
+    Tags: TagsField = Field(default_factory=dict)
+    Properties: PropertiesField = Field(default_factory=dict)
 
-    @field_validator("TimeGenerated")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        return to_utc(value)
-
-    @field_validator("Status", mode="before")
-    @classmethod
-    def _status(cls, value: Any) -> Any:
-        return _Status.parse(value) if isinstance(value, str) else value
-
-    @field_validator("Level", mode="before")
-    @classmethod
-    def _level(cls, value: Any) -> Any:
-        if value is None:
-            return _Level.Informational
-        return _Level.parse(value) if isinstance(value, str) else value
+    @property
+    def is_terminal(self) -> bool:
+        return self.Status in TERMINAL_STATUSES
 
     @property
     def root_run_id(self) -> str:
@@ -171,7 +176,7 @@ class RunStatusEvent(BaseModel):
     @property
     def natural_key(self) -> tuple[str, datetime, str]:
         """What makes two messages the same event: redelivered or re-published, one row."""
-        return (self.RunId, self.TimeGenerated, self.Status.value)
+        return (self.RunId, self.TimeGenerated, self.Status)
 
     def to_json(self) -> bytes:
         """The native wire format (what `runwatch emit` publishes)."""

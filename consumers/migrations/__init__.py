@@ -1,0 +1,1 @@
+"""Alembic migrations, run programmatically by `runwatch db upgrade` and at start-up."""

@@ -1,0 +1,197 @@
+"""Service configuration: one YAML file, then `RUNWATCH_SECTION__KEY` environment overrides.
+
+Every section forbids unknown keys, so a typo stops start-up with the key's dotted path
+instead of silently running on a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from consumers.errors import ConfigError
+
+ENV_PREFIX = "RUNWATCH_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def read_secret(value: SecretStr | None, file: Path | None, key: str) -> str | None:
+    """A secret given inline (usually through the environment) or as a file (Kubernetes
+    Secret mounts); the file wins so that rotating it needs no restart of the config."""
+    if file is not None:
+        try:
+            return file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(key, f"cannot read secret file {file}: {exc.strerror}") from None
+    return value.get_secret_value() if value is not None else None
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "runwatch.run-status"
+    dead_letter_topic: str = "runwatch.dead-letter"
+    group_id: str = "runwatch"
+    client_id: str = "runwatch"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+    max_poll_records: int = Field(default=5000, ge=1, le=100_000)
+    fetch_max_wait_ms: int = Field(default=10, ge=0, le=10_000)
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=3000, ge=100)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    max_message_bytes: int = Field(default=1_048_576, ge=1024)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments shared by kafka-python's consumer, producer and admin client."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",")],
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL"):
+            password = read_secret(
+                self.sasl_password, self.sasl_password_file, "kafka.sasl_password"
+            )
+            if not self.sasl_username or password is None:
+                raise ConfigError(
+                    "kafka.sasl_username",
+                    f"{self.security_protocol} needs sasl_username and sasl_password "
+                    "(or sasl_password_file)",
+                )
+            options |= {
+                "sasl_mechanism": self.sasl_mechanism or "PLAIN",
+                "sasl_plain_username": self.sasl_username,
+                "sasl_plain_password": password,
+            }
+        if self.security_protocol in {"SSL", "SASL_SSL"}:
+            options["ssl_check_hostname"] = self.ssl_check_hostname
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                path = getattr(self, name)
+                if path is not None:
+                    options[name] = str(path)
+        return options
+
+
+class StoreSettings(_Section):
+    url: str = "sqlite:///./runwatch.db"
+    migrate_on_start: bool = True
+    retention_days: float | None = Field(default=30, gt=0)
+    retention_batch: int = Field(default=5000, ge=1)
+    retention_interval_s: float = Field(default=3600, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
+            raise ValueError("expected sqlite:///path or postgresql://user@host/db")
+        return value
+
+
+class MetricsSettings(_Section):
+    enabled: bool = True
+    listen: str = "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        _, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected host:port, got {value!r}")
+        return value
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    store: StoreSettings = StoreSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+
+def _format_errors(error: ValidationError, origin: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"{origin}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read, merge and validate; every problem is a ConfigError naming the dotted key."""
+    data: Any = {}
+    origin = str(path) if path else "(defaults)"
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError("", f"{path}: cannot read: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError("", f"{path}:{where}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError("", f"{path}: the top level must be a mapping of sections")
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        env_keys = sorted(k for k in os.environ if k.startswith(ENV_PREFIX))
+        hint = f"\n(environment overrides present: {', '.join(env_keys)})" if env_keys else ""
+        raise ConfigError(
+            key, "invalid configuration\n" + _format_errors(exc, origin) + hint
+        ) from None

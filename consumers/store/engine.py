@@ -1,0 +1,147 @@
+"""Opening the store: one SQLAlchemy engine for SQLite and PostgreSQL, schema migrations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from consumers.errors import SchemaVersionError, StoreError
+from consumers.events import RunStatusEvent
+from consumers.store import writer
+from consumers.store.writer import DeadLetter, WriteResult
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets `runwatch runs list` read while `serve` writes; NORMAL is durable at every
+    # checkpoint and survives a process crash (only an OS crash can lose the last commits).
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.drivername in {"postgresql", "postgres"}:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            parsed, json_serializer=_json, connect_args={"timeout": 30}, pool_pre_ping=False
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(parsed, json_serializer=_json, pool_pre_ping=True, pool_size=5)
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent.parent / "migrations"))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+@dataclass(frozen=True)
+class Store:
+    """The handle every component shares; each method is one transaction."""
+
+    engine: Engine
+
+    @property
+    def url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def upgrade(self) -> None:
+        config = _alembic_config()
+        with self.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def check_schema(self) -> None:
+        """Refuse to run on a schema this build does not know: writing would corrupt it."""
+        current, head = self.revision(), head_revision()
+        if current is None:
+            raise SchemaVersionError(
+                f"store {self.url} has no runwatch schema; run `runwatch db upgrade`"
+            )
+        if current != head:
+            known = {
+                s.revision for s in ScriptDirectory.from_config(_alembic_config()).walk_revisions()
+            }
+            if current not in known:
+                raise SchemaVersionError(
+                    f"store {self.url} is at schema {current}, newer than this build ({head}); "
+                    "upgrade runwatch"
+                )
+            raise SchemaVersionError(
+                f"store {self.url} is at schema {current}, this build needs {head}; "
+                "run `runwatch db upgrade`"
+            )
+
+    def write_batch(
+        self,
+        events: Sequence[RunStatusEvent],
+        dead_letters: Sequence[DeadLetter] = (),
+        *,
+        now: datetime | None = None,
+    ) -> WriteResult:
+        """Events, run states and dead letters of one Kafka batch in one transaction, so
+        the offsets committed after it never point past something not stored."""
+        try:
+            with self.engine.begin() as conn:
+                return writer.write_batch(conn, events, dead_letters, now=now)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store write failed: {exc.__class__.__name__}: {exc}") from exc
+
+    def delete_older_than(self, cutoff: datetime, batch: int = 5000) -> int:
+        """Retention in bounded batches: each one a short transaction, so ingest never waits
+        behind one huge delete."""
+        total = 0
+        while True:
+            with self.engine.begin() as conn:
+                deleted = writer.delete_batch_older_than(conn, cutoff, batch)
+            total += deleted
+            if deleted < batch:
+                return total
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def open_store(url: str, *, migrate: bool = False) -> Store:
+    store = Store(make_engine(url))
+    try:
+        if migrate:
+            store.upgrade()
+        else:
+            store.check_schema()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot open store {store.url}: {exc}") from exc
+    return store

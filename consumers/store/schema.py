@@ -1,0 +1,108 @@
+"""Tables. Event columns keep the log-analytics names so queries read the same as KQL's."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL wants 64 bits.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+Time = DateTime(timezone=True)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("TimeGenerated", Time, nullable=False),
+    Column("RunId", String(), nullable=False),
+    Column("Status", String(), nullable=False),
+    Column("ParentRunId", String()),
+    Column("RootRunId", String()),
+    Column("ExperimentName", String()),
+    Column("ExperimentId", String()),
+    Column("WorkspaceName", String()),
+    Column("WorkspaceId", String()),
+    Column("Message", Text),
+    Column("Level", String(), nullable=False),
+    Column("OperationName", String()),
+    Column("CorrelationId", String()),
+    Column("Identity", Text),
+    Column("TriggeringUserName", String()),
+    Column("CallerIpAddress", String()),
+    Column("DurationMs", BigInteger),
+    Column("Location", String()),
+    Column("ResultType", String()),
+    Column("ResultSignature", String()),
+    Column("ResultDescription", Text),
+    Column("RunType", String()),
+    Column("Tags", JSON, nullable=False),
+    Column("Properties", JSON, nullable=False),
+    Column("IngestedAt", Time, nullable=False),
+    # The natural key: a redelivered or re-published event is the same row.
+    UniqueConstraint("RunId", "TimeGenerated", "Status", name="uq_events_natural"),
+    Index("ix_events_time", "TimeGenerated"),
+    Index("ix_events_status_time", "Status", "TimeGenerated"),
+)
+
+# One row per run: its current state, merged from events in whatever order they arrive.
+runs = Table(
+    "runs",
+    metadata,
+    Column("RunId", String(), primary_key=True),
+    Column("ParentRunId", String()),
+    Column("RootRunId", String()),
+    Column("ExperimentName", String()),
+    Column("ExperimentId", String()),
+    Column("WorkspaceName", String()),
+    Column("WorkspaceId", String()),
+    Column("RunType", String()),
+    Column("TriggeringUserName", String()),
+    Column("Status", String(), nullable=False),
+    Column("StatusTime", Time, nullable=False),
+    Column("StatusRank", Integer, nullable=False),
+    Column("Message", Text),
+    Column("Tags", JSON, nullable=False),
+    Column("Properties", JSON, nullable=False),
+    Column("FirstSeen", Time, nullable=False),
+    Column("LastSeen", Time, nullable=False),
+    Column("StartTime", Time),
+    Column("EndTime", Time),
+    Index("ix_runs_experiment_last", "ExperimentName", "LastSeen"),
+    Index("ix_runs_status_last", "Status", "LastSeen"),
+    Index("ix_runs_last", "LastSeen"),
+    Index("ix_runs_parent", "ParentRunId"),
+    Index("ix_runs_root", "RootRunId"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("SourceTopic", String(), nullable=False),
+    Column("SourcePartition", Integer, nullable=False),
+    Column("SourceOffset", BigInteger, nullable=False),
+    Column("Reason", String(), nullable=False),
+    Column("Error", Text, nullable=False),
+    Column("MessageKey", LargeBinary),
+    Column("Payload", LargeBinary),
+    Column("PayloadBytes", Integer, nullable=False),
+    Column("ReceivedAt", Time, nullable=False),
+    UniqueConstraint(
+        "SourceTopic", "SourcePartition", "SourceOffset", name="uq_dead_letters_source"
+    ),
+    Index("ix_dead_letters_received", "ReceivedAt"),
+)
