@@ -15,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from consumers.errors import SchemaVersionError, StoreError
 from consumers.events import RunStatusEvent
@@ -118,7 +118,10 @@ class Store:
             with self.engine.begin() as conn:
                 return writer.write_batch(conn, events, dead_letters, now=now)
         except SQLAlchemyError as exc:
-            raise StoreError(f"store write failed: {exc.__class__.__name__}: {exc}") from exc
+            # Down or locked: try again later. Anything else is about the data itself.
+            retriable = isinstance(exc, OperationalError | InterfaceError)
+            message = f"store write failed: {exc.__class__.__name__}: {exc}"
+            raise StoreError(message, retriable=retriable) from exc
 
     def delete_older_than(self, cutoff: datetime, batch: int = 5000) -> int:
         """Retention in bounded batches: each one a short transaction, so ingest never waits

@@ -119,8 +119,6 @@ def _execute(conn: Connection, raw: _Raw, rows: Iterable[Mapping[str, Any]]) -> 
     return max(result.rowcount, 0)
 
 
-
-
 _ACTIVE_START = Status.Running
 _META = (
     "ParentRunId",

@@ -1,0 +1,187 @@
+"""One Kafka batch -> decoded events and dead letters -> one store transaction.
+
+The handler the Kafka loop calls. When it returns, the batch is durable (stored, and its dead
+letters acknowledged by the broker), so the loop may commit the offsets; when it raises, the
+loop commits nothing and the batch comes again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from consumers.decoding import Decoded, decode
+from consumers.errors import DecodeError, StoreError
+from consumers.events import RunStatusEvent
+from consumers.metrics import Metrics
+from consumers.store import Store
+from consumers.store.writer import DeadLetter, WriteResult
+
+log = logging.getLogger(__name__)
+
+
+class Record(Protocol):
+    """The part of kafka-python's ConsumerRecord that ingest reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class DeadLetterSink(Protocol):
+    def publish(self, letters: Sequence[DeadLetter]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    messages: int
+    events: int
+    inserted: int
+    duplicates: int
+    skipped: int
+    dead_letters: int
+
+
+def _letter(record: Record, reason: str, error: str) -> DeadLetter:
+    return DeadLetter(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        reason=reason,
+        error=error,
+        key=record.key,
+        payload=record.value,
+    )
+
+
+class Ingestor:
+    def __init__(
+        self,
+        store: Store,
+        sink: DeadLetterSink,
+        metrics: Metrics,
+        *,
+        max_bytes: int,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_stored: Callable[[Sequence[RunStatusEvent]], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._sink = sink
+        self._metrics = metrics
+        self._max_bytes = max_bytes
+        self._clock = clock
+        self._on_stored = on_stored
+
+    def handle(self, records: Sequence[Record]) -> IngestResult:
+        decoded: list[tuple[Record, Decoded]] = []
+        letters: list[DeadLetter] = []
+        for record in records:
+            try:
+                result = decode(record.value, max_bytes=self._max_bytes)
+            except DecodeError as exc:
+                letters.append(_letter(record, exc.reason, exc.detail))
+                continue
+            decoded.append((record, result))
+            if result.rejected:
+                # The good records are stored; the whole message is kept for the bad ones.
+                error = "; ".join(result.rejected)[:4000]
+                letters.append(_letter(record, "schema", error))
+
+        events = [event for _, result in decoded for event in result.events]
+        started = time.perf_counter()
+        try:
+            written = self._store.write_batch(events, letters, now=self._clock())
+        except StoreError as exc:
+            if exc.retriable:
+                raise
+            written, events, letters = self._isolate(decoded, letters, exc)
+        self._metrics.store_write.observe(time.perf_counter() - started)
+        self._sink.publish(letters)
+        if self._on_stored is not None and events:
+            self._on_stored(events)
+        self._count(records, decoded, letters, written)
+        return IngestResult(
+            messages=len(records),
+            events=len(events),
+            inserted=written.inserted,
+            duplicates=written.duplicates,
+            skipped=sum(result.skipped for _, result in decoded),
+            dead_letters=len(letters),
+        )
+
+    def _isolate(
+        self, decoded: list[tuple[Record, Decoded]], letters: list[DeadLetter], exc: StoreError
+    ) -> tuple[WriteResult, list[RunStatusEvent], list[DeadLetter]]:
+        """The database refused the batch for what is in it (not for being down): write
+        message by message, dead-lettering only those it refuses, so one odd value can
+        never block a partition."""
+        log.warning("store refused a batch (%s); writing message by message", exc)
+        totals: Counter[str] = Counter()
+        kept: list[RunStatusEvent] = []
+        now = self._clock()
+        for record, result in decoded:
+            try:
+                one = self._store.write_batch(result.events, now=now)
+            except StoreError as one_exc:
+                if one_exc.retriable:
+                    raise
+                letters.append(_letter(record, "store_rejected", str(one_exc)[:4000]))
+                continue
+            kept.extend(result.events)
+            totals.update(inserted=one.inserted, duplicates=one.duplicates, runs=one.runs)
+        stored_letters = self._store.write_batch([], letters, now=now)
+        summary = WriteResult(
+            inserted=totals["inserted"],
+            duplicates=totals["duplicates"],
+            runs=totals["runs"],
+            dead_letters=stored_letters.dead_letters,
+        )
+        return summary, kept, letters
+
+    def _count(
+        self,
+        records: Sequence[Record],
+        decoded: list[tuple[Record, Decoded]],
+        letters: list[DeadLetter],
+        written: WriteResult,
+    ) -> None:
+        metrics = self._metrics
+        metrics.batch_size.observe(len(records))
+        by_key: Counter[tuple[str, str]] = Counter()
+        skipped: Counter[str] = Counter()
+        now = self._clock()
+        observe = metrics.ingest_delay.observe
+        for _, result in decoded:
+            fmt = result.format.value
+            if result.skipped:
+                skipped[fmt] += result.skipped
+            for event in result.events:
+                by_key[(fmt, event.Status)] += 1
+                observe(max((now - event.TimeGenerated).total_seconds(), 0.0))
+        for (fmt, status), count in by_key.items():
+            metrics.events.labels(format=fmt, status=status).inc(count)
+        for fmt, count in skipped.items():
+            metrics.skipped.labels(format=fmt).inc(count)
+        for letter in letters:
+            metrics.dead_letters.labels(reason=letter.reason).inc()
+        if written.duplicates:
+            metrics.duplicates.inc(written.duplicates)
+
+
+def describe(result: IngestResult) -> dict[str, Any]:
+    """Fields for a structured log line."""
+    return {
+        "messages": result.messages,
+        "events": result.events,
+        "inserted": result.inserted,
+        "duplicates": result.duplicates,
+        "skipped": result.skipped,
+        "dead_letters": result.dead_letters,
+    }

@@ -1,0 +1,81 @@
+"""Prometheus metrics. One object, built on a registry it is given, so tests and several
+services in one process never share (or double-register) global state.
+
+Label values are always bounded: formats, statuses, reasons, partitions — never a run id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+_BATCH_BUCKETS = (1, 5, 10, 50, 100, 500, 1000, 2500, 5000, 10000)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.events = Counter(
+            "runwatch_events_total",
+            "Run-status events decoded, by input format and status.",
+            ["format", "status"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "runwatch_events_duplicate_total",
+            "Events already in the store (Kafka redelivery or a producer publishing twice).",
+            registry=registry,
+        )
+        self.skipped = Counter(
+            "runwatch_records_skipped_total",
+            "Well-formed records that are not run-status events (other categories or types).",
+            ["format"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "runwatch_dead_letters_total",
+            "Messages sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "runwatch_batch_messages",
+            "Kafka messages per ingest batch.",
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.store_write = Histogram(
+            "runwatch_store_write_seconds",
+            "Time to write one batch (events, run states, dead letters) in one transaction.",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.store_errors = Counter(
+            "runwatch_store_errors_total",
+            "Batch writes that failed and were retried.",
+            registry=registry,
+        )
+        self.ingest_delay = Histogram(
+            "runwatch_ingest_delay_seconds",
+            "From an event's TimeGenerated to its batch being committed to the store.",
+            buckets=_DELAY_BUCKETS,
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "runwatch_consumer_lag_messages",
+            "Messages on the broker not yet consumed, per assigned partition.",
+            ["partition"],
+            registry=registry,
+        )
+        self.commits = Counter(
+            "runwatch_offset_commits_total",
+            "Offset commits, by result.",
+            ["result"],
+            registry=registry,
+        )
+        self.retention_deleted = Counter(
+            "runwatch_retention_deleted_total",
+            "Rows deleted by retention.",
+            registry=registry,
+        )

@@ -1,0 +1,328 @@
+"""Read-only queries behind `runwatch runs ...` and `runwatch dead-letters ...`.
+
+Plain SQLAlchemy Core, so one code path serves SQLite and PostgreSQL. Tags, properties and
+JMESPath are matched in Python, not with dialect-specific JSON SQL: the SQL narrows the rows
+on indexed columns, the rows are streamed, and `limit` counts only rows that passed every
+filter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+from typing import Any
+
+import jmespath
+from jmespath.exceptions import JMESPathError
+from jmespath.parser import ParsedResult
+from sqlalchemy import Row, Select, case, func, select
+from sqlalchemy.types import LargeBinary
+
+from consumers.events import STATUS_RANK, TERMINAL_STATUSES, Status, parse_status, to_utc
+from consumers.store.engine import Store
+from consumers.store.schema import dead_letters, events, runs
+
+_GLOB_CHARS = frozenset("*?[")
+_PREVIEW_CHARS = 120
+# A character is at most 4 UTF-8 bytes, so 4x the preview length always yields enough text.
+_PREVIEW_BYTES = 4 * _PREVIEW_CHARS
+_STREAM_ROWS = 500
+# SQLAlchemy 2.1 types rows and selects by their column tuple; these hold any columns.
+AnyRow = Row[*tuple[Any, ...]]
+AnySelect = Select[*tuple[Any, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    """What `runs list` asks for. Validated on construction, so a CLI typo fails before the
+    store is opened; statuses are stored canonical and the JMESPath compiled once."""
+
+    experiment: str | None = None
+    statuses: tuple[str, ...] = ()
+    since: datetime | None = None
+    tags: tuple[tuple[str, str | None], ...] = ()
+    properties: tuple[tuple[str, str], ...] = ()
+    query: str | None = None
+    limit: int = 100
+    _compiled: ParsedResult | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        canonical = []
+        for status in self.statuses:
+            try:
+                canonical.append(parse_status(status))
+            except ValueError:
+                known = ", ".join(s.value for s in Status)
+                raise ValueError(f"unknown status {status!r} (expected one of {known})") from None
+        object.__setattr__(self, "statuses", tuple(dict.fromkeys(canonical)))
+        if self.since is not None:
+            object.__setattr__(self, "since", to_utc(self.since))
+        if self.limit < 1:
+            raise ValueError(f"limit must be at least 1, not {self.limit}")
+        if self.query is not None:
+            try:
+                object.__setattr__(self, "_compiled", jmespath.compile(self.query))
+            except JMESPathError as exc:
+                raise ValueError(f"bad JMESPath query: {exc}") from None
+
+    @property
+    def needs_python(self) -> bool:
+        """Whether some rows the SQL returns may still be dropped (so SQL LIMIT is unsafe)."""
+        glob = self.experiment is not None and not _GLOB_CHARS.isdisjoint(self.experiment)
+        return glob or bool(self.tags or self.properties or self._compiled is not None)
+
+
+def glob_to_like(pattern: str) -> str:
+    """fnmatch glob -> LIKE pattern (escape `\\`) matching a superset of the glob: a `[...]`
+    class becomes `_`, and SQLite's LIKE ignores case; fnmatchcase then decides exactly."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        char = pattern[i]
+        i += 1
+        if char == "*":
+            out.append("%")
+        elif char == "?":
+            out.append("_")
+        elif char == "[":
+            j = i + 1 if i < n and pattern[i] == "!" else i
+            j = j + 1 if j < n and pattern[j] == "]" else j
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j < n:  # a complete class: one character; an unclosed `[` is literal
+                out.append("_")
+                i = j + 1
+            else:
+                out.append("[")
+        elif char in "%_\\":
+            out.append("\\" + char)
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else to_utc(value).isoformat().replace("+00:00", "Z")
+
+
+def _time(value: datetime | None) -> datetime | None:
+    # SQLite gives naive datetimes (UTC by construction); PostgreSQL gives aware ones.
+    return None if value is None else to_utc(value)
+
+
+def _labels(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _now(now: datetime | None) -> datetime:
+    return datetime.now(UTC) if now is None else to_utc(now)
+
+
+def run_record(row: AnyRow | Mapping[str, Any], *, now: datetime | None = None) -> dict[str, Any]:
+    """A `runs` row as a JSON-able dict named like AzureML's `get_details()`, which is what
+    users' JMESPath queries and scripts already expect."""
+    m: Mapping[Any, Any] = row._mapping if isinstance(row, Row) else row
+    start, end = _time(m["StartTime"]), _time(m["EndTime"])
+    duration: float | None = None
+    if start is not None and end is not None:
+        duration = (end - start).total_seconds()
+    elif start is not None and m["Status"] not in TERMINAL_STATUSES:
+        duration = max(0.0, (_now(now) - start).total_seconds())
+    return {
+        "runId": m["RunId"],
+        "status": m["Status"],
+        "experimentName": m["ExperimentName"],
+        "experimentId": m["ExperimentId"],
+        "workspaceName": m["WorkspaceName"],
+        "workspaceId": m["WorkspaceId"],
+        "parentRunId": m["ParentRunId"],
+        "rootRunId": m["RootRunId"],
+        "runType": m["RunType"],
+        "triggeringUserName": m["TriggeringUserName"],
+        "message": m["Message"],
+        "tags": _labels(m["Tags"]),
+        "properties": _labels(m["Properties"]),
+        "firstSeenUtc": _iso(m["FirstSeen"]),
+        "lastSeenUtc": _iso(m["LastSeen"]),
+        "startTimeUtc": _iso(start),
+        "endTimeUtc": _iso(end),
+        "durationSeconds": duration,
+    }
+
+
+def _runs_select(flt: RunFilter) -> AnySelect:
+    stmt = select(runs)
+    if flt.experiment is not None:
+        if _GLOB_CHARS.isdisjoint(flt.experiment):
+            stmt = stmt.where(runs.c.ExperimentName == flt.experiment)
+        else:
+            stmt = stmt.where(runs.c.ExperimentName.like(glob_to_like(flt.experiment), escape="\\"))
+    if flt.statuses:
+        stmt = stmt.where(runs.c.Status.in_(flt.statuses))
+    if flt.since is not None:
+        stmt = stmt.where(runs.c.LastSeen >= flt.since)
+    stmt = stmt.order_by(runs.c.LastSeen.desc(), runs.c.RunId)
+    return stmt if flt.needs_python else stmt.limit(flt.limit)
+
+
+def _predicate(flt: RunFilter) -> Callable[[dict[str, Any]], bool]:
+    def keep(record: dict[str, Any]) -> bool:
+        if flt.experiment is not None and not fnmatchcase(
+            record["experimentName"] or "", flt.experiment
+        ):
+            return False
+        tags, props = record["tags"], record["properties"]
+        for key, value in flt.tags:
+            if key not in tags or (value is not None and tags[key] != value):
+                return False
+        if any(props.get(key) != value for key, value in flt.properties):
+            return False
+        if flt._compiled is None:
+            return True
+        try:
+            # The query is written over the list of runs; one run at a time keeps streaming.
+            return bool(flt._compiled.search([record]))
+        except JMESPathError as exc:
+            raise ValueError(f"JMESPath query failed: {exc}") from None
+
+    return keep
+
+
+def list_runs(store: Store, flt: RunFilter, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Runs matching `flt`, most recently active first."""
+    now = _now(now)
+    keep = _predicate(flt)
+    found: list[dict[str, Any]] = []
+    with store.engine.connect() as conn:
+        result = conn.execution_options(yield_per=_STREAM_ROWS).execute(_runs_select(flt))
+        for row in result:
+            record = run_record(row, now=now)
+            if keep(record):
+                found.append(record)
+                if len(found) >= flt.limit:
+                    break
+        result.close()
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    """One stretch of a run's life. `seconds_in_state` runs to the next status change; for
+    the last entry it is None once terminal, else the time spent in it so far."""
+
+    status: str
+    time: datetime
+    seconds_in_state: float | None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunDetail:
+    run: dict[str, Any]
+    timeline: tuple[TimelineEntry, ...]
+    children: tuple[dict[str, Any], ...]
+
+
+def _timeline(rows: list[AnyRow], now: datetime) -> tuple[TimelineEntry, ...]:
+    # Consecutive events with one status (a re-sent event with a new time) are one stretch.
+    stretches: list[tuple[str, datetime, str | None]] = []
+    for row in rows:
+        status, time, message = row.Status, to_utc(row.TimeGenerated), row.Message
+        if stretches and stretches[-1][0] == status:
+            if stretches[-1][2] is None and message is not None:
+                stretches[-1] = (status, stretches[-1][1], message)
+            continue
+        stretches.append((status, time, message))
+    entries = []
+    for index, (status, time, message) in enumerate(stretches):
+        if index + 1 < len(stretches):
+            seconds: float | None = (stretches[index + 1][1] - time).total_seconds()
+        elif status in TERMINAL_STATUSES:
+            seconds = None
+        else:
+            seconds = max(0.0, (now - time).total_seconds())
+        entries.append(TimelineEntry(status, time, seconds, message))
+    return tuple(entries)
+
+
+def get_run(store: Store, run_id: str, *, now: datetime | None = None) -> RunDetail | None:
+    """One run, its status timeline and its direct children; None if the run is unknown.
+
+    The timeline is ordered by event time, then lifecycle rank, never by arrival, so it is
+    right even when the events reached the store out of order."""
+    now = _now(now)
+    rank = case(STATUS_RANK, value=events.c.Status, else_=len(STATUS_RANK))
+    with store.engine.connect() as conn:
+        row = conn.execute(select(runs).where(runs.c.RunId == run_id)).first()
+        if row is None:
+            return None
+        history = conn.execute(
+            select(events.c.Status, events.c.TimeGenerated, events.c.Message)
+            .where(events.c.RunId == run_id)
+            .order_by(events.c.TimeGenerated, rank, events.c.id)
+        ).all()
+        kids = conn.execute(
+            select(runs)
+            .where(runs.c.ParentRunId == run_id)
+            .order_by(runs.c.FirstSeen, runs.c.RunId)
+        ).all()
+    return RunDetail(
+        run=run_record(row, now=now),
+        timeline=_timeline(list(history), now),
+        children=tuple(run_record(kid, now=now) for kid in kids),
+    )
+
+
+def _preview(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    return bytes(value).decode("utf-8", errors="backslashreplace")[:_PREVIEW_CHARS]
+
+
+def _dead_letter_rows(conn: Any, stmt: AnySelect) -> Iterator[dict[str, Any]]:
+    for row in conn.execute(stmt):
+        yield {
+            "id": row.id,
+            "receivedAtUtc": _iso(row.ReceivedAt),
+            "reason": row.Reason,
+            "error": row.Error,
+            "sourceTopic": row.SourceTopic,
+            "sourcePartition": row.SourcePartition,
+            "sourceOffset": row.SourceOffset,
+            "payloadBytes": row.PayloadBytes,
+            "payloadPreview": _preview(row.PayloadHead),
+            "key": _preview(row.KeyHead),
+        }
+
+
+def list_dead_letters(
+    store: Store, *, limit: int = 100, reason: str | None = None
+) -> list[dict[str, Any]]:
+    """Newest dead letters first, with a text preview instead of the (possibly huge) payload:
+    only its first bytes leave the database."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    d = dead_letters.c
+
+    def head(column: Any) -> Any:
+        return func.substr(column, 1, _PREVIEW_BYTES, type_=LargeBinary)
+
+    stmt = select(
+        d.id,
+        d.ReceivedAt,
+        d.Reason,
+        d.Error,
+        d.SourceTopic,
+        d.SourcePartition,
+        d.SourceOffset,
+        d.PayloadBytes,
+        head(d.Payload).label("PayloadHead"),
+        head(d.MessageKey).label("KeyHead"),
+    )
+    if reason is not None:
+        stmt = stmt.where(d.Reason == reason)
+    stmt = stmt.order_by(d.ReceivedAt.desc(), d.id.desc()).limit(limit)
+    with store.engine.connect() as conn:
+        return list(_dead_letter_rows(conn, stmt))
