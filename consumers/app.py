@@ -102,6 +102,7 @@ class Service:
             dead_letters.close()
             if self._http is not None:
                 self._http.shutdown()
+                self._http.server_close()
             self.store.dispose()
         if self._failure is not None:
             raise self._failure

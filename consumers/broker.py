@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 from consumers.errors import BrokerError
 
@@ -52,6 +53,9 @@ def _answers(port: int) -> bool:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    with socket.socket() as sock:  # a refused Kafka client would leak its socket
+        if sock.connect_ex(("127.0.0.1", port)) != 0:
+            return False
     try:
         admin = KafkaAdminClient(
             bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=2000, client_id="probe"
@@ -74,6 +78,7 @@ class EmbeddedBroker:
         self.port = port or free_port()
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
+        self._log: BinaryIO | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -81,7 +86,9 @@ class EmbeddedBroker:
 
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
-        output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        output: BinaryIO | int = subprocess.DEVNULL
+        if self.log_path is not None:
+            output = self._log = self.log_path.open("ab")
         self._process = subprocess.Popen(
             [
                 str(tansu_binary()),
@@ -110,6 +117,9 @@ class EmbeddedBroker:
     def stop(self) -> None:
         """SIGINT: Tansu stops at once (SIGTERM waits ~5 s while clients are connected)."""
         process, self._process = self._process, None
+        if self._log is not None:
+            self._log.close()  # the child keeps its own descriptor
+            self._log = None
         if process is None or process.poll() is not None:
             return
         process.send_signal(signal.SIGINT)

@@ -9,8 +9,8 @@ Used by `runwatch emit --format`, the run simulator, benchmarks and tests. What 
 - event-grid and cloudevents carry only what Azure's RunStatusChanged event has: time, run,
   experiment, workspace (in the topic/source), run type, status, tags and properties. Level comes
   back derived from Status (Failed -> Error, else Informational), OperationName as the event
-  type, and CorrelationId as the event id, which is the event's CorrelationId when it has one
-  and otherwise a UUID derived from `natural_key` (so re-encoding gives the same bytes).
+  type, and CorrelationId as the event id: the event's CorrelationId when it has one, else a
+  UUID derived from workspace, run, time and status (so re-encoding gives the same bytes).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ filter.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
@@ -72,6 +72,26 @@ class RunFilter:
         """Whether some rows the SQL returns may still be dropped (so SQL LIMIT is unsafe)."""
         glob = self.experiment is not None and not _GLOB_CHARS.isdisjoint(self.experiment)
         return glob or bool(self.tags or self.properties or self._compiled is not None)
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        """The checks SQL cannot make portably, on a `run_record` dict."""
+        if self.experiment is not None and not fnmatchcase(
+            record["experimentName"] or "", self.experiment
+        ):
+            return False
+        tags, props = record["tags"], record["properties"]
+        for key, value in self.tags:
+            if key not in tags or (value is not None and tags[key] != value):
+                return False
+        if any(props.get(key) != value for key, value in self.properties):
+            return False
+        if self._compiled is None:
+            return True
+        try:
+            # The query is written over the list of runs; one run at a time keeps streaming.
+            return bool(self._compiled.search([record]))
+        except JMESPathError as exc:
+            raise ValueError(f"JMESPath query failed: {exc}") from None
 
 
 def glob_to_like(pattern: str) -> str:
@@ -167,39 +187,15 @@ def _runs_select(flt: RunFilter) -> AnySelect:
     return stmt if flt.needs_python else stmt.limit(flt.limit)
 
 
-def _predicate(flt: RunFilter) -> Callable[[dict[str, Any]], bool]:
-    def keep(record: dict[str, Any]) -> bool:
-        if flt.experiment is not None and not fnmatchcase(
-            record["experimentName"] or "", flt.experiment
-        ):
-            return False
-        tags, props = record["tags"], record["properties"]
-        for key, value in flt.tags:
-            if key not in tags or (value is not None and tags[key] != value):
-                return False
-        if any(props.get(key) != value for key, value in flt.properties):
-            return False
-        if flt._compiled is None:
-            return True
-        try:
-            # The query is written over the list of runs; one run at a time keeps streaming.
-            return bool(flt._compiled.search([record]))
-        except JMESPathError as exc:
-            raise ValueError(f"JMESPath query failed: {exc}") from None
-
-    return keep
-
-
 def list_runs(store: Store, flt: RunFilter, *, now: datetime | None = None) -> list[dict[str, Any]]:
     """Runs matching `flt`, most recently active first."""
     now = _now(now)
-    keep = _predicate(flt)
     found: list[dict[str, Any]] = []
     with store.engine.connect() as conn:
         result = conn.execution_options(yield_per=_STREAM_ROWS).execute(_runs_select(flt))
         for row in result:
             record = run_record(row, now=now)
-            if keep(record):
+            if flt.matches(record):
                 found.append(record)
                 if len(found) >= flt.limit:
                     break
@@ -226,24 +222,18 @@ class RunDetail:
 
 
 def _timeline(rows: list[AnyRow], now: datetime) -> tuple[TimelineEntry, ...]:
-    # Consecutive events with one status (a re-sent event with a new time) are one stretch.
-    stretches: list[tuple[str, datetime, str | None]] = []
-    for row in rows:
-        status, time, message = row.Status, to_utc(row.TimeGenerated), row.Message
-        if stretches and stretches[-1][0] == status:
-            if stretches[-1][2] is None and message is not None:
-                stretches[-1] = (status, stretches[-1][1], message)
-            continue
-        stretches.append((status, time, message))
+    # Consecutive events with one status (re-sent with a new time) are one stretch.
+    merged = [r for i, r in enumerate(rows) if i == 0 or rows[i - 1].Status != r.Status]
     entries = []
-    for index, (status, time, message) in enumerate(stretches):
-        if index + 1 < len(stretches):
-            seconds: float | None = (stretches[index + 1][1] - time).total_seconds()
-        elif status in TERMINAL_STATUSES:
+    for row, following in zip(merged, [*merged[1:], None], strict=True):
+        time = to_utc(row.TimeGenerated)
+        if following is not None:
+            seconds: float | None = (to_utc(following.TimeGenerated) - time).total_seconds()
+        elif row.Status in TERMINAL_STATUSES:
             seconds = None
         else:
             seconds = max(0.0, (now - time).total_seconds())
-        entries.append(TimelineEntry(status, time, seconds, message))
+        entries.append(TimelineEntry(row.Status, time, seconds, row.Message))
     return tuple(entries)
 
 
@@ -281,20 +271,16 @@ def _preview(value: bytes | None) -> str | None:
     return bytes(value).decode("utf-8", errors="backslashreplace")[:_PREVIEW_CHARS]
 
 
-def _dead_letter_rows(conn: Any, stmt: AnySelect) -> Iterator[dict[str, Any]]:
-    for row in conn.execute(stmt):
-        yield {
-            "id": row.id,
-            "receivedAtUtc": _iso(row.ReceivedAt),
-            "reason": row.Reason,
-            "error": row.Error,
-            "sourceTopic": row.SourceTopic,
-            "sourcePartition": row.SourcePartition,
-            "sourceOffset": row.SourceOffset,
-            "payloadBytes": row.PayloadBytes,
-            "payloadPreview": _preview(row.PayloadHead),
-            "key": _preview(row.KeyHead),
-        }
+_LETTER_FIELDS = {
+    "id": "id",
+    "receivedAtUtc": "ReceivedAt",
+    "reason": "Reason",
+    "error": "Error",
+    "sourceTopic": "SourceTopic",
+    "sourcePartition": "SourcePartition",
+    "sourceOffset": "SourceOffset",
+    "payloadBytes": "PayloadBytes",
+}
 
 
 def list_dead_letters(
@@ -305,24 +291,22 @@ def list_dead_letters(
     if limit < 1:
         raise ValueError(f"limit must be at least 1, not {limit}")
     d = dead_letters.c
-
-    def head(column: Any) -> Any:
-        return func.substr(column, 1, _PREVIEW_BYTES, type_=LargeBinary)
-
     stmt = select(
-        d.id,
-        d.ReceivedAt,
-        d.Reason,
-        d.Error,
-        d.SourceTopic,
-        d.SourcePartition,
-        d.SourceOffset,
-        d.PayloadBytes,
-        head(d.Payload).label("PayloadHead"),
-        head(d.MessageKey).label("KeyHead"),
+        *(d[name] for name in _LETTER_FIELDS.values()),
+        func.substr(d.Payload, 1, _PREVIEW_BYTES, type_=LargeBinary).label("PayloadHead"),
+        func.substr(d.MessageKey, 1, _PREVIEW_BYTES, type_=LargeBinary).label("KeyHead"),
     )
     if reason is not None:
         stmt = stmt.where(d.Reason == reason)
     stmt = stmt.order_by(d.ReceivedAt.desc(), d.id.desc()).limit(limit)
     with store.engine.connect() as conn:
-        return list(_dead_letter_rows(conn, stmt))
+        rows = conn.execute(stmt).all()
+    return [
+        {key: getattr(row, name) for key, name in _LETTER_FIELDS.items()}
+        | {
+            "receivedAtUtc": _iso(row.ReceivedAt),
+            "payloadPreview": _preview(row.PayloadHead),
+            "key": _preview(row.KeyHead),
+        }
+        for row in rows
+    ]

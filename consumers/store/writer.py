@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
-from consumers.events import STATUS_RANK, TERMINAL_STATUSES, RunStatusEvent, Status
+from consumers.events import STATUS_RANK, TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
 from consumers.store.schema import dead_letters, events, runs
 
 
@@ -157,10 +157,9 @@ def _run_rows(batch: Sequence[RunStatusEvent]) -> list[dict[str, Any]]:
                 row["StartTime"] = start
             if end is not None and (row["EndTime"] is None or end < row["EndTime"]):
                 row["EndTime"] = end
-            for name in _META:
-                value = getattr(event, name)
-                if value is not None:
-                    row[name] = value
+            for name in _META:  # what a run is never changes: the first value seen stays
+                if row[name] is None:
+                    row[name] = getattr(event, name)
             if (time, rank) <= (row["StatusTime"], row["StatusRank"]):
                 continue
         row |= {
@@ -193,7 +192,7 @@ def _run_upsert(conn: Connection) -> Any:
             (better(new[name], old[name]), new[name]), else_=func.coalesce(old[name], new[name])
         )
 
-    updates: dict[str, Any] = {name: func.coalesce(new[name], old[name]) for name in _META}
+    updates: dict[str, Any] = {name: func.coalesce(old[name], new[name]) for name in _META}
     updates |= {
         name: latest(name)
         for name in ("Status", "StatusTime", "StatusRank", "Message", "Tags", "Properties")
@@ -222,7 +221,7 @@ def write_batch(
     *,
     now: datetime | None = None,
 ) -> WriteResult:
-    now = now or datetime.now(UTC)
+    now = to_utc(now) if now is not None else datetime.now(UTC)
     inserted = run_count = letter_count = 0
     if batch:
         # A pydantic model keeps its fields in __dict__, named as the columns.
@@ -257,14 +256,18 @@ def write_batch(
 
 
 def delete_batch_older_than(conn: Connection, cutoff: datetime, limit: int) -> int:
-    """At most `limit` rows of each table; the caller loops until a short batch."""
+    """At most `limit` rows of each table; the caller loops until a short batch.
+
+    A run's state row goes only once the run has ended: a run stuck in Running for longer
+    than the retention is exactly what absence rules look for."""
+    cutoff = to_utc(cutoff)
     deleted = 0
-    for table, time_column, key in (
-        (events, events.c.TimeGenerated, events.c.id),
-        (runs, runs.c.LastSeen, runs.c.RunId),
-        (dead_letters, dead_letters.c.ReceivedAt, dead_letters.c.id),
+    for table, old, key in (
+        (events, events.c.TimeGenerated < cutoff, events.c.id),
+        (runs, and_(runs.c.LastSeen < cutoff, runs.c.Status.in_(TERMINAL_STATUSES)), runs.c.RunId),
+        (dead_letters, dead_letters.c.ReceivedAt < cutoff, dead_letters.c.id),
     ):
-        doomed = select(key).where(time_column < cutoff).limit(limit).scalar_subquery()
+        doomed = select(key).where(old).limit(limit).scalar_subquery()
         result = conn.execute(delete(table).where(key.in_(doomed)))
         deleted = max(deleted, result.rowcount)
     return deleted
