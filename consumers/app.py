@@ -18,7 +18,7 @@ from prometheus_client.platform_collector import PlatformCollector
 
 from consumers.errors import RunwatchError
 from consumers.ingest import Ingestor
-from consumers.kafka_loop import KafkaLoop, run_until_stopped
+from consumers.kafka_loop import KafkaLoop
 from consumers.metrics import Metrics
 from consumers.producer import DeadLetterPublisher
 from consumers.settings import Settings
@@ -79,7 +79,7 @@ class Service:
         ingestor = Ingestor(
             self.store, dead_letters, self.metrics, max_bytes=kafka.max_message_bytes
         )
-        loop = KafkaLoop(kafka, ingestor.handle, self.metrics)
+        loop = KafkaLoop(kafka, ingestor.prepare, ingestor.write, self.metrics)
         self._start_metrics()
         consumer = threading.Thread(
             target=self._consume, args=(loop, stop), name="kafka-loop", daemon=True
@@ -108,9 +108,9 @@ class Service:
             raise self._failure
         log.info("stopped")
 
-    def _consume(self, loop: KafkaLoop, stop: threading.Event) -> None:
+    def _consume(self, loop: KafkaLoop[Any], stop: threading.Event) -> None:
         try:
-            run_until_stopped(loop, stop)
+            loop.run(stop)
         except BaseException as exc:  # re-raised by run() in the main thread
             self._failure = exc
             stop.set()

@@ -39,13 +39,17 @@ def _config(args: argparse.Namespace) -> Settings:
         overrides.setdefault("store", {})["url"] = args.store
     if not overrides:
         return settings
-    merged = settings.model_dump()
+    # Validate the overridden sections on their own: going through Settings() again would
+    # let the RUNWATCH_* environment win over the flags.
+    updates: dict[str, object] = {}
     for section, values in overrides.items():
-        merged[section] |= values
-    try:
-        return Settings(**merged)
-    except ValidationError as exc:
-        raise ConfigError(".".join(map(str, exc.errors()[0]["loc"])), str(exc)) from None
+        current = getattr(settings, section)
+        try:
+            updates[section] = current.model_validate(current.model_dump() | values)
+        except ValidationError as exc:
+            key = ".".join(map(str, (section, *exc.errors()[0]["loc"])))
+            raise ConfigError(key, str(exc)) from None
+    return settings.model_copy(update=updates)
 
 
 def _pairs(items: Sequence[str] | None, *, need_value: bool) -> tuple[tuple[str, str | None], ...]:
@@ -116,7 +120,10 @@ def cmd_emit(args: argparse.Namespace) -> int:
     if args.run_id:
         if not args.status:
             raise ConfigError("--status", "required with --run-id")
-        events = [_event_from_flags(args)]
+        try:
+            events = [_event_from_flags(args)]
+        except ValueError as exc:  # an unknown --status, or a value the event model refuses
+            raise ConfigError("", str(exc)) from None
     else:
         events = []
         for number, line in enumerate(sys.stdin.buffer, 1):

@@ -40,6 +40,13 @@ class DeadLetterSink(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Prepared:
+    records: Sequence[Record]
+    decoded: list[tuple[Record, Decoded]]
+    letters: list[DeadLetter]
+
+
+@dataclass(frozen=True, slots=True)
 class IngestResult:
     messages: int
     events: int
@@ -80,6 +87,11 @@ class Ingestor:
         self._on_stored = on_stored
 
     def handle(self, records: Sequence[Record]) -> IngestResult:
+        return self.write(self.prepare(records))
+
+    def prepare(self, records: Sequence[Record]) -> Prepared:
+        """The CPU-bound half (decoding); the Kafka loop runs it while the previous batch is
+        being written."""
         decoded: list[tuple[Record, Decoded]] = []
         letters: list[DeadLetter] = []
         for record in records:
@@ -93,7 +105,11 @@ class Ingestor:
                 # The good records are stored; the whole message is kept for the bad ones.
                 error = "; ".join(result.rejected)[:4000]
                 letters.append(_letter(record, "schema", error))
+        return Prepared(records, decoded, letters)
 
+    def write(self, prepared: Prepared) -> IngestResult:
+        """The durable half: when it returns, the batch's offsets may be committed."""
+        records, decoded, letters = prepared.records, prepared.decoded, list(prepared.letters)
         events = [event for _, result in decoded for event in result.events]
         started = time.perf_counter()
         try:

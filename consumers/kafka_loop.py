@@ -1,18 +1,27 @@
 """The consumer loop: poll a batch, hand it to ingest, commit offsets only after it is stored.
 
 Auto-commit is off. An offset is committed (as last offset + 1, per partition) only after the
-handler returned, i.e. after the store transaction holding the batch committed. A crash
-anywhere before that makes Kafka deliver the batch again, and the store's natural keys make
-the replay a no-op: at-least-once delivery, exactly-once effect.
+batch's store transaction committed. A crash anywhere before that makes Kafka deliver the
+batch again, and the store's natural keys make the replay a no-op: at-least-once delivery,
+exactly-once effect.
+
+Two threads share the work so that Python (fetching, decoding) and the database (which
+releases the GIL while it writes) run at the same time:
+
+    consumer thread: poll -> prepare (decode) -> queue ----> writer thread: write (store)
+                     commit <------------------- done offsets <---/
+
+Only the consumer thread touches the KafkaConsumer (it is not thread-safe).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
@@ -24,11 +33,13 @@ from consumers.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Sequence[Any]], object]
+P = TypeVar("P")
+Offsets = dict[TopicPartition, int]
 
 _POLL_TIMEOUT_MS = 100  # how quickly a stop request is noticed when the topic is idle
 _BACKOFF_START_S = 0.2
 _BACKOFF_MAX_S = 30.0
+_IN_FLIGHT = 2  # prepared batches waiting for the writer: bounds memory, gives backpressure
 
 
 def make_consumer(settings: KafkaSettings, **overrides: Any) -> KafkaConsumer:
@@ -52,14 +63,89 @@ def make_consumer(settings: KafkaSettings, **overrides: Any) -> KafkaConsumer:
         raise BrokerError(f"cannot connect to {settings.bootstrap_servers}: {exc}") from exc
 
 
+class StoppedError(RunwatchError):
+    """Stop requested while a batch was waiting for a retry: it stays uncommitted."""
+
+
+class _Writer(threading.Thread, Generic[P]):
+    """Writes prepared batches in order; a batch is never skipped. A store or broker that is
+    down is waited for with backoff, and a stop meanwhile leaves the batch uncommitted."""
+
+    def __init__(self, write: Callable[[P], object], metrics: Metrics, stop: threading.Event):
+        super().__init__(name="store-writer", daemon=True)
+        self._write = write
+        self._metrics = metrics
+        self._stop_requested = stop
+        self.inbox: queue.Queue[tuple[P, Offsets, int] | None] = queue.Queue(_IN_FLIGHT)
+        self._done: list[Offsets] = []
+        self._lock = threading.Lock()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while (item := self.inbox.get()) is not None:
+                prepared, offsets, size = item
+                self._write_until_done(prepared, size)
+                with self._lock:
+                    self._done.append(offsets)
+                self.inbox.task_done()
+            self.inbox.task_done()  # the stop sentinel
+        except BaseException as exc:
+            self.failure = exc
+            self._stop_requested.set()
+        finally:
+            self._drain()
+
+    def _drain(self) -> None:
+        # Unblock a consumer thread waiting on join() or put() after we stopped.
+        with contextlib.suppress(queue.Empty, ValueError):
+            while True:
+                self.inbox.get_nowait()
+                self.inbox.task_done()
+
+    def _write_until_done(self, prepared: P, size: int) -> None:
+        delay = _BACKOFF_START_S
+        while True:
+            try:
+                self._write(prepared)
+                return
+            except Exception as exc:
+                retriable = isinstance(exc, RunwatchError) and exc.retriable
+                self._metrics.store_errors.inc()
+                log.error(
+                    "batch of %d messages failed (%s, retrying in %.1fs): %s",
+                    size,
+                    "retriable" if retriable else "unexpected",
+                    delay,
+                    exc,
+                    exc_info=not retriable,
+                )
+            if self._stop_requested.wait(delay):
+                raise StoppedError("stopped while retrying a batch; it will be redelivered")
+            delay = min(delay * 2, _BACKOFF_MAX_S)
+
+    def take_done(self) -> Offsets:
+        with self._lock:
+            done, self._done = self._done, []
+        merged: Offsets = {}
+        for offsets in done:
+            merged.update(offsets)  # in order, so the later offset wins
+        return merged
+
+    def wait_idle(self) -> None:
+        """Every queued batch written (or the writer gone)."""
+        if self.is_alive():
+            self.inbox.join()
+
+
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, loop: KafkaLoop) -> None:
+    def __init__(self, loop: KafkaLoop[Any]) -> None:
         self._loop = loop
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Whatever was stored but not yet committed is committed before another member
-        # takes the partition, so it does not redo (harmless, but slow) work.
-        self._loop.commit_pending()
+        # Whatever was stored is committed before another member takes the partition, so
+        # it does not redo (harmless, but slow) work.
+        self._loop.finish_in_flight()
         for tp in revoked:
             self._loop.forget(tp)
 
@@ -67,82 +153,84 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
 
 
-class KafkaLoop:
+class KafkaLoop(Generic[P]):
     def __init__(
         self,
         settings: KafkaSettings,
-        handler: Handler,
+        prepare: Callable[[Sequence[Any]], P],
+        write: Callable[[P], object],
         metrics: Metrics,
         *,
         consumer_factory: Callable[[], KafkaConsumer] | None = None,
     ) -> None:
         self._settings = settings
-        self._handler = handler
+        self._prepare = prepare
+        self._write = write
         self._metrics = metrics
         self._factory = consumer_factory or (lambda: make_consumer(settings))
         self._consumer: KafkaConsumer | None = None
-        self._pending: dict[TopicPartition, int] = {}
-        self._next: dict[TopicPartition, int] = {}
+        self._writer: _Writer[P] | None = None
+        self._next: Offsets = {}
         self.connected = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
-        """Blocks until `stop` is set; the batch in hand is finished and committed first."""
+        """Blocks until `stop` is set; batches in hand are written and committed first."""
         consumer = self._consumer = self._factory()
+        writer = self._writer = _Writer(self._write, self._metrics, stop)
+        writer.start()
         consumer.subscribe([self._settings.topic], listener=_CommitOnRevoke(self))
         self.connected.set()
         try:
             while not stop.is_set():
+                self._commit(writer.take_done())
                 polled = consumer.poll(timeout_ms=_POLL_TIMEOUT_MS)
                 if not polled:
                     continue
                 records = [record for batch in polled.values() for record in batch]
-                self._handle_until_done(records, stop)
-                self._pending = {tp: batch[-1].offset + 1 for tp, batch in polled.items() if batch}
-                self._next.update(self._pending)
-                self.commit_pending()
-                self._update_lag(consumer)
+                offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items() if batch}
+                item = (self._prepare(records), offsets, len(records))
+                while not stop.is_set():
+                    try:
+                        writer.inbox.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                self._update_lag(consumer, offsets)
         finally:
-            self.commit_pending()
+            stop.set()
+            self.finish_in_flight(final=True)
             self.connected.clear()
             consumer.close(autocommit=False)
             self._consumer = None
+        if writer.failure is not None and not isinstance(writer.failure, StoppedError):
+            raise writer.failure
+        if isinstance(writer.failure, StoppedError):
+            log.info("%s", writer.failure)
 
-    def _handle_until_done(self, records: list[Any], stop: threading.Event) -> None:
-        """A batch is never skipped: a store or broker that is down is waited for, with
-        backoff; the process may be stopped meanwhile, and then nothing is committed."""
-        delay = _BACKOFF_START_S
-        while True:
-            try:
-                self._handler(records)
-                return
-            except Exception as exc:
-                retriable = isinstance(exc, RunwatchError) and exc.retriable
-                self._metrics.store_errors.inc()
-                log.error(
-                    "batch of %d messages failed (%s, retrying in %.1fs): %s",
-                    len(records),
-                    "retriable" if retriable else "unexpected",
-                    delay,
-                    exc,
-                    exc_info=not retriable,
-                )
-            if stop.wait(delay):
-                raise _StoppedError
-            delay = min(delay * 2, _BACKOFF_MAX_S)
-
-    def commit_pending(self) -> None:
-        if not self._pending or self._consumer is None:
+    def finish_in_flight(self, *, final: bool = False) -> None:
+        """Wait for the writer to catch up, then commit what it finished."""
+        writer = self._writer
+        if writer is None:
             return
-        offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._pending.items()}
+        if final:
+            with contextlib.suppress(queue.Full):
+                writer.inbox.put(None, timeout=1)
+            writer.join(timeout=60)
+            self._writer = None  # close() revokes partitions again: nothing left to wait for
+        else:
+            writer.wait_idle()
+        self._commit(writer.take_done())
+
+    def _commit(self, offsets: Offsets) -> None:
+        if not offsets or self._consumer is None:
+            return
         try:
-            self._consumer.commit(offsets)
+            self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
             self._metrics.commits.labels(result="ok").inc()
-            self._pending = {}
         except (CommitFailedError, KafkaError) as exc:
             # The group moved on; the batch will be redelivered and deduplicated by the store.
             self._metrics.commits.labels(result="failed").inc()
             log.warning("offset commit failed: %s", exc)
-            self._pending = {}
 
     def forget(self, tp: TopicPartition) -> None:
         """A revoked partition's lag is another member's to report now."""
@@ -150,24 +238,12 @@ class KafkaLoop:
         with contextlib.suppress(KeyError):
             self._metrics.consumer_lag.remove(str(tp.partition))
 
-    def _update_lag(self, consumer: KafkaConsumer) -> None:
+    def _update_lag(self, consumer: KafkaConsumer, offsets: Offsets) -> None:
         # highwater comes with fetch responses and is right on every broker tried;
         # end_offsets() is wrong on some (see docs/TEST-INFRA), so it is not used.
+        self._next.update(offsets)
         for tp, next_offset in self._next.items():
             highwater = consumer.highwater(tp)
             if highwater is not None:
-                self._metrics.consumer_lag.labels(partition=str(tp.partition)).set(
-                    max(highwater - next_offset, 0)
-                )
-
-
-class _StoppedError(Exception):
-    """Stop requested while a batch was waiting for a retry: leave it uncommitted."""
-
-
-def run_until_stopped(loop: KafkaLoop, stop: threading.Event) -> None:
-    """Thread target: a stop during a retry wait ends quietly, with nothing committed."""
-    try:
-        loop.run(stop)
-    except _StoppedError:
-        log.info("stopped while retrying a batch; it will be redelivered")
+                lag = max(highwater - next_offset, 0)
+                self._metrics.consumer_lag.labels(partition=str(tp.partition)).set(lag)

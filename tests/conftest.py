@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -14,9 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 import yaml
 from kafka import KafkaConsumer, KafkaProducer
+from psycopg import sql
 
 from consumers.app import Service
 from consumers.broker import EmbeddedBroker, create_topics
@@ -24,6 +27,7 @@ from consumers.settings import KafkaSettings, MetricsSettings, Settings, StoreSe
 from consumers.store import Store, open_store
 
 RUNWATCH = str(Path(sys.executable).parent / "runwatch")
+PG_ADMIN = "postgresql://postgres@127.0.0.1/postgres"
 
 
 def wait_for(
@@ -118,6 +122,23 @@ def topics(broker: EmbeddedBroker) -> Topics:
 @pytest.fixture
 def store_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'runwatch.db'}"
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """A throwaway PostgreSQL database for one test module, dropped after it; the tests
+    that use it are skipped when PostgreSQL does not answer at PG_ADMIN."""
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
+    name = f"runwatch_t_{secrets.token_hex(4)}"
+    with admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            yield f"postgresql://postgres@127.0.0.1/{name}"
+        finally:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture

@@ -3,16 +3,13 @@ PostgreSQL stores seeded through the same write path as ingest."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import orjson
-import psycopg
 import pytest
-from psycopg import sql
 
 from consumers.events import RunStatusEvent
 from consumers.reports import format_dead_letters, format_run_detail, format_runs, humanize_seconds
@@ -28,28 +25,12 @@ from consumers.store.writer import DeadLetter
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=2)
-PG_ADMIN = "postgresql://postgres@127.0.0.1/postgres"
 
 
 def ev(run: str, status: str, seconds: float, **fields: Any) -> RunStatusEvent:
     return RunStatusEvent.model_validate(
         {"RunId": run, "Status": status, "TimeGenerated": T0 + timedelta(seconds=seconds)} | fields
     )
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
-    name = f"runwatch_q_{secrets.token_hex(4)}"
-    with admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield f"postgresql://postgres@127.0.0.1/{name}"
-        finally:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

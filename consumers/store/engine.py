@@ -146,5 +146,9 @@ def open_store(url: str, *, migrate: bool = False) -> Store:
         else:
             store.check_schema()
     except SQLAlchemyError as exc:
+        store.dispose()
         raise StoreError(f"cannot open store {store.url}: {exc}") from exc
+    except BaseException:
+        store.dispose()  # a refused schema must not leave pooled connections open
+        raise
     return store

@@ -1,0 +1,265 @@
+"""Ingest benchmark: runwatch Kafka -> SQLite against a bare kafka-python loop, same run.
+
+1. Produce N events (mixed formats) to a fresh topic.
+2. Bare: a kafka-python consumer reading every message (the ceiling).
+3. runwatch: KafkaLoop + Ingestor + SQLite store, offsets committed after each batch.
+4. Latency: a separate process produces a steady rate; produce -> row committed, percentiles.
+
+    python benchmarks/ingest.py [--events 200000] [--rate 1000] [--seconds 30] [--bootstrap H:P]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from prometheus_client import CollectorRegistry
+
+from consumers.broker import EmbeddedBroker, create_topics
+from consumers.decoding import EventFormat, decode
+from consumers.encoding import encode, encode_many
+from consumers.events import RunStatusEvent
+from consumers.ingest import Ingestor, Prepared
+from consumers.kafka_loop import KafkaLoop
+from consumers.metrics import Metrics
+from consumers.settings import KafkaSettings
+from consumers.simulator import Simulator
+from consumers.store import open_store
+from consumers.store.writer import DeadLetter
+
+PARTITIONS = 4
+
+
+class _NoDeadLetters:
+    def publish(self, letters: Sequence[DeadLetter]) -> None:
+        if letters:
+            raise RuntimeError(f"benchmark data produced {len(letters)} dead letters")
+
+
+def messages_for(events: list[RunStatusEvent], seed: int = 1) -> list[tuple[bytes, bytes]]:
+    """Mostly native, then Event Grid, CloudEvents, single resource-log records, and
+    resource-log envelopes of 10 records, as a real mixed topic would carry."""
+    rng = random.Random(seed)
+    out: list[tuple[bytes, bytes]] = []
+    index = 0
+    while index < len(events):
+        roll = rng.random()
+        key = events[index].root_run_id.encode()
+        if roll < 0.02 and index + 10 <= len(events):
+            out.append((key, encode_many(events[index : index + 10], EventFormat.RESOURCE_LOG)))
+            index += 10
+            continue
+        fmt = (
+            EventFormat.NATIVE
+            if roll < 0.70
+            else EventFormat.EVENT_GRID
+            if roll < 0.80
+            else EventFormat.CLOUDEVENTS
+            if roll < 0.90
+            else EventFormat.RESOURCE_LOG
+        )
+        out.append((key, encode(events[index], fmt)))
+        index += 1
+    return out
+
+
+def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> float:
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=256 * 1024
+    )
+    started = time.perf_counter()
+    for key, value in messages:
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+    return time.perf_counter() - started
+
+
+def bare_consume(bootstrap: str, topic: str, expected: int) -> tuple[float, int]:
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bare-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=5000,
+        fetch_max_wait_ms=10,
+    )
+    seen = size = 0
+    started = None
+    while seen < expected:
+        for batch in consumer.poll(timeout_ms=200).values():
+            if started is None:
+                started = time.perf_counter()
+            for record in batch:
+                size += len(record.value)
+            seen += len(batch)
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    return elapsed, size
+
+
+def runwatch_ingest(settings: KafkaSettings, db: Path, expected: int) -> tuple[float, int]:
+    store = open_store(f"sqlite:///{db}", migrate=True)
+    metrics = Metrics(CollectorRegistry())
+    ingestor = Ingestor(store, _NoDeadLetters(), metrics, max_bytes=settings.max_message_bytes)
+    stop = threading.Event()
+    seen = 0
+    started: float | None = None
+
+    def prepare(records: Sequence[Any]) -> Prepared:
+        nonlocal started
+        if started is None:
+            started = time.perf_counter()
+        return ingestor.prepare(records)
+
+    def write(prepared: Prepared) -> None:
+        nonlocal seen
+        ingestor.write(prepared)
+        seen += len(prepared.records)
+        if seen >= expected:
+            stop.set()
+
+    loop = KafkaLoop(settings, prepare, write, metrics)
+    loop.run(stop)  # commits the last batch before returning
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql("select count(*) from events").scalar_one()
+    store.dispose()
+    return elapsed, int(rows)
+
+
+def steady_producer(bootstrap: str, topic: str, rate: float, seconds: float) -> None:
+    """A separate process, so the producer does not share the consumer's GIL."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
+    simulator = Simulator(seed=7)
+    events = simulator.events(int(rate * seconds) + 10)
+    begin = time.perf_counter()
+    for sent, template in enumerate(events):
+        due = begin + sent / rate
+        while (delay := due - time.perf_counter()) > 0:
+            time.sleep(delay)
+        if sent >= rate * seconds:
+            break
+        event = template.model_copy(update={"TimeGenerated": datetime.now(UTC)})
+        producer.send(topic, key=event.root_run_id.encode(), value=event.to_json())
+    producer.flush()
+    producer.close()
+
+
+def latency(settings: KafkaSettings, db: Path, rate: float, seconds: float) -> list[float]:
+    store = open_store(f"sqlite:///{db}", migrate=True)
+    metrics = Metrics(CollectorRegistry())
+    delays: list[float] = []
+
+    def stored(events: Sequence[RunStatusEvent]) -> None:
+        now = datetime.now(UTC)
+        delays.extend((now - e.TimeGenerated).total_seconds() for e in events)
+
+    ingestor = Ingestor(
+        store, _NoDeadLetters(), metrics, max_bytes=settings.max_message_bytes, on_stored=stored
+    )
+    stop = threading.Event()
+    loop = KafkaLoop(settings, ingestor.prepare, ingestor.write, metrics)
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    time.sleep(3)  # let the consumer join the group before the clock starts
+    producer = multiprocessing.get_context("spawn").Process(
+        target=steady_producer, args=(settings.bootstrap_servers, settings.topic, rate, seconds)
+    )
+    producer.start()
+    producer.join()
+    deadline = time.monotonic() + 10
+    while len(delays) < rate * seconds and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join()
+    store.dispose()
+    return delays
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(len(ordered) * p), len(ordered) - 1)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--bootstrap", help="an existing broker; default: the bundled one")
+    args = parser.parse_args()
+
+    broker = None if args.bootstrap else EmbeddedBroker().start()
+    bootstrap = args.bootstrap or (broker.bootstrap if broker else "")
+    work = Path(tempfile.mkdtemp(prefix="runwatch-bench-"))
+    try:
+        suffix = uuid.uuid4().hex[:6]
+        topic, steady = f"bench-{suffix}", f"steady-{suffix}"
+        create_topics(bootstrap, {topic: PARTITIONS, steady: PARTITIONS})
+        events = list(Simulator(seed=1).events(args.events))
+        messages = messages_for(events)
+        elapsed = produce(bootstrap, topic, messages)
+        print(
+            f"produced {len(events):,} events in {len(messages):,} messages "
+            f"({elapsed:.1f}s, {len(messages) / elapsed:,.0f} msg/s)"
+        )
+
+        started = time.perf_counter()
+        for _, value in messages[:20_000]:
+            decode(value)
+        decode_rate = 20_000 / (time.perf_counter() - started)
+
+        bare_s, size = bare_consume(bootstrap, topic, len(messages))
+        bare_rate = len(messages) / bare_s
+        print(
+            f"bare kafka-python consume: {bare_rate:,.0f} msg/s "
+            f"({size / bare_s / 1e6:.1f} MB/s, {size / len(messages):.0f} B/msg avg)"
+        )
+
+        settings = KafkaSettings(
+            bootstrap_servers=bootstrap,
+            topic=topic,
+            group_id=f"rw-{suffix}",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+        )
+        rw_s, rows = runwatch_ingest(settings, work / "ingest.db", len(messages))
+        rw_rate = len(messages) / rw_s
+        print(
+            f"runwatch ingest -> SQLite:  {rw_rate:,.0f} msg/s, {rows / rw_s:,.0f} events/s "
+            f"({rows:,} rows, offsets committed per batch)"
+        )
+        print(f"ratio runwatch / bare:      {rw_rate / bare_rate:.2f}  (target >= 0.5)")
+        print(f"  (decode alone: {decode_rate:,.0f} msg/s on this mix)")
+
+        lat_settings = settings.model_copy(update={"topic": steady, "group_id": f"lat-{suffix}"})
+        delays = latency(lat_settings, work / "latency.db", args.rate, args.seconds)
+        ms = [d * 1000 for d in delays]
+        print(
+            f"steady {args.rate:,.0f} events/s for {args.seconds:.0f}s: {len(ms):,} events; "
+            f"produce -> row committed ms: p50 {statistics.median(ms):.1f}  "
+            f"p95 {pct(ms, 0.95):.1f}  p99 {pct(ms, 0.99):.1f}  max {max(ms):.1f}  "
+            "(target p99 <= 50)"
+        )
+    finally:
+        if broker is not None:
+            broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
