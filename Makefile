@@ -29,6 +29,7 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/alerting.py
 
 clean:
 	rm -rf $(VENV) .runwatch-demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,8 +1,11 @@
 """Composition root: builds the service from settings and runs it until told to stop.
 
-The path of one event, in order: kafka_loop.KafkaLoop polls -> ingest.Ingestor.handle decodes
-(decoding.decode) -> store.Store.write_batch commits -> producer.DeadLetterPublisher flushes
-what could not be decoded -> KafkaLoop commits the offsets.
+The path of one event, in order: kafka_loop.KafkaLoop polls -> ingest.Ingestor.prepare
+decodes it (decoding.decode) and evaluates the rules (rules.engine.RuleSet.evaluate) ->
+ingest.Ingestor.write stores event, run state and notifications in one transaction
+(store.Store.write_batch) and wakes the dispatcher -> producer.DeadLetterPublisher flushes
+what could not be decoded -> KafkaLoop commits the offsets. Then dispatcher.Dispatcher claims
+the notification, renders it (templating.Renderer) and sends it (notify.email / notify.webhook).
 """
 
 from __future__ import annotations
@@ -16,11 +19,16 @@ from prometheus_client import CollectorRegistry, ProcessCollector, start_http_se
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 
+from consumers.alerts import Alert
+from consumers.dispatcher import Dispatcher
 from consumers.errors import RunwatchError
+from consumers.events import RunStatusEvent
 from consumers.ingest import Ingestor
 from consumers.kafka_loop import KafkaLoop
 from consumers.metrics import Metrics
 from consumers.producer import DeadLetterPublisher
+from consumers.rules.loader import load_rules
+from consumers.rules.reload import RuleWatcher
 from consumers.settings import Settings
 from consumers.store import Store, open_store
 
@@ -43,8 +51,26 @@ class Service:
         self.registry = registry or new_registry()
         self.metrics = Metrics(self.registry)
         self.store: Store = open_store(settings.store.url, migrate=settings.store.migrate_on_start)
+        # A bad rule file at start-up stops it (there are no old rules to keep running).
+        load_rules(settings.rules_dir)
+        self.rules = RuleWatcher(settings.rules_dir, self.metrics)
+        self.rules.reload()
+        self._warn_unknown_receivers()
+        self.dispatcher = Dispatcher(self.store, settings, self.metrics)
         self._http: Any = None
         self._failure: BaseException | None = None
+
+    def _warn_unknown_receivers(self) -> None:
+        unknown = sorted(self.rules.current.receivers_used - set(self.settings.receivers))
+        if unknown:
+            log.warning(
+                "rules notify receivers not in the config: %s (their notifications are "
+                "recorded as dead with reason unknown_receiver)",
+                ", ".join(unknown),
+            )
+
+    def _evaluate(self, event: RunStatusEvent) -> list[Alert]:
+        return self.rules.current.evaluate(event)  # the rules in force now (hot reload)
 
     def _start_metrics(self) -> None:
         if not self.settings.metrics.enabled:
@@ -77,7 +103,13 @@ class Service:
         kafka = self.settings.kafka
         dead_letters = DeadLetterPublisher(kafka)
         ingestor = Ingestor(
-            self.store, dead_letters, self.metrics, max_bytes=kafka.max_message_bytes
+            self.store,
+            dead_letters,
+            self.metrics,
+            max_bytes=kafka.max_message_bytes,
+            evaluate=self._evaluate,
+            receiver_kinds={name: r.kind for name, r in self.settings.receivers.items()},
+            on_notified=self.dispatcher.wake,
         )
         loop = KafkaLoop(kafka, ingestor.prepare, ingestor.write, self.metrics)
         self._start_metrics()
@@ -89,6 +121,8 @@ class Service:
         )
         consumer.start()
         retention.start()
+        dispatcher = self.dispatcher.start(stop)
+        self.rules.start(stop)
         log.info(
             "consuming %s as group %s from %s", kafka.topic, kafka.group_id, kafka.bootstrap_servers
         )
@@ -98,6 +132,7 @@ class Service:
         finally:
             stop.set()
             consumer.join()
+            dispatcher.join(timeout=60)
             retention.join(timeout=5)
             dead_letters.close()
             if self._http is not None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -89,7 +90,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    Service(settings).run(stop)
+    service = Service(settings)
+    service.rules.install_sighup()  # `kill -HUP` reloads the rule files
+    service.run(stop)
     return 0
 
 
@@ -201,6 +204,66 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     finally:
         store.dispose()
     print(format_dead_letters(rows, args.output))
+    return 0
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    from consumers.rules.loader import check_rules
+
+    settings = load_settings(args.config) if args.config else None
+    directory = args.dir or (settings.rules_dir if settings else Settings().rules_dir)
+    receivers = set(settings.receivers) if settings else None
+    errors = check_rules(directory, receivers=receivers)
+    for error in errors:
+        print(error, file=sys.stderr)
+    if errors:
+        return 1
+    from consumers.rules.loader import load_rules
+
+    ruleset = load_rules(directory, receivers=receivers)
+    print(f"{directory}: {len(ruleset.rules)} rule(s) OK")
+    return 0
+
+
+def cmd_notifications_list(args: argparse.Namespace) -> int:
+    from consumers.store.outbox import Outbox
+
+    store = _store(args)
+    try:
+        rows = Outbox(store).list(state=args.state, limit=args.limit)
+    finally:
+        store.dispose()
+    if args.output == "json":
+        rows_json = [dataclasses.asdict(row) for row in rows]
+        print(orjson.dumps(rows_json, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if not rows:
+        print("No notifications.")
+        return 0
+    header = (
+        f"{'ID':32}  {'STATE':9}  {'TRIES':5}  {'RECEIVER':12}  {'RULE':18}  {'RUN':30}  REASON"
+    )
+    print(header)
+    for row in rows:
+        print(
+            f"{row.id:32}  {row.state:9}  {row.attempts:<5}  {row.receiver[:12]:12}  "
+            f"{row.rule[:18]:18}  {row.run_id[:30]:30}  {row.reason or ''}"
+        )
+    return 0
+
+
+def cmd_notifications_retry(args: argparse.Namespace) -> int:
+    from consumers.store.outbox import Outbox
+
+    store = _store(args)
+    try:
+        done = Outbox(store).retry(args.id, datetime.now(UTC))
+    finally:
+        store.dispose()
+    if not done:
+        print(f"no dead or pending notification {args.id!r}", file=sys.stderr)
+        return 1
+    print(f"notification {args.id} is due again; a running `runwatch serve` sends it")
     return 0
 
 
@@ -324,6 +387,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--output", "-o", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_dead_letters)
+
+    rules = sub.add_parser("rules", help="alert rules").add_subparsers(dest="rules", required=True)
+    p = rules.add_parser("check", help="validate rule files (exit 1 naming file and line)")
+    p.add_argument("dir", type=Path, nargs="?", help="default: rules_dir of --config")
+    p.add_argument("--config", "-c", type=Path, help="also check receivers against it")
+    p.set_defaults(func=cmd_rules_check)
+
+    notes = sub.add_parser("notifications", help="the outbox")
+    notes_sub = notes.add_subparsers(dest="notes", required=True)
+    p = notes_sub.add_parser("list")
+    _common(p, store=True)
+    p.add_argument("--state", choices=["pending", "sending", "sent", "dead", "throttled"])
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_notifications_list)
+    p = notes_sub.add_parser("retry", help="send a dead notification again")
+    _common(p, store=True)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_notifications_retry)
 
     config = sub.add_parser("config", help="configuration").add_subparsers(
         dest="cfg", required=True

@@ -1,13 +1,17 @@
 """`runwatch up` / `make demo`: the whole service on embedded defaults in one command.
 
-The bundled broker, SQLite in a demo folder, the ingest service, and simulated pipelines in
-all four input formats, with the newest runs printed as they arrive. Ctrl-C stops it all.
+The bundled broker, SQLite in a demo folder, the service with the shipped rules, a mail
+catcher (every mail kept as an .eml file) and a webhook catcher standing in for the
+receivers `ml-oncall` and `chat`, and simulated pipelines in all four input formats.
+Notifications are printed as they arrive, the newest runs every 15 s. Ctrl-C stops it all.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import secrets
 import signal
 import sys
 import threading
@@ -15,6 +19,7 @@ import time
 
 from consumers.app import Service
 from consumers.broker import EmbeddedBroker, create_topics, free_port
+from consumers.catchers import MailCatcher, WebhookCatcher
 from consumers.decoding import EventFormat
 from consumers.logs import setup_logging
 from consumers.producer import EventPublisher
@@ -22,9 +27,7 @@ from consumers.reports import format_runs
 from consumers.settings import (
     KafkaSettings,
     LoggingSettings,
-    MetricsSettings,
     Settings,
-    StoreSettings,
 )
 from consumers.simulator import Simulator
 from consumers.store.queries import RunFilter, list_runs
@@ -46,6 +49,9 @@ def run_demo(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    mail = MailCatcher(folder / "mail", printer=_say).start()
+    hooks = WebhookCatcher(printer=_say).start()
+    os.environ.setdefault("RUNWATCH_DEMO_HOOK_SECRET", secrets.token_hex(16))
     try:
         kafka = KafkaSettings(
             bootstrap_servers=broker.bootstrap,
@@ -55,10 +61,28 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         create_topics(broker.bootstrap, {kafka.topic: 4, kafka.dead_letter_topic: 1})
         metrics_port = 9464 if _port_free(9464) else free_port()
-        settings = Settings(
-            kafka=kafka,
-            store=StoreSettings(url=f"sqlite:///{folder / 'runwatch.db'}"),
-            metrics=MetricsSettings(listen=f"127.0.0.1:{metrics_port}"),
+        settings = Settings.model_validate(
+            {
+                "kafka": kafka.model_dump(),
+                "store": {"url": f"sqlite:///{folder / 'runwatch.db'}"},
+                "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
+                "smtp": {
+                    "host": "127.0.0.1",
+                    "port": mail.port,
+                    "from": "runwatch demo <runwatch@example.com>",
+                },
+                "receivers": {
+                    "ml-oncall": {"email": {"to": ["oncall@example.com"]}},
+                    "chat": {
+                        "webhook": {
+                            "url": f"{hooks.url}/hook",
+                            "format": "slack",
+                            "secret_env": "RUNWATCH_DEMO_HOOK_SECRET",
+                        }
+                    },
+                },
+                "run_url_template": "https://ml.example.com/experiments/{ExperimentName}/runs/{RunId}",
+            }
         )
         service = Service(settings)
         threads = [
@@ -70,12 +94,18 @@ def run_demo(args: argparse.Namespace) -> int:
         print(
             f"runwatch demo: broker {broker.bootstrap}, store {settings.store.url}, "
             f"metrics http://127.0.0.1:{metrics_port}/metrics\n"
+            f"  mail catcher 127.0.0.1:{mail.port} (mails in {folder / 'mail'}), "
+            f"webhook catcher {hooks.url}\n"
             f"  try: runwatch runs list --store {settings.store.url} --status Failed\n"
+            f"       runwatch notifications list --store {settings.store.url}\n"
             "  Ctrl-C stops everything.\n"
         )
         deadline = time.monotonic() + args.duration if args.duration else None
-        while not stop.wait(5.0):
-            _show(service)
+        ticks = 0
+        while not stop.wait(1.0):
+            ticks += 1
+            if ticks % 15 == 0:
+                _show(service)
             if deadline is not None and time.monotonic() >= deadline:
                 stop.set()
         for thread in threads:
@@ -84,8 +114,14 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         stop.set()
         broker.stop()
-    print("runwatch demo: stopped")
+        hooks.stop()
+        mail.stop()
+    print(f"runwatch demo: stopped ({mail.handler.count} mails, {len(hooks.received)} webhooks)")
     return 0
+
+
+def _say(line: str) -> None:
+    print(time.strftime("%H:%M:%S ") + line, flush=True)
 
 
 def _port_free(port: int) -> bool:

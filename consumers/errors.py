@@ -49,3 +49,40 @@ class BrokerError(RunwatchError):
     """Kafka could not be reached or refused a request."""
 
     retriable = True
+
+
+class SendError(RunwatchError):
+    """A notification could not be delivered. `reason` is a short label (metrics, the
+    notification row); `retry_after` is the receiver's own Retry-After, in seconds."""
+
+    def __init__(
+        self, reason: str, detail: str, *, retriable: bool, retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"{reason}: {detail}", retriable=retriable)
+        self.reason = reason
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class TemplateError(SendError):
+    """A template failed to render (syntax, undefined variable, sandbox violation): sending
+    again cannot help, so the notification goes dead with this reason."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("template", detail, retriable=False)
+
+
+class RuleError(RunwatchError):
+    """A rule file is invalid; the message names file, line, rule and field."""
+
+    def __init__(
+        self, file: str, line: int | None, rule: str | None, field: str | None, message: str
+    ) -> None:
+        where = f"{file}:{line}" if line else file
+        parts = [where] + [
+            p
+            for p in (f"rule {rule!r}" if rule else None, f"field {field!r}" if field else None)
+            if p
+        ]
+        super().__init__(f"{', '.join(parts)}: {message}")
+        self.file, self.line, self.rule, self.field = file, line, rule, field

@@ -8,13 +8,16 @@ loop commits nothing and the batch comes again.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from consumers.alerts import Alert
 from consumers.decoding import Decoded, decode
 from consumers.errors import DecodeError, StoreError
 from consumers.events import RunStatusEvent
@@ -23,6 +26,8 @@ from consumers.store import Store
 from consumers.store.writer import DeadLetter, WriteResult
 
 log = logging.getLogger(__name__)
+
+_CRASH_AFTER_STORE_COMMIT = os.environ.get("RUNWATCH_CHAOS_KILL_AFTER_STORE_COMMIT") == "1"
 
 
 class Record(Protocol):
@@ -44,6 +49,7 @@ class Prepared:
     records: Sequence[Record]
     decoded: list[tuple[Record, Decoded]]
     letters: list[DeadLetter]
+    alerts: list[Alert]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,9 @@ class Ingestor:
         max_bytes: int,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_stored: Callable[[Sequence[RunStatusEvent]], None] | None = None,
+        evaluate: Callable[[RunStatusEvent], Sequence[Alert]] | None = None,
+        receiver_kinds: Mapping[str, str] | None = None,
+        on_notified: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._sink = sink
@@ -85,6 +94,9 @@ class Ingestor:
         self._max_bytes = max_bytes
         self._clock = clock
         self._on_stored = on_stored
+        self._evaluate = evaluate
+        self._kinds = dict(receiver_kinds or {})
+        self._on_notified = on_notified
 
     def handle(self, records: Sequence[Record]) -> IngestResult:
         return self.write(self.prepare(records))
@@ -105,23 +117,46 @@ class Ingestor:
                 # The good records are stored; the whole message is kept for the bad ones.
                 error = "; ".join(result.rejected)[:4000]
                 letters.append(_letter(record, "schema", error))
-        return Prepared(records, decoded, letters)
+        return Prepared(records, decoded, letters, self._alerts(decoded))
+
+    def _alerts(self, decoded: list[tuple[Record, Decoded]]) -> list[Alert]:
+        if self._evaluate is None:
+            return []
+        started = time.perf_counter()
+        alerts = [
+            alert
+            for _, result in decoded
+            for event in result.events
+            for alert in self._evaluate(event)
+        ]
+        self._metrics.rule_evaluation.observe(time.perf_counter() - started)
+        return alerts
 
     def write(self, prepared: Prepared) -> IngestResult:
         """The durable half: when it returns, the batch's offsets may be committed."""
         records, decoded, letters = prepared.records, prepared.decoded, list(prepared.letters)
+        alerts = prepared.alerts
         events = [event for _, result in decoded for event in result.events]
         started = time.perf_counter()
         try:
-            written = self._store.write_batch(events, letters, now=self._clock())
+            written = self._store.write_batch(
+                events, letters, alerts=alerts, receiver_kinds=self._kinds, now=self._clock()
+            )
         except StoreError as exc:
             if exc.retriable:
                 raise
-            written, events, letters = self._isolate(decoded, letters, exc)
+            written, events, letters = self._isolate(decoded, letters, alerts, exc)
         self._metrics.store_write.observe(time.perf_counter() - started)
+        if _CRASH_AFTER_STORE_COMMIT:
+            # Chaos switch for the tests: die between the store commit and the offset commit.
+            os.kill(os.getpid(), signal.SIGKILL)
+        if written.notifications and self._on_notified is not None:
+            self._on_notified()  # the dispatcher sends now, not at its next poll
         self._sink.publish(letters)
         if self._on_stored is not None and events:
             self._on_stored(events)
+        for alert in alerts:
+            self._metrics.alerts.labels(rule=alert.rule, severity=str(alert.severity)).inc()
         self._count(records, decoded, letters, written)
         return IngestResult(
             messages=len(records),
@@ -133,7 +168,11 @@ class Ingestor:
         )
 
     def _isolate(
-        self, decoded: list[tuple[Record, Decoded]], letters: list[DeadLetter], exc: StoreError
+        self,
+        decoded: list[tuple[Record, Decoded]],
+        letters: list[DeadLetter],
+        alerts: list[Alert],
+        exc: StoreError,
     ) -> tuple[WriteResult, list[RunStatusEvent], list[DeadLetter]]:
         """The database refused the batch for what is in it (not for being down): write
         message by message, dead-lettering only those it refuses, so one odd value can
@@ -143,21 +182,30 @@ class Ingestor:
         kept: list[RunStatusEvent] = []
         now = self._clock()
         for record, result in decoded:
+            mine = [a for a in alerts if any(a.event is e for e in result.events)]
             try:
-                one = self._store.write_batch(result.events, now=now)
+                one = self._store.write_batch(
+                    result.events, alerts=mine, receiver_kinds=self._kinds, now=now
+                )
             except StoreError as one_exc:
                 if one_exc.retriable:
                     raise
                 letters.append(_letter(record, "store_rejected", str(one_exc)[:4000]))
                 continue
             kept.extend(result.events)
-            totals.update(inserted=one.inserted, duplicates=one.duplicates, runs=one.runs)
+            totals.update(
+                inserted=one.inserted,
+                duplicates=one.duplicates,
+                runs=one.runs,
+                notifications=one.notifications,
+            )
         stored_letters = self._store.write_batch([], letters, now=now)
         summary = WriteResult(
             inserted=totals["inserted"],
             duplicates=totals["duplicates"],
             runs=totals["runs"],
             dead_letters=stored_letters.dead_letters,
+            notifications=totals["notifications"],
         )
         return summary, kept, letters
 

@@ -74,8 +74,62 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.alerts = Counter(
+            "runwatch_alerts_total",
+            "Alerts raised by rules (before throttling), by rule and severity.",
+            ["rule", "severity"],
+            registry=registry,
+        )
+        self.rule_evaluation = Histogram(
+            "runwatch_rule_evaluation_seconds",
+            "Time to evaluate the rules over one ingest batch.",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.notifications = Counter(
+            "runwatch_notifications_total",
+            "Notification outcomes: sent, retry (transient failure), dead, throttled.",
+            ["receiver_type", "result"],
+            registry=registry,
+        )
+        self.notification_failures = Counter(
+            "runwatch_notification_failures_total",
+            "Failed delivery attempts, by receiver type and reason (smtp_4xx, http_503, ...).",
+            ["receiver_type", "reason"],
+            registry=registry,
+        )
+        self.delivery_attempts = Counter(
+            "runwatch_delivery_attempts_total",
+            "Delivery attempts (each send to an SMTP server or webhook endpoint).",
+            ["receiver_type"],
+            registry=registry,
+        )
+        self.outbox = Gauge(
+            "runwatch_outbox_notifications",
+            "Notifications in the outbox, by state.",
+            ["state"],
+            registry=registry,
+        )
+        self.notification_latency = Histogram(
+            "runwatch_notification_latency_seconds",
+            "From the event's TimeGenerated to the notification being accepted by the receiver.",
+            ["receiver_type"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.retention_deleted = Counter(
             "runwatch_retention_deleted_total",
             "Rows deleted by retention.",
+            registry=registry,
+        )
+        self.rules_reloads = Counter(
+            "runwatch_rules_reload_total",
+            "Alert rule reloads, by result (error: the previous rules stay in force).",
+            ["result"],
+            registry=registry,
+        )
+        self.rules_loaded = Gauge(
+            "runwatch_rules_loaded",
+            "Alert rules in force (disabled ones included).",
             registry=registry,
         )

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from consumers.errors import ConfigError
@@ -134,6 +142,84 @@ class LoggingSettings(_Section):
     format: Literal["text", "json"] = "text"
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shipped(name: str) -> Path:
+    """The rule set and templates shipped beside the package (a source or editable install)."""
+    return REPO_ROOT / name
+
+
+class SmtpSettings(_Section):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    starttls: bool = False
+    tls: bool = False  # implicit TLS (port 465)
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    sender: str = Field(default="runwatch <runwatch@localhost>", alias="from")
+    timeout_s: float = Field(default=10.0, gt=0)
+    validate_certs: bool = True
+    connections: int = Field(default=4, ge=1, le=64)
+
+    def secret(self) -> str | None:
+        return read_secret(self.password, self.password_file, "smtp.password")
+
+
+class EmailReceiver(_Section):
+    to: list[str] = Field(min_length=1)
+    cc: list[str] = Field(default_factory=list)
+
+
+WebhookFormat = Literal["native", "alertmanager", "azure-common", "slack", "teams"]
+
+
+class WebhookReceiver(_Section):
+    url: str
+    format: WebhookFormat = "native"
+    secret_env: str | None = None
+    secret_file: Path | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    def secret(self) -> str | None:
+        """Read at send time, so a rotated secret is used without a restart."""
+        if self.secret_file is not None:
+            return read_secret(None, self.secret_file, "webhook.secret_file")
+        if self.secret_env:
+            return os.environ.get(self.secret_env)
+        return None
+
+
+class ReceiverSettings(_Section):
+    email: EmailReceiver | None = None
+    webhook: WebhookReceiver | None = None
+
+    @property
+    def kind(self) -> Literal["email", "webhook"]:
+        return "email" if self.email is not None else "webhook"
+
+
+class NotifySettings(_Section):
+    concurrency: int = Field(default=16, ge=1, le=256)
+    claim_batch: int = Field(default=200, ge=1)
+    backoff_initial_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=300.0, gt=0)
+    max_age_s: float = Field(default=86_400.0, gt=0)
+    lease_s: float = Field(default=60.0, gt=0)
+    link_domain: str = "runwatch.local"  # right-hand side of Message-IDs
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         frozen=True,
@@ -147,6 +233,19 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
+    rules_dir: Path = Field(default_factory=lambda: shipped("alert_rules"))
+    templates_dir: Path = Field(default_factory=lambda: shipped("templates"))
+    run_url_template: str | None = None  # e.g. "https://ml.example.com/runs/{RunId}"
+    smtp: SmtpSettings = SmtpSettings()
+    receivers: dict[str, ReceiverSettings] = Field(default_factory=dict)
+    notify: NotifySettings = NotifySettings()
+
+    @model_validator(mode="after")
+    def _receivers(self) -> Settings:
+        for name, receiver in self.receivers.items():
+            if (receiver.email is None) == (receiver.webhook is None):
+                raise ValueError(f"receivers.{name}: give exactly one of email or webhook")
+        return self
 
     @classmethod
     def settings_customise_sources(

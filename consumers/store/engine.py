@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from consumers.alerts import Alert
 from consumers.errors import SchemaVersionError, StoreError
 from consumers.events import RunStatusEvent
 from consumers.store import writer
@@ -110,13 +111,23 @@ class Store:
         events: Sequence[RunStatusEvent],
         dead_letters: Sequence[DeadLetter] = (),
         *,
+        alerts: Sequence[Alert] = (),
+        receiver_kinds: Mapping[str, str] | None = None,
         now: datetime | None = None,
     ) -> WriteResult:
-        """Events, run states and dead letters of one Kafka batch in one transaction, so
-        the offsets committed after it never point past something not stored."""
+        """Events, run states, dead letters and the notifications they raise, of one Kafka
+        batch, in one transaction: the offsets committed after it never point past something
+        not stored, and a replay finds every notification already there."""
         try:
             with self.engine.begin() as conn:
-                return writer.write_batch(conn, events, dead_letters, now=now)
+                return writer.write_batch(
+                    conn,
+                    events,
+                    dead_letters,
+                    alerts=alerts,
+                    receiver_kinds=receiver_kinds,
+                    now=now,
+                )
         except SQLAlchemyError as exc:
             # Down or locked: try again later. Anything else is about the data itself.
             retriable = isinstance(exc, OperationalError | InterfaceError)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -105,4 +106,38 @@ dead_letters = Table(
         "SourceTopic", "SourcePartition", "SourceOffset", name="uq_dead_letters_source"
     ),
     Index("ix_dead_letters_received", "ReceivedAt"),
+)
+
+# The outbox: written in the ingest transaction, drained by the dispatcher. One row per
+# (alert, receiver); dedup_key makes a Kafka replay insert nothing.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", String(), primary_key=True),
+    Column("dedup_key", String(), nullable=False),
+    Column("rule", String(), nullable=False),
+    Column("severity", Integer, nullable=False),
+    Column("fingerprint", String(), nullable=False),
+    Column("throttle_key", String(), nullable=False),
+    Column("receiver", String(), nullable=False),
+    Column("receiver_type", String(), nullable=False),
+    Column("followup", Boolean, nullable=False),
+    # pending -> sending -> sent | pending (retry) | dead; throttled is recorded, never sent
+    Column("state", String(), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("run_id", String(), nullable=False),
+    Column("status", String(), nullable=False),
+    Column("event_time", Time, nullable=False),
+    Column("alert", JSON, nullable=False),
+    Column("created_at", Time, nullable=False),
+    Column("next_attempt_at", Time, nullable=False),
+    Column("lease_until", Time),
+    Column("claim", String()),  # which dispatcher claim holds it (several replicas)
+    Column("sent_at", Time),
+    Column("reason", String()),
+    Column("last_error", Text),
+    UniqueConstraint("dedup_key", name="uq_notifications_dedup"),
+    Index("ix_notifications_due", "state", "next_attempt_at"),
+    Index("ix_notifications_throttle", "rule", "throttle_key", "receiver", "created_at"),
+    Index("ix_notifications_fingerprint", "fingerprint"),
 )

@@ -30,7 +30,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
+from consumers.alerts import Alert
 from consumers.events import STATUS_RANK, TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
+from consumers.store.outbox import insert_notifications
 from consumers.store.schema import dead_letters, events, runs
 
 
@@ -53,6 +55,7 @@ class WriteResult:
     duplicates: int
     runs: int
     dead_letters: int
+    notifications: int = 0
 
 
 def _insert(conn: Connection, table: Table, **values: Any) -> Any:
@@ -232,6 +235,8 @@ def write_batch(
     batch: Sequence[RunStatusEvent],
     letters: Sequence[DeadLetter],
     *,
+    alerts: Sequence[Alert] = (),
+    receiver_kinds: Mapping[str, str] | None = None,
     now: datetime | None = None,
 ) -> WriteResult:
     now = to_utc(now) if now is not None else datetime.now(UTC)
@@ -260,11 +265,13 @@ def write_batch(
         ]
         raw = _raw(conn, "dead_letters", _insert_dead_letters, dead_letters)
         letter_count = _execute(conn, raw, letter_rows)
+    created = insert_notifications(conn, alerts, receiver_kinds or {}, now) if alerts else 0
     return WriteResult(
         inserted=inserted,
         duplicates=len(batch) - inserted,
         runs=run_count,
         dead_letters=letter_count,
+        notifications=created,
     )
 
 

@@ -1,0 +1,265 @@
+"""Alerting benchmark: produce -> SMTP accepted and produce -> webhook received.
+
+1. Steady: RATE events/s for SECONDS, 10 % Failed; a rule mails and posts on Failed.
+   Latency percentiles from the producer's send time to the receiver's arrival time.
+2. Burst: BURST Failed events already on the topic when runwatch starts; time to drain them
+   all to SMTP, against a raw aiosmtplib loop sending as many mails to the same server.
+
+The SMTP server (aiosmtpd) and the webhook endpoint (aiohttp) run in their own processes.
+
+    python benchmarks/alerting.py [--rate 200] [--seconds 60] [--burst 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from multiprocessing.queues import Queue
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import orjson
+
+from consumers.app import Service
+from consumers.broker import EmbeddedBroker, create_topics, free_port
+from consumers.events import RunStatusEvent
+from consumers.settings import Settings
+
+RULES = """
+rules:
+  - name: bench-failed
+    when: {status: [Failed]}
+    severity: 1
+    notify: [mail, hook]
+"""
+
+
+def smtp_server(port: int, arrivals: Queue[Any]) -> None:
+    from aiosmtpd.controller import Controller
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            arrivals.put(("mail", time.time(), envelope.content[:3000]))
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    threading.Event().wait()
+
+
+def http_server(port: int, arrivals: Queue[Any]) -> None:
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        run = orjson.loads(body)["event"]["RunId"]
+        arrivals.put(("hook", time.time(), run))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def producer(bootstrap: str, topic: str, rate: float, seconds: float, sent: Queue[Any]) -> None:
+    from kafka import KafkaProducer
+
+    kafka = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
+    begin = time.perf_counter()
+    total = int(rate * seconds)
+    for index in range(total):
+        due = begin + index / rate
+        while (delay := due - time.perf_counter()) > 0:
+            time.sleep(delay)
+        failed = index % 10 == 0
+        run = f"steady-{index}"
+        event = RunStatusEvent(
+            TimeGenerated=datetime.now(UTC), RunId=run, Status="Failed" if failed else "Running",
+            ExperimentName="bench",
+        )
+        if failed:
+            sent.put((run, time.time()))
+        kafka.send(topic, key=run.encode(), value=event.to_json())
+    kafka.flush()
+    kafka.close()
+
+
+def settings_for(bootstrap: str, topic: str, folder: Path, smtp: int, http: int) -> Settings:
+    (folder / "rules").mkdir(exist_ok=True)
+    (folder / "rules" / "bench.yaml").write_text(RULES)
+    return Settings.model_validate(
+        {
+            "kafka": {"bootstrap_servers": bootstrap, "topic": topic,
+                      "group_id": f"g-{uuid.uuid4().hex[:6]}", "session_timeout_ms": 6000,
+                      "heartbeat_interval_ms": 1000},
+            "store": {"url": f"sqlite:///{folder / 'bench.db'}"},
+            "metrics": {"enabled": False},
+            "rules_dir": str(folder / "rules"),
+            "smtp": {"host": "127.0.0.1", "port": smtp, "connections": 8},
+            "receivers": {
+                "mail": {"email": {"to": ["oncall@example.com"]}},
+                "hook": {"webhook": {"url": f"http://127.0.0.1:{http}/hook"}},
+            },
+        }
+    )
+
+
+def run_service(settings: Settings) -> tuple[Service, threading.Event, threading.Thread]:
+    service = Service(settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,))
+    thread.start()
+    return service, stop, thread
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(len(ordered) * p), len(ordered) - 1)]
+
+
+def report(label: str, ms: list[float]) -> None:
+    print(f"  {label}: n={len(ms)}  p50 {statistics.median(ms):.1f}  p95 {pct(ms, .95):.1f}  "
+          f"p99 {pct(ms, .99):.1f}  max {max(ms):.1f} ms")
+
+
+def steady(bootstrap: str, folder: Path, smtp: int, http: int, arrivals: Queue[Any],
+           rate: float, seconds: float) -> None:
+    topic = f"steady-{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, {topic: 4})
+    service, stop, thread = run_service(settings_for(bootstrap, topic, folder, smtp, http))
+    time.sleep(4)  # group join
+    ctx = multiprocessing.get_context("spawn")
+    sent: Queue[Any] = ctx.Queue()
+    proc = ctx.Process(target=producer, args=(bootstrap, topic, rate, seconds, sent))
+    proc.start()
+    expected = int(rate * seconds) // 10
+    sent_at: dict[str, float] = {}
+    mail: dict[str, float] = {}
+    hook: dict[str, float] = {}
+    deadline = time.monotonic() + seconds + 60
+    while (len(mail) < expected or len(hook) < expected) and time.monotonic() < deadline:
+        while not sent.empty():
+            run, at = sent.get()
+            sent_at[run] = at
+        try:
+            kind, at, data = arrivals.get(timeout=0.5)
+        except Exception:
+            continue
+        if kind == "hook":
+            hook[data] = at
+        else:
+            text = data.decode("utf-8", "replace")
+            run = text[text.find("steady-"):].split()[0].strip(".,;:)<>\"'")
+            mail[run] = at
+    proc.join()
+    while not sent.empty():
+        run, at = sent.get()
+        sent_at[run] = at
+    stop.set()
+    thread.join()
+    print(f"steady {rate:.0f} events/s for {seconds:.0f}s, {expected} Failed:")
+    report("produce -> SMTP accepted ", [(mail[r] - sent_at[r]) * 1000 for r in mail if r in sent_at])
+    report("produce -> webhook recvd", [(hook[r] - sent_at[r]) * 1000 for r in hook if r in sent_at])
+
+
+def burst(bootstrap: str, folder: Path, smtp: int, http: int, arrivals: Queue[Any],
+          count: int) -> float:
+    from kafka import KafkaProducer
+
+    topic = f"burst-{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, {topic: 4})
+    kafka = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20)
+    for index in range(count):
+        event = RunStatusEvent(TimeGenerated=datetime.now(UTC), RunId=f"burst-{index}",
+                               Status="Failed", ExperimentName="bench")
+        kafka.send(topic, value=event.to_json())
+    kafka.flush()
+    kafka.close()
+    while not arrivals.empty():
+        arrivals.get()
+    started = time.perf_counter()
+    service, stop, thread = run_service(settings_for(bootstrap, topic, folder, smtp, http))
+    mails = 0
+    first = None
+    while mails < count:
+        kind, at, _ = arrivals.get(timeout=120)
+        if kind == "mail":
+            mails += 1
+            first = first or time.perf_counter()
+    elapsed = time.perf_counter() - started
+    drain = time.perf_counter() - (first or started)
+    stop.set()
+    thread.join()
+    rate = count / drain
+    print(f"burst of {count} Failed: all mailed {elapsed:.1f}s after start "
+          f"(incl. group join); {rate:,.0f} mails/s from the first mail on")
+    return rate
+
+
+async def raw_smtp(port: int, count: int, connections: int) -> float:
+    clients = [aiosmtplib.SMTP(hostname="127.0.0.1", port=port) for _ in range(connections)]
+    for client in clients:
+        await client.connect()
+
+    async def worker(client: aiosmtplib.SMTP, numbers: range) -> None:
+        for number in numbers:
+            message = EmailMessage()
+            message["From"] = "runwatch@localhost"
+            message["To"] = "oncall@example.com"
+            message["Subject"] = f"[runwatch] Failed: raw-{number}"
+            message.set_content("raw aiosmtplib loop")
+            await client.send_message(message)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(c, range(i, count, connections)) for i, c in enumerate(clients)))
+    elapsed = time.perf_counter() - started
+    for client in clients:
+        await client.quit()
+    return count / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, default=200)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--burst", type=int, default=5000)
+    args = parser.parse_args()
+    ctx = multiprocessing.get_context("spawn")
+    arrivals: Queue[Any] = ctx.Queue()
+    smtp, http = free_port(), free_port()
+    servers = [ctx.Process(target=smtp_server, args=(smtp, arrivals), daemon=True),
+               ctx.Process(target=http_server, args=(http, arrivals), daemon=True)]
+    for server in servers:
+        server.start()
+    time.sleep(1.5)
+    broker = EmbeddedBroker().start()
+    folder = Path(tempfile.mkdtemp(prefix="runwatch-alert-bench-"))
+    try:
+        (folder / "steady").mkdir()
+        (folder / "burst").mkdir()
+        steady(broker.bootstrap, folder / "steady", smtp, http, arrivals, args.rate, args.seconds)
+        rate = burst(broker.bootstrap, folder / "burst", smtp, http, arrivals, args.burst)
+        while not arrivals.empty():
+            arrivals.get()
+        raw = asyncio.run(raw_smtp(smtp, args.burst, 8))
+        print(f"raw aiosmtplib, 8 connections, same server: {raw:,.0f} mails/s; "
+              f"ratio runwatch / raw {rate / raw:.2f} (target >= 0.8)")
+    finally:
+        broker.stop()
+        for server in servers:
+            server.terminate()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""The dispatcher: claims due notifications from the outbox, renders, sends, marks.
+
+It runs an asyncio loop in its own thread. Ingest wakes it right after the store commit that
+wrote new notifications (no polling delay on the hot path); otherwise it sleeps until the next
+retry is due, at most a second.
+
+Each notification is marked sent in its own short transaction immediately after the receiver
+accepted it. The only duplicate possible is a process dying in that gap (after the SMTP server
+or webhook endpoint accepted, before the mark): the lease then expires and another attempt
+sends it again. Webhooks carry the notification id as Idempotency-Key, and emails a stable
+Message-ID, so receivers can drop that duplicate too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from consumers.alerts import Alert
+from consumers.errors import SendError
+from consumers.metrics import Metrics
+from consumers.notify.email import EmailSender, build_message
+from consumers.notify.webhook import WebhookSender
+from consumers.settings import ReceiverSettings, Settings
+from consumers.store import Store
+from consumers.store.outbox import Notification, Outbox
+from consumers.store.queries import get_run
+from consumers.templating import Renderer
+
+log = logging.getLogger(__name__)
+
+_IDLE_WAIT_S = 1.0
+_DEPTH_EVERY_S = 5.0
+_MAX_FAILED_CHILDREN = 10
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        renderer: Renderer | None = None,
+        clock: Callable[[], datetime] = _now,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._outbox = Outbox(store)
+        self._settings = settings
+        self._notify = settings.notify
+        self._metrics = metrics
+        self._renderer = renderer or Renderer(settings.templates_dir)
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._email: EmailSender | None = None
+        self._webhook: WebhookSender | None = None
+
+    # -- waking ---------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Called from the ingest thread after a commit that wrote notifications."""
+        loop, event = self._loop, self._wake
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+                loop.call_soon_threadsafe(event.set)
+
+    def start(self, stop: threading.Event) -> threading.Thread:
+        thread = threading.Thread(
+            target=lambda: asyncio.run(self.run(stop)), name="dispatcher", daemon=True
+        )
+        thread.start()
+        return thread
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def run(self, stop: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        queue: asyncio.Queue[Notification] = asyncio.Queue()
+        async with aiohttp.ClientSession() as session:
+            self._email = EmailSender(self._settings.smtp)
+            self._webhook = WebhookSender(session)
+            workers = [
+                asyncio.create_task(self._worker(queue)) for _ in range(self._notify.concurrency)
+            ]
+            try:
+                await self._claim_loop(queue, stop)
+            finally:
+                await self._shutdown(queue, workers)
+                await self._email.close()
+        self._loop = None
+
+    async def _claim_loop(self, queue: asyncio.Queue[Notification], stop: threading.Event) -> None:
+        assert self._wake is not None
+        await asyncio.to_thread(self._outbox.release_expired, self._clock())
+        last_depth = 0.0
+        room_limit = self._notify.concurrency * 2
+        while not stop.is_set():
+            self._wake.clear()
+            room = room_limit - queue.qsize()
+            claimed: list[Notification] = []
+            if room > 0:
+                claimed = await asyncio.to_thread(
+                    self._outbox.claim,
+                    self._clock(),
+                    min(room, self._notify.claim_batch),
+                    self._notify.lease_s,
+                )
+                for notification in claimed:
+                    queue.put_nowait(notification)
+            loop_time = asyncio.get_running_loop().time()
+            if loop_time - last_depth >= _DEPTH_EVERY_S:
+                last_depth = loop_time
+                await self._refresh_depth()
+            if claimed:
+                continue
+            timeout = 0.05 if room <= 0 else await self._until_next_due()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _until_next_due(self) -> float:
+        due = await asyncio.to_thread(self._outbox.next_due)
+        if due is None:
+            return _IDLE_WAIT_S
+        return min(max((due - self._clock()).total_seconds(), 0.0), _IDLE_WAIT_S)
+
+    async def _refresh_depth(self) -> None:
+        depth = await asyncio.to_thread(self._outbox.depth)
+        for state, count in depth.items():
+            self._metrics.outbox.labels(state=state).set(count)
+
+    async def _shutdown(
+        self, queue: asyncio.Queue[Notification], workers: list[asyncio.Task[None]]
+    ) -> None:
+        """Claimed but unsent notifications go back to pending now rather than when their
+        lease expires; the ones being sent finish (bounded by the receivers' timeouts)."""
+        now = self._clock()
+        while not queue.empty():
+            notification = queue.get_nowait()
+            queue.task_done()
+            await asyncio.to_thread(
+                self._outbox.mark_retry, notification.id, now, "shutdown", "released at shutdown"
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(queue.join(), 30)
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _worker(self, queue: asyncio.Queue[Notification]) -> None:
+        while True:
+            notification = await queue.get()
+            try:
+                await self.deliver(notification)
+            except Exception:  # a bug must not kill the worker; the lease brings it back
+                log.exception("delivering notification %s failed", notification.id)
+            finally:
+                queue.task_done()
+
+    # -- one notification -----------------------------------------------------------------
+
+    async def deliver(self, notification: Notification) -> None:
+        kind = notification.receiver_type
+        receiver = self._settings.receivers.get(notification.receiver)
+        extra = {
+            "notification_id": notification.id,
+            "rule": notification.rule,
+            "run_id": notification.run_id,
+        }
+        if receiver is None:
+            await self._dead(notification, "unknown_receiver", "receiver not in the config")
+            return
+        self._metrics.delivery_attempts.labels(receiver_type=kind).inc()
+        try:
+            context = await asyncio.to_thread(self.context, notification)
+            await self._send(notification, receiver, context)
+        except SendError as exc:
+            self._metrics.notification_failures.labels(receiver_type=kind, reason=exc.reason).inc()
+            await self._failed(notification, exc, extra)
+            return
+        now = self._clock()
+        await asyncio.to_thread(self._outbox.mark_sent, notification.id, now)
+        self._metrics.notifications.labels(receiver_type=kind, result="sent").inc()
+        latency = (now - notification.event_time).total_seconds()
+        self._metrics.notification_latency.labels(receiver_type=kind).observe(max(latency, 0.0))
+        log.info(
+            "sent %s notification for %s to %s",
+            kind,
+            notification.run_id,
+            notification.receiver,
+            extra=extra,
+        )
+
+    async def _send(
+        self, notification: Notification, receiver: ReceiverSettings, context: dict[str, Any]
+    ) -> None:
+        assert self._email is not None and self._webhook is not None
+        if receiver.email is not None:
+            rendered = self._renderer.render_email(context)
+            message = build_message(
+                rendered,
+                sender=self._settings.smtp.sender,
+                to=receiver.email.to,
+                cc=receiver.email.cc,
+                notification_id=notification.id,
+                fingerprint=notification.fingerprint,
+                followup=notification.followup,
+                domain=self._notify.link_domain,
+            )
+            await self._email.send(message)
+        elif receiver.webhook is not None:
+            body = self._renderer.render_webhook(receiver.webhook.format, context)
+            await self._webhook.send(receiver.webhook, body, notification_id=notification.id)
+
+    async def _failed(
+        self, notification: Notification, exc: SendError, extra: dict[str, str]
+    ) -> None:
+        now = self._clock()
+        age = (now - notification.created_at).total_seconds()
+        if not exc.retriable:
+            await self._dead(notification, exc.reason, exc.detail)
+            return
+        if age >= self._notify.max_age_s:
+            await self._dead(notification, "expired", f"gave up after {age:.0f}s: {exc}")
+            return
+        delay = self.backoff(notification.attempts)
+        if exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)
+        await asyncio.to_thread(
+            self._outbox.mark_retry,
+            notification.id,
+            now + timedelta(seconds=delay),
+            exc.reason,
+            exc.detail,
+        )
+        self._metrics.notifications.labels(
+            receiver_type=notification.receiver_type, result="retry"
+        ).inc()
+        log.warning(
+            "notification %s failed (%s), retrying in %.1fs",
+            notification.id,
+            exc,
+            delay,
+            extra=extra,
+        )
+
+    async def _dead(self, notification: Notification, reason: str, detail: str) -> None:
+        await asyncio.to_thread(self._outbox.mark_dead, notification.id, reason, detail)
+        self._metrics.notifications.labels(
+            receiver_type=notification.receiver_type, result="dead"
+        ).inc()
+        log.error(
+            "notification %s is dead (%s): %s",
+            notification.id,
+            reason,
+            detail,
+            extra={"notification_id": notification.id, "reason": reason},
+        )
+
+    def backoff(self, attempts: int) -> float:
+        """Exponential with jitter: the n-th failure waits initial * 2^(n-1), capped, times a
+        random factor in [0.5, 1] so that a recovering server is not hit in lockstep."""
+        base = self._notify.backoff_initial_s * 2 ** max(attempts - 1, 0)
+        return float(min(base, self._notify.backoff_max_s) * self._rng.uniform(0.5, 1.0))
+
+    # -- the template context -------------------------------------------------------------
+
+    def context(self, notification: Notification) -> dict[str, Any]:
+        """What templates see (documented in consumers/templating.py); read at send time, so
+        the mail shows the run's timeline and children as they are now."""
+        alert = Alert.model_validate(notification.alert)
+        event = alert.event.model_dump(mode="json")
+        detail = get_run(self._store, notification.run_id, now=self._clock())
+        timeline: list[dict[str, Any]] = []
+        children: dict[str, Any] = {"total": 0, "by_status": {}, "failed": []}
+        run: dict[str, Any] | None = None
+        if detail is not None:
+            run = detail.run
+            timeline = [
+                {
+                    "status": entry.status,
+                    "time": entry.time.isoformat(),
+                    "seconds_in_state": entry.seconds_in_state,
+                    "message": entry.message,
+                }
+                for entry in detail.timeline
+            ]
+            counts = Counter(child["status"] for child in detail.children)
+            children = {
+                "total": len(detail.children),
+                "by_status": dict(counts),
+                "failed": [c for c in detail.children if c["status"] == "Failed"][
+                    :_MAX_FAILED_CHILDREN
+                ],
+            }
+        return {
+            "notification": {
+                "id": notification.id,
+                "receiver": notification.receiver,
+                "attempt": notification.attempts,
+                "created_at": notification.created_at.isoformat(),
+            },
+            "alert": alert.context(),
+            "event": event,
+            "run": run,
+            "timeline": timeline,
+            "children": children,
+            "run_url": self._run_url(event),
+        }
+
+    def _run_url(self, event: dict[str, Any]) -> str | None:
+        template = self._settings.run_url_template
+        if not template:
+            return None
+        values = {k: quote(str(v), safe="") for k, v in event.items() if v is not None}
+        try:
+            return template.format_map(values)
+        except (KeyError, IndexError, ValueError) as exc:
+            log.warning("run_url_template %r cannot be filled: %s", template, exc)
+            return None

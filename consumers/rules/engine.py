@@ -1,0 +1,197 @@
+"""Matching events against rules. Every ingested event goes through `RuleSet.evaluate`, so the
+work is done once, at construction: rules are bucketed by status (most events are Queued or
+Running and no rule wants them: one dict lookup and out), globs become one regex per field,
+JMESPath is compiled, and an event's JMESPath data is built only if a rule needs it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import jmespath
+from jmespath.visitor import TreeInterpreter
+
+from consumers.alerts import Alert
+from consumers.events import RunStatusEvent, Status
+from consumers.rules.model import Rule
+
+if TYPE_CHECKING:
+    from jmespath.visitor import _TreeNode  # the stubs' name for a syntax tree
+
+log = logging.getLogger(__name__)
+
+# Lower-case names for the columns that run queries spell that way
+# (`tags.quality == 'fantastic run' && properties.author == 'azureml-user'`).
+ALIASES = {
+    "tags": "Tags",
+    "properties": "Properties",
+    "status": "Status",
+    "experiment": "ExperimentName",
+    "workspace": "WorkspaceName",
+    "run_type": "RunType",
+    "run_id": "RunId",
+}
+
+
+def event_data(event: RunStatusEvent) -> dict[str, Any]:
+    """What a `where:` expression sees: the event's columns as JSON plus `ALIASES`."""
+    data = event.model_dump(mode="json")
+    for alias, column in ALIASES.items():
+        data[alias] = data[column]
+    return data
+
+
+# `ParsedResult.search` builds an interpreter per call (a third of a short expression's
+# cost); its only state is a method cache, so one shared instance is safe across threads.
+_INTERPRETER = TreeInterpreter()
+
+
+def _glob_regex(patterns: tuple[str, ...] | None) -> re.Pattern[str] | None:
+    """fnmatch semantics, but case-sensitive on every platform and compiled once."""
+    if patterns is None:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+def _truthy(value: Any) -> bool:
+    """JMESPath truth: null, false and empty strings, lists and objects are false; 0 is true."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, str | list | dict):
+        return len(value) > 0
+    return True
+
+
+def _key_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Matcher:
+    rule: Rule
+    experiment: re.Pattern[str] | None
+    workspace: re.Pattern[str] | None
+    run_type: re.Pattern[str] | None
+    where: _TreeNode | None  # the compiled expression's syntax tree
+
+    @classmethod
+    def compile(cls, rule: Rule) -> _Matcher:
+        when = rule.when
+        return cls(
+            rule,
+            _glob_regex(when.experiment),
+            _glob_regex(when.workspace),
+            _glob_regex(when.run_type),
+            jmespath.compile(when.where).parsed if when.where is not None else None,
+        )
+
+    def columns_match(self, event: RunStatusEvent) -> bool:
+        """The glob conditions. A glob needs its column: a run without an experiment
+        matches no `experiment:` glob, not even "*"."""
+        for regex, value in (
+            (self.experiment, event.ExperimentName),
+            (self.workspace, event.WorkspaceName),
+            (self.run_type, event.RunType),
+        ):
+            if regex is not None and (value is None or regex.match(value) is None):
+                return False
+        return True
+
+    def alert(self, event: RunStatusEvent) -> Alert:
+        rule = self.rule
+        throttle = rule.throttle
+        return Alert(
+            rule=rule.name,
+            severity=rule.severity,
+            labels=rule.labels,
+            annotations=rule.annotations,
+            receivers=rule.notify,
+            throttle_key="|".join(f"{k}={_key_text(getattr(event, k))}" for k in throttle.key),
+            throttle_s=throttle.for_,
+            event=event,
+        )
+
+
+class RuleSet:
+    """An immutable, compiled set of rules. Replace it whole to change rules (see
+    `RuleWatcher`): readers on other threads then always see one consistent set."""
+
+    __slots__ = ("_broken", "_by_status", "_receivers", "_rules")
+
+    def __init__(self, rules: Iterable[Rule] = ()) -> None:
+        self._rules = tuple(rules)
+        matchers = [_Matcher.compile(rule) for rule in self._rules if rule.enabled]
+        by_status: dict[str, tuple[_Matcher, ...]] = {}
+        for status in Status:
+            wanted = tuple(
+                m
+                for m in matchers
+                if m.rule.when.status is None or status.value in m.rule.when.status
+            )
+            if wanted:
+                by_status[status.value] = wanted
+        self._by_status = by_status
+        self._receivers = frozenset(r for m in matchers for r in m.rule.notify)
+        self._broken: set[str] = set()  # rules whose `where` failed at run time (logged once)
+
+    @classmethod
+    def empty(cls) -> RuleSet:
+        return cls()
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """Every rule loaded, disabled ones included, in file order."""
+        return self._rules
+
+    @property
+    def receivers_used(self) -> frozenset[str]:
+        """The receivers that enabled rules notify."""
+        return self._receivers
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def evaluate(self, event: RunStatusEvent) -> list[Alert]:
+        """The alerts `event` raises, one per matching enabled rule, in rule order."""
+        candidates = self._by_status.get(event.Status)
+        if candidates is None:
+            return []
+        alerts: list[Alert] = []
+        data: dict[str, Any] | None = None
+        for matcher in candidates:
+            if not matcher.columns_match(event):
+                continue
+            if matcher.where is not None:
+                if data is None:
+                    data = event_data(event)
+                if not self._where(matcher, matcher.where, data):
+                    continue
+            alerts.append(matcher.alert(event))
+        return alerts
+
+    def _where(self, matcher: _Matcher, where: _TreeNode, data: dict[str, Any]) -> bool:
+        """An expression that fails on some event (a function given the wrong type) does not
+        match it; the failure is logged once per rule, not once per event."""
+        try:
+            return _truthy(_INTERPRETER.visit(where, data))
+        except (ValueError, TypeError) as exc:  # JMESPathError is a ValueError
+            name = matcher.rule.name
+            if name not in self._broken:
+                self._broken.add(name)
+                log.warning(
+                    "rule %r: where expression failed, treating as no match: %s",
+                    name,
+                    exc,
+                    extra={"rule": name},
+                )
+            return False

@@ -1,0 +1,119 @@
+"""Real test receivers: an SMTP server (aiosmtpd) and a scripted HTTP endpoint (aiohttp)."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from aiohttp import web
+from aiosmtpd.controller import Controller
+
+from consumers.broker import free_port
+
+
+@dataclass
+class Mail:
+    envelope_from: str
+    envelope_to: list[str]
+    raw: bytes
+    message: EmailMessage
+
+
+class _Collect:
+    def __init__(self, reply: Callable[[], str]) -> None:
+        self.mails: list[Mail] = []
+        self.reply = reply
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        answer = self.reply()
+        if answer.startswith("250"):
+            raw: bytes = envelope.original_content or envelope.content
+            message = email.message_from_bytes(raw, policy=email.policy.default)
+            assert isinstance(message, EmailMessage)
+            self.mails.append(Mail(envelope.mail_from, list(envelope.rcpt_tos), raw, message))
+        return answer
+
+
+class SmtpServer:
+    def __init__(self, port: int | None = None, reply: Callable[[], str] = lambda: "250 OK"):
+        self.port = port or free_port()
+        self.handler = _Collect(reply)
+        self._controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+
+    @property
+    def mails(self) -> list[Mail]:
+        return self.handler.mails
+
+    def start(self) -> SmtpServer:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+
+@dataclass
+class Hit:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+@dataclass
+class HttpServer:
+    """POSTs are recorded; `responses[path]` (a function of the hit and how many came to that
+    path before) decides the answer, 200 by default."""
+
+    responses: dict[str, Callable[[int], tuple[int, dict[str, str], float]]] = field(
+        default_factory=dict
+    )
+    hits: list[Hit] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+
+    def __post_init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def on(self, path: str) -> list[Hit]:
+        return [hit for hit in self.hits if hit.path == path]
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        hit = Hit(request.path, dict(request.headers), await request.read(), time.monotonic())
+        before = len(self.on(request.path))
+        self.hits.append(hit)
+        script = self.responses.get(request.path)
+        status, headers, delay = script(before) if script else (200, {}, 0.0)
+        if delay:
+            await asyncio.sleep(delay)
+        return web.Response(status=status, headers=headers, text="ok" if status < 300 else "no")
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def start(self) -> HttpServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
