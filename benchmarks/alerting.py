@@ -84,7 +84,9 @@ def producer(bootstrap: str, topic: str, rate: float, seconds: float, sent: Queu
         failed = index % 10 == 0
         run = f"steady-{index}"
         event = RunStatusEvent(
-            TimeGenerated=datetime.now(UTC), RunId=run, Status="Failed" if failed else "Running",
+            TimeGenerated=datetime.now(UTC),
+            RunId=run,
+            Status="Failed" if failed else "Running",
             ExperimentName="bench",
         )
         if failed:
@@ -99,9 +101,13 @@ def settings_for(bootstrap: str, topic: str, folder: Path, smtp: int, http: int)
     (folder / "rules" / "bench.yaml").write_text(RULES)
     return Settings.model_validate(
         {
-            "kafka": {"bootstrap_servers": bootstrap, "topic": topic,
-                      "group_id": f"g-{uuid.uuid4().hex[:6]}", "session_timeout_ms": 6000,
-                      "heartbeat_interval_ms": 1000},
+            "kafka": {
+                "bootstrap_servers": bootstrap,
+                "topic": topic,
+                "group_id": f"g-{uuid.uuid4().hex[:6]}",
+                "session_timeout_ms": 6000,
+                "heartbeat_interval_ms": 1000,
+            },
             "store": {"url": f"sqlite:///{folder / 'bench.db'}"},
             "metrics": {"enabled": False},
             "rules_dir": str(folder / "rules"),
@@ -128,15 +134,24 @@ def pct(values: list[float], p: float) -> float:
 
 
 def report(label: str, ms: list[float]) -> None:
-    print(f"  {label}: n={len(ms)}  p50 {statistics.median(ms):.1f}  p95 {pct(ms, .95):.1f}  "
-          f"p99 {pct(ms, .99):.1f}  max {max(ms):.1f} ms")
+    print(
+        f"  {label}: n={len(ms)}  p50 {statistics.median(ms):.1f}  p95 {pct(ms, 0.95):.1f}  "
+        f"p99 {pct(ms, 0.99):.1f}  max {max(ms):.1f} ms"
+    )
 
 
-def steady(bootstrap: str, folder: Path, smtp: int, http: int, arrivals: Queue[Any],
-           rate: float, seconds: float) -> None:
+def steady(
+    bootstrap: str,
+    folder: Path,
+    smtp: int,
+    http: int,
+    arrivals: Queue[Any],
+    rate: float,
+    seconds: float,
+) -> None:
     topic = f"steady-{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, {topic: 4})
-    service, stop, thread = run_service(settings_for(bootstrap, topic, folder, smtp, http))
+    _, stop, thread = run_service(settings_for(bootstrap, topic, folder, smtp, http))
     time.sleep(4)  # group join
     ctx = multiprocessing.get_context("spawn")
     sent: Queue[Any] = ctx.Queue()
@@ -159,7 +174,7 @@ def steady(bootstrap: str, folder: Path, smtp: int, http: int, arrivals: Queue[A
             hook[data] = at
         else:
             text = data.decode("utf-8", "replace")
-            run = text[text.find("steady-"):].split()[0].strip(".,;:)<>\"'")
+            run = text[text.find("steady-") :].split()[0].strip(".,;:)<>\"'")
             mail[run] = at
     proc.join()
     while not sent.empty():
@@ -168,31 +183,40 @@ def steady(bootstrap: str, folder: Path, smtp: int, http: int, arrivals: Queue[A
     stop.set()
     thread.join()
     print(f"steady {rate:.0f} events/s for {seconds:.0f}s, {expected} Failed:")
-    report("produce -> SMTP accepted ", [(mail[r] - sent_at[r]) * 1000 for r in mail if r in sent_at])
-    report("produce -> webhook recvd", [(hook[r] - sent_at[r]) * 1000 for r in hook if r in sent_at])
+    report(
+        "produce -> SMTP accepted ", [(mail[r] - sent_at[r]) * 1000 for r in mail if r in sent_at]
+    )
+    report(
+        "produce -> webhook recvd", [(hook[r] - sent_at[r]) * 1000 for r in hook if r in sent_at]
+    )
 
 
-def burst(bootstrap: str, folder: Path, smtp: int, http: int, arrivals: Queue[Any],
-          count: int) -> float:
+def burst(
+    bootstrap: str, folder: Path, smtp: int, http: int, arrivals: Queue[Any], count: int
+) -> float:
     from kafka import KafkaProducer
 
     topic = f"burst-{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, {topic: 4})
     kafka = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20)
     for index in range(count):
-        event = RunStatusEvent(TimeGenerated=datetime.now(UTC), RunId=f"burst-{index}",
-                               Status="Failed", ExperimentName="bench")
+        event = RunStatusEvent(
+            TimeGenerated=datetime.now(UTC),
+            RunId=f"burst-{index}",
+            Status="Failed",
+            ExperimentName="bench",
+        )
         kafka.send(topic, value=event.to_json())
     kafka.flush()
     kafka.close()
     while not arrivals.empty():
         arrivals.get()
     started = time.perf_counter()
-    service, stop, thread = run_service(settings_for(bootstrap, topic, folder, smtp, http))
+    _, stop, thread = run_service(settings_for(bootstrap, topic, folder, smtp, http))
     mails = 0
     first = None
     while mails < count:
-        kind, at, _ = arrivals.get(timeout=120)
+        kind, _, _ = arrivals.get(timeout=120)
         if kind == "mail":
             mails += 1
             first = first or time.perf_counter()
@@ -201,8 +225,10 @@ def burst(bootstrap: str, folder: Path, smtp: int, http: int, arrivals: Queue[An
     stop.set()
     thread.join()
     rate = count / drain
-    print(f"burst of {count} Failed: all mailed {elapsed:.1f}s after start "
-          f"(incl. group join); {rate:,.0f} mails/s from the first mail on")
+    print(
+        f"burst of {count} Failed: all mailed {elapsed:.1f}s after start "
+        f"(incl. group join); {rate:,.0f} mails/s from the first mail on"
+    )
     return rate
 
 
@@ -237,8 +263,10 @@ def main() -> int:
     ctx = multiprocessing.get_context("spawn")
     arrivals: Queue[Any] = ctx.Queue()
     smtp, http = free_port(), free_port()
-    servers = [ctx.Process(target=smtp_server, args=(smtp, arrivals), daemon=True),
-               ctx.Process(target=http_server, args=(http, arrivals), daemon=True)]
+    servers = [
+        ctx.Process(target=smtp_server, args=(smtp, arrivals), daemon=True),
+        ctx.Process(target=http_server, args=(http, arrivals), daemon=True),
+    ]
     for server in servers:
         server.start()
     time.sleep(1.5)
@@ -252,8 +280,10 @@ def main() -> int:
         while not arrivals.empty():
             arrivals.get()
         raw = asyncio.run(raw_smtp(smtp, args.burst, 8))
-        print(f"raw aiosmtplib, 8 connections, same server: {raw:,.0f} mails/s; "
-              f"ratio runwatch / raw {rate / raw:.2f} (target >= 0.8)")
+        print(
+            f"raw aiosmtplib, 8 connections, same server: {raw:,.0f} mails/s; "
+            f"ratio runwatch / raw {rate / raw:.2f} (target >= 0.8)"
+        )
     finally:
         broker.stop()
         for server in servers:

@@ -151,7 +151,9 @@ def shipped(name: str) -> Path:
 
 
 class SmtpSettings(_Section):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=25, ge=1, le=65535)
@@ -226,7 +228,6 @@ class Settings(BaseSettings):
         extra="forbid",
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
-        nested_model_default_partial_update=True,
     )
 
     kafka: KafkaSettings = KafkaSettings()

@@ -28,8 +28,13 @@ T0 = datetime.now(UTC) - timedelta(minutes=1)
 
 def event(run_id: str, status: str = "Failed", seconds: float = 0, **extra: Any) -> RunStatusEvent:
     return RunStatusEvent.model_validate(
-        {"TimeGenerated": T0 + timedelta(seconds=seconds), "RunId": run_id, "Status": status,
-         "ExperimentName": "exp", **extra}
+        {
+            "TimeGenerated": T0 + timedelta(seconds=seconds),
+            "RunId": run_id,
+            "Status": status,
+            "ExperimentName": "exp",
+            **extra,
+        }
     )
 
 
@@ -76,8 +81,14 @@ def settings_with(http: HttpServer, smtp_port: int, templates: Path | None = Non
     )
 
 
-KINDS = {"mail": "email", "flaky": "webhook", "limited": "webhook", "bad": "webhook",
-         "slow": "webhook", "ok": "webhook"}
+KINDS = {
+    "mail": "email",
+    "flaky": "webhook",
+    "limited": "webhook",
+    "bad": "webhook",
+    "slow": "webhook",
+    "ok": "webhook",
+}
 
 
 class Running:
@@ -171,11 +182,13 @@ def test_a_template_reaching_for_dunders_dead_letters_the_notification(
 ) -> None:
     templates = tmp_path / "templates"
     shutil.copytree(shipped("templates"), templates)
-    (templates / "email" / "body.html.j2").write_text("{{ ''.__class__.__mro__[1].__subclasses__() }}")
+    (templates / "email" / "body.html.j2").write_text(
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+    )
     write(store, alert(event("sandboxed"), "mail"))
     with Running(store, settings_with(http, smtp.port, templates)):
         wait_for(lambda: states(store)["mail"][0] == "dead")
-    state, reason, _ = states(store)["mail"]
+    _, reason, _ = states(store)["mail"]
     assert reason == "template"
     assert "__class__" in (Outbox(store).list()[0].last_error or "")
     assert smtp.mails == []
@@ -187,8 +200,9 @@ def test_too_old_notifications_go_dead_and_can_be_retried(
     http.responses = {"/flaky": lambda n: (503, {}, 0.0)}
     write(store, alert(event("aged"), "flaky"))
     settings = settings_with(http, smtp.port).model_copy(
-        update={"notify": settings_with(http, smtp.port).notify.model_copy(
-            update={"max_age_s": 0.5})}
+        update={
+            "notify": settings_with(http, smtp.port).notify.model_copy(update={"max_age_s": 0.5})
+        }
     )
     with Running(store, settings):
         wait_for(lambda: states(store)["flaky"][0] == "dead", timeout=20)

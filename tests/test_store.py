@@ -15,12 +15,13 @@ from consumers.errors import SchemaVersionError
 from consumers.events import RunStatusEvent
 from consumers.store import Store, open_store
 from consumers.store.engine import head_revision, make_engine
+from consumers.store.schema import metadata
 from consumers.store.writer import DeadLetter
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 OLD = NOW - timedelta(days=40)
 CUTOFF = NOW - timedelta(days=30)
-TABLES = ("events", "runs", "dead_letters", "alembic_version")
+TABLES = (*(t.name for t in metadata.sorted_tables), "alembic_version")
 
 
 def ev(run: str, status: str, time: datetime, **fields: Any) -> RunStatusEvent:

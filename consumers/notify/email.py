@@ -1,0 +1,147 @@
+"""Email over aiosmtplib: safe headers, stable Message-IDs, threading, a connection pool.
+
+Run names, experiments and tags are user-controlled and end up in the subject: every control
+character (CR and LF above all) is collapsed to a space before a header is set, so no value
+can start a header of its own; the stdlib encodes non-ASCII as RFC 2047 encoded words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime
+
+import aiosmtplib
+
+from consumers.errors import SendError
+from consumers.settings import SmtpSettings
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]+")
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    subject: str
+    text: str
+    html: str
+
+
+def header_text(value: str, limit: int = 200) -> str:
+    return _CONTROL.sub(" ", value).strip()[:limit]
+
+
+def build_message(
+    rendered: RenderedEmail,
+    *,
+    sender: str,
+    to: Sequence[str],
+    cc: Sequence[str] = (),
+    notification_id: str,
+    fingerprint: str,
+    followup: bool,
+    domain: str,
+) -> EmailMessage:
+    """The first mail of an alert takes the alert's own Message-ID; follow-ups reply to it,
+    so mail clients thread them under the first."""
+    message = EmailMessage(policy=SMTP)
+    message["From"] = header_text(sender)
+    message["To"] = ", ".join(header_text(address) for address in to)
+    if cc:
+        message["Cc"] = ", ".join(header_text(address) for address in cc)
+    message["Subject"] = header_text(rendered.subject)
+    message["Date"] = format_datetime(datetime.now(UTC))
+    thread = f"<alert-{fingerprint}@{domain}>"
+    if followup:
+        message["Message-ID"] = f"<{notification_id}@{domain}>"
+        message["In-Reply-To"] = thread
+        message["References"] = thread
+    else:
+        message["Message-ID"] = thread
+    message["X-Runwatch-Notification-Id"] = notification_id
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(rendered.text)
+    message.add_alternative(rendered.html, subtype="html")
+    return message
+
+
+def _classify(exc: Exception) -> SendError:
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        code = min(codes) if codes else 550
+        return SendError(f"smtp_{code // 100}xx", str(exc), retriable=code < 500)
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and not isinstance(
+        exc, aiosmtplib.SMTPServerDisconnected
+    ):
+        code = exc.code
+        if 400 <= code < 500:
+            return SendError("smtp_4xx", f"{code} {exc.message}", retriable=True)
+        if code >= 500:
+            return SendError("smtp_5xx", f"{code} {exc.message}", retriable=False)
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return SendError("timeout", str(exc) or "SMTP timeout", retriable=True)
+    return SendError("connection", f"{type(exc).__name__}: {exc}", retriable=True)
+
+
+class EmailSender:
+    """Up to `smtp.connections` SMTP connections, reused between mails (a new connection per
+    mail measured ~25% slower) and replaced when a server drops them."""
+
+    def __init__(self, smtp: SmtpSettings) -> None:
+        self._smtp = smtp
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(smtp.connections)
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        smtp = self._smtp
+        client = aiosmtplib.SMTP(
+            hostname=smtp.host,
+            port=smtp.port,
+            use_tls=smtp.tls,
+            start_tls=smtp.starttls if not smtp.tls else False,
+            validate_certs=smtp.validate_certs,
+            timeout=smtp.timeout_s,
+        )
+        await client.connect()
+        password = smtp.secret()
+        if smtp.username and password is not None:
+            await client.login(smtp.username, password)
+        return client
+
+    async def send(self, message: EmailMessage) -> None:
+        async with self._slots:
+            client = self._idle.pop() if self._idle else None
+            for fresh in (False, True):
+                try:
+                    if client is None or fresh or not client.is_connected:
+                        await _close(client)
+                        client = await self._connect()
+                    await client.send_message(message)
+                    self._idle.append(client)
+                    return
+                except aiosmtplib.SMTPServerDisconnected as exc:
+                    if fresh:  # a new connection dropped too: the server is going away
+                        await _close(client)
+                        raise _classify(exc) from exc
+                    # a pooled connection the server had closed: try once on a new one
+                except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                    await _close(client)
+                    raise _classify(exc) from exc
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for client in idle:
+            await _close(client)
+
+
+async def _close(client: aiosmtplib.SMTP | None) -> None:
+    if client is None or not client.is_connected:
+        return
+    try:
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        client.close()

@@ -1,0 +1,96 @@
+"""Webhooks over aiohttp: signed, idempotent POSTs, classified failures.
+
+Signature: `X-Runwatch-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`.
+The timestamp inside the signed text stops a captured request from being replayed later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+
+from consumers.errors import SendError
+from consumers.settings import WebhookReceiver
+
+SIGNATURE_HEADER = "X-Runwatch-Signature"
+TIMESTAMP_HEADER = "X-Runwatch-Timestamp"
+RETRIABLE_STATUSES = frozenset({408, 425, 429})
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    signed = str(timestamp).encode() + b"." + body
+    return hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def verify(
+    secret: str, header: str, body: bytes, *, tolerance_s: float = 300, now: float | None = None
+) -> bool:
+    """The receiver's side: constant-time compare, and refuse stale timestamps."""
+    try:
+        parts = dict(item.split("=", 1) for item in header.split(","))
+        timestamp = int(parts["t"])
+        given = parts["v1"]
+    except (KeyError, ValueError):
+        return False
+    if abs((now if now is not None else time.time()) - timestamp) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body), given)
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds, or an HTTP date, as RFC 9110 allows."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError):
+        return None
+
+
+class WebhookSender:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def send(self, receiver: WebhookReceiver, body: bytes, *, notification_id: str) -> None:
+        headers = {
+            **receiver.headers,
+            "Content-Type": "application/json",
+            "User-Agent": "runwatch",
+            "Idempotency-Key": notification_id,
+            "X-Runwatch-Notification-Id": notification_id,
+        }
+        secret = receiver.secret()
+        if secret:
+            timestamp = int(time.time())
+            headers[TIMESTAMP_HEADER] = str(timestamp)
+            headers[SIGNATURE_HEADER] = f"t={timestamp},v1={sign(secret, timestamp, body)}"
+        timeout = aiohttp.ClientTimeout(total=receiver.timeout_s)
+        try:
+            async with self._session.post(
+                receiver.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                status = response.status
+                if 200 <= status < 300:
+                    return
+                detail = (await response.text(errors="replace"))[:300]
+                wait = retry_after(response.headers.get("Retry-After"))
+        except TimeoutError as exc:
+            raise SendError(
+                "timeout", f"no answer within {receiver.timeout_s}s", retriable=True
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise SendError("connection", f"{type(exc).__name__}: {exc}", retriable=True) from exc
+        retriable = status in RETRIABLE_STATUSES or status >= 500
+        raise SendError(
+            f"http_{status}",
+            f"{receiver.url} answered {status}: {detail}",
+            retriable=retriable,
+            retry_after=wait,
+        )
