@@ -24,7 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+import orjson
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from consumers.broker import EmbeddedBroker, create_topics
@@ -157,6 +158,34 @@ def steady_producer(bootstrap: str, topic: str, rate: float, seconds: float) -> 
         producer.send(topic, key=event.root_run_id.encode(), value=event.to_json())
     producer.flush()
     producer.close()
+
+
+def bare_latency(settings: KafkaSettings, rate: float, seconds: float) -> list[float]:
+    """The floor: the same producer into a bare kafka-python consumer that only parses."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+    )
+    consumer.assign([TopicPartition(settings.topic, i) for i in range(PARTITIONS)])
+    consumer.poll(timeout_ms=500)
+    producer = multiprocessing.get_context("spawn").Process(
+        target=steady_producer, args=(settings.bootstrap_servers, settings.topic, rate, seconds)
+    )
+    producer.start()
+    delays: list[float] = []
+    deadline = time.monotonic() + seconds + 15
+    while len(delays) < rate * seconds and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=100).values():
+            now = datetime.now(UTC)
+            for record in batch:
+                sent = datetime.fromisoformat(orjson.loads(record.value)["TimeGenerated"])
+                delays.append((now - sent).total_seconds())
+    producer.join()
+    consumer.close()
+    return delays
 
 
 def latency(settings: KafkaSettings, db: Path, rate: float, seconds: float) -> list[float]:

@@ -18,8 +18,10 @@ import contextlib
 import logging
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -34,7 +36,7 @@ from consumers.notify.webhook import WebhookSender
 from consumers.settings import ReceiverSettings, Settings
 from consumers.store import Store
 from consumers.store.outbox import Notification, Outbox
-from consumers.store.queries import get_run
+from consumers.store.queries import RunDetail, get_run
 from consumers.templating import Renderer
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 _IDLE_WAIT_S = 1.0
 _DEPTH_EVERY_S = 5.0
 _MAX_FAILED_CHILDREN = 10
+_RUN_CACHE_S = 1.0
+_RUN_CACHE_SIZE = 4096
 
 
 def _now() -> datetime:
@@ -71,6 +75,10 @@ class Dispatcher:
         self._wake: asyncio.Event | None = None
         self._email: EmailSender | None = None
         self._webhook: WebhookSender | None = None
+        self._to_mark: list[tuple[str, asyncio.Future[None]]] = []
+        self._runs: dict[str, tuple[float, RunDetail | None]] = {}  # run id -> (when, detail)
+        self._runs_lock = threading.Lock()
+        self._marker: asyncio.Task[None] | None = None
 
     # -- waking ---------------------------------------------------------------------------
 
@@ -92,6 +100,9 @@ class Dispatcher:
 
     async def run(self, stop: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop.set_default_executor(
+            ThreadPoolExecutor(self._notify.concurrency + 4, thread_name_prefix="dispatch-db")
+        )
         self._wake = asyncio.Event()
         queue: asyncio.Queue[Notification] = asyncio.Queue()
         async with aiohttp.ClientSession() as session:
@@ -195,8 +206,8 @@ class Dispatcher:
             self._metrics.notification_failures.labels(receiver_type=kind, reason=exc.reason).inc()
             await self._failed(notification, exc, extra)
             return
+        await self._mark_sent(notification.id)
         now = self._clock()
-        await asyncio.to_thread(self._outbox.mark_sent, notification.id, now)
         self._metrics.notifications.labels(receiver_type=kind, result="sent").inc()
         latency = (now - notification.event_time).total_seconds()
         self._metrics.notification_latency.labels(receiver_type=kind).observe(max(latency, 0.0))
@@ -228,6 +239,29 @@ class Dispatcher:
         elif receiver.webhook is not None:
             body = self._renderer.render_webhook(receiver.webhook.format, context)
             await self._webhook.send(receiver.webhook, body, notification_id=notification.id)
+
+    async def _mark_sent(self, notification_id: str) -> None:
+        """Group commit: sends that finish while a mark is being committed are marked together
+        in the next transaction, right after it; no send waits for a timer."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._to_mark.append((notification_id, future))
+        if self._marker is None or self._marker.done():
+            self._marker = asyncio.create_task(self._flush_marks())
+        await future
+
+    async def _flush_marks(self) -> None:
+        while self._to_mark:
+            batch, self._to_mark = self._to_mark, []
+            try:
+                await asyncio.to_thread(
+                    self._outbox.mark_all_sent, [i for i, _ in batch], self._clock()
+                )
+            except Exception as exc:  # the lease brings them back: the documented window
+                for _, future in batch:
+                    future.set_exception(exc)
+            else:
+                for _, future in batch:
+                    future.set_result(None)
 
     async def _failed(
         self, notification: Notification, exc: SendError, extra: dict[str, str]
@@ -287,7 +321,7 @@ class Dispatcher:
         the mail shows the run's timeline and children as they are now."""
         alert = Alert.model_validate(notification.alert)
         event = alert.event.model_dump(mode="json")
-        detail = get_run(self._store, notification.run_id, now=self._clock())
+        detail = self._run_detail(notification.run_id)
         timeline: list[dict[str, Any]] = []
         children: dict[str, Any] = {"total": 0, "by_status": {}, "failed": []}
         run: dict[str, Any] | None = None
@@ -324,6 +358,21 @@ class Dispatcher:
             "children": children,
             "run_url": self._run_url(event),
         }
+
+    def _run_detail(self, run_id: str) -> RunDetail | None:
+        """An alert's email and webhooks are sent together: they share one read of the run
+        (kept for a second, so no notification shows a stale timeline)."""
+        now = time.monotonic()
+        with self._runs_lock:
+            cached = self._runs.get(run_id)
+            if cached is not None and now - cached[0] < _RUN_CACHE_S:
+                return cached[1]
+        detail = get_run(self._store, run_id, now=self._clock())
+        with self._runs_lock:
+            if len(self._runs) > _RUN_CACHE_SIZE:
+                self._runs = {k: v for k, v in self._runs.items() if now - v[0] < _RUN_CACHE_S}
+            self._runs[run_id] = (now, detail)
+        return detail
 
     def _run_url(self, event: dict[str, Any]) -> str | None:
         template = self._settings.run_url_template

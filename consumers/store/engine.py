@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -45,8 +47,14 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # Enough pooled connections for the dispatcher's threads: opening a new one costs
+        # the PRAGMAs below each time (measured as a third of the dispatch time).
         engine = create_engine(
-            parsed, json_serializer=_json, connect_args={"timeout": 30}, pool_pre_ping=False
+            parsed,
+            json_serializer=_json,
+            connect_args={"timeout": 30},
+            pool_size=24,
+            max_overflow=8,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -70,6 +78,11 @@ class Store:
     """The handle every component shares; each method is one transaction."""
 
     engine: Engine
+    # SQLite has one writer at a time and makes the others sleep in growing steps (up to
+    # 100 ms) when they collide; taking turns on a lock in-process avoids those sleeps
+    # (measured: p99 notification latency 540 ms -> see the alerting benchmark).
+    # PostgreSQL locks rows, not the database: no lock there.
+    write_lock: AbstractContextManager[Any] = field(default_factory=nullcontext)
 
     @property
     def url(self) -> str:
@@ -119,7 +132,7 @@ class Store:
         batch, in one transaction: the offsets committed after it never point past something
         not stored, and a replay finds every notification already there."""
         try:
-            with self.engine.begin() as conn:
+            with self.write_lock, self.engine.begin() as conn:
                 return writer.write_batch(
                     conn,
                     events,
@@ -139,7 +152,7 @@ class Store:
         behind one huge delete."""
         total = 0
         while True:
-            with self.engine.begin() as conn:
+            with self.write_lock, self.engine.begin() as conn:
                 deleted = writer.delete_batch_older_than(conn, cutoff, batch)
             total += deleted
             if deleted < batch:
@@ -150,7 +163,9 @@ class Store:
 
 
 def open_store(url: str, *, migrate: bool = False) -> Store:
-    store = Store(make_engine(url))
+    engine = make_engine(url)
+    lock = threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
+    store = Store(engine, lock)
     try:
         if migrate:
             store.upgrade()

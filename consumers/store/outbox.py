@@ -148,12 +148,13 @@ class Outbox:
 
     def __init__(self, store: Store) -> None:
         self._engine = store.engine
+        self._lock = store.write_lock
 
     def claim(self, now: datetime, limit: int, lease_s: float) -> list[Notification]:
         """Due rows, each claimed by exactly one caller: FOR UPDATE SKIP LOCKED on
         PostgreSQL; on SQLite the database-wide write lock does the same."""
         token = uuid.uuid4().hex
-        with self._engine.begin() as conn:
+        with self._lock, self._engine.begin() as conn:
             due = (
                 select(n.c.id)
                 .where(n.c.state == "pending", n.c.next_attempt_at <= now)
@@ -178,12 +179,21 @@ class Outbox:
             return [Notification.from_row(row) for row in rows]
 
     def _set(self, notification_id: str, **values: Any) -> int:
-        with self._engine.begin() as conn:
+        with self._lock, self._engine.begin() as conn:
             result = conn.execute(update(n).where(n.c.id == notification_id).values(**values))
             return max(result.rowcount, 0)
 
     def mark_sent(self, notification_id: str, now: datetime) -> None:
-        self._set(notification_id, state="sent", sent_at=now, lease_until=None, claim=None)
+        self.mark_all_sent([notification_id], now)
+
+    def mark_all_sent(self, notification_ids: Sequence[str], now: datetime) -> None:
+        """Several in one transaction: the dispatcher's group commit."""
+        with self._lock, self._engine.begin() as conn:
+            conn.execute(
+                update(n)
+                .where(n.c.id.in_(notification_ids))
+                .values(state="sent", sent_at=now, lease_until=None, claim=None)
+            )
 
     def mark_retry(self, notification_id: str, at: datetime, reason: str, error: str) -> None:
         self._set(
@@ -208,7 +218,7 @@ class Outbox:
 
     def release_expired(self, now: datetime) -> int:
         """Rows whose dispatcher died mid-send go back to pending (the documented window)."""
-        with self._engine.begin() as conn:
+        with self._lock, self._engine.begin() as conn:
             result = conn.execute(
                 update(n)
                 .where(n.c.state == "sending", n.c.lease_until < now)
@@ -218,7 +228,7 @@ class Outbox:
 
     def retry(self, notification_id: str, now: datetime) -> bool:
         """`runwatch notifications retry ID`: a dead (or waiting) one is due again now."""
-        with self._engine.begin() as conn:
+        with self._lock, self._engine.begin() as conn:
             result = conn.execute(
                 update(n)
                 .where(n.c.id == notification_id, n.c.state.in_(("dead", "pending")))
