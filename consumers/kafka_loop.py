@@ -132,20 +132,17 @@ class _Writer(threading.Thread, Generic[P]):
             merged.update(offsets)  # in order, so the later offset wins
         return merged
 
-    def wait_idle(self) -> None:
-        """Every queued batch written (or the writer gone)."""
-        if self.is_alive():
-            self.inbox.join()
-
 
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, loop: KafkaLoop[Any]) -> None:
         self._loop = loop
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Whatever was stored is committed before another member takes the partition, so
-        # it does not redo (harmless, but slow) work.
-        self._loop.finish_in_flight()
+        # kafka-python calls this on its IO thread, where nothing may block (a synchronous
+        # commit raises there, and waiting for the writer could deadlock with the producer):
+        # what is already stored is committed asynchronously; a batch still being written is
+        # redelivered to the partition's next owner, and the store turns that into a no-op.
+        self._loop.commit_done(blocking=False)
         for tp in revoked:
             self._loop.forget(tp)
 
@@ -182,7 +179,7 @@ class KafkaLoop(Generic[P]):
         self.connected.set()
         try:
             while not stop.is_set():
-                self._commit(writer.take_done())
+                self.commit_done()
                 polled = consumer.poll(timeout_ms=_POLL_TIMEOUT_MS)
                 if not polled:
                     continue
@@ -198,7 +195,7 @@ class KafkaLoop(Generic[P]):
                 self._update_lag(consumer, offsets)
         finally:
             stop.set()
-            self.finish_in_flight(final=True)
+            self.finish_in_flight()
             self.connected.clear()
             consumer.close(autocommit=False)
             self._consumer = None
@@ -207,25 +204,30 @@ class KafkaLoop(Generic[P]):
         if isinstance(writer.failure, StoppedError):
             log.info("%s", writer.failure)
 
-    def finish_in_flight(self, *, final: bool = False) -> None:
-        """Wait for the writer to catch up, then commit what it finished."""
+    def finish_in_flight(self) -> None:
+        """At stop: let the writer finish what it has, then commit it (consumer thread)."""
         writer = self._writer
         if writer is None:
             return
-        if final:
-            with contextlib.suppress(queue.Full):
-                writer.inbox.put(None, timeout=1)
-            writer.join(timeout=60)
-            self._writer = None  # close() revokes partitions again: nothing left to wait for
-        else:
-            writer.wait_idle()
+        with contextlib.suppress(queue.Full):
+            writer.inbox.put(None, timeout=1)
+        writer.join(timeout=60)
+        self._writer = None  # close() revokes partitions again: nothing left to wait for
         self._commit(writer.take_done())
 
-    def _commit(self, offsets: Offsets) -> None:
+    def commit_done(self, *, blocking: bool = True) -> None:
+        if self._writer is not None:
+            self._commit(self._writer.take_done(), blocking=blocking)
+
+    def _commit(self, offsets: Offsets, *, blocking: bool = True) -> None:
         if not offsets or self._consumer is None:
             return
+        commits = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
         try:
-            self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+            if blocking:
+                self._consumer.commit(commits)
+            else:
+                self._consumer.commit_async(commits)
             self._metrics.commits.labels(result="ok").inc()
         except (CommitFailedError, KafkaError) as exc:
             # The group moved on; the batch will be redelivered and deduplicated by the store.
