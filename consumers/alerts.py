@@ -7,7 +7,7 @@ unique key derived from the rule and the event, so a Kafka replay cannot create 
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,7 +28,11 @@ def _digest(*parts: str) -> str:
 
 
 class Alert(BaseModel):
-    """One rule matching one event."""
+    """One rule matching one event, or (stateful kinds: threshold, absence, flatline,
+    duration, tree rollup) one firing or resolution of an alert instance. For those,
+    `instance` names the episode (rule, group, start), `event` is the event that best
+    explains it (the latest matching one, the stuck run's last event, the failed root's),
+    and `summary` / `details` say what was found."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -40,6 +44,15 @@ class Alert(BaseModel):
     throttle_key: str  # e.g. "RunId=abc|Status=Failed": one notification per key per window
     throttle_s: float = 0.0
     event: RunStatusEvent
+    kind: str = "event"
+    status: Literal["firing", "resolved"] = "firing"
+    instance: str | None = None
+    summary: str = ""
+    group: dict[str, str] = Field(default_factory=dict)
+    value: float | None = None
+    details: tuple[dict[str, Any], ...] = ()
+    # Older than the replay horizon when raised: recorded as suppressed, never sent.
+    stale: bool = False
 
     @property
     def fingerprint(self) -> str:
@@ -47,7 +60,10 @@ class Alert(BaseModel):
         return _digest(self.rule, self.throttle_key)
 
     def dedup_key(self, receiver: str) -> str:
-        """Unique per (rule, event, receiver): the same event replayed maps to the same row."""
+        """Unique per (rule, event, receiver): the same event replayed maps to the same row.
+        A stateful alert's key is its episode and status: one firing, one resolution."""
+        if self.instance is not None:
+            return _digest(self.rule, self.instance, self.status, receiver)
         run, time, status = self.event.natural_key
         return _digest(self.rule, run, time.isoformat(), status, receiver)
 
@@ -60,4 +76,10 @@ class Alert(BaseModel):
             "labels": dict(self.labels),
             "annotations": dict(self.annotations),
             "fingerprint": self.fingerprint,
+            "kind": self.kind,
+            "status": self.status,
+            "summary": self.summary,
+            "group": dict(self.group),
+            "value": self.value,
+            "details": [dict(d) for d in self.details],
         }

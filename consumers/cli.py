@@ -398,7 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     notes_sub = notes.add_subparsers(dest="notes", required=True)
     p = notes_sub.add_parser("list")
     _common(p, store=True)
-    p.add_argument("--state", choices=["pending", "sending", "sent", "dead", "throttled"])
+    p.add_argument(
+        "--state", choices=["pending", "sending", "sent", "dead", "throttled", "suppressed"]
+    )
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--output", "-o", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_notifications_list)

@@ -206,6 +206,8 @@ class WebhookReceiver(_Section):
 class ReceiverSettings(_Section):
     email: EmailReceiver | None = None
     webhook: WebhookReceiver | None = None
+    # Also notify when a stateful alert (threshold, absence, ...) resolves.
+    send_resolved: bool = False
 
     @property
     def kind(self) -> Literal["email", "webhook"]:
@@ -220,6 +222,17 @@ class NotifySettings(_Section):
     max_age_s: float = Field(default=86_400.0, gt=0)
     lease_s: float = Field(default=60.0, gt=0)
     link_domain: str = "runwatch.local"  # right-hand side of Message-IDs
+
+
+class EvaluationSettings(_Section):
+    """The scheduled rule kinds (threshold, absence, flatline, duration, tree roll-up)."""
+
+    enabled: bool = True
+    tick_s: float = Field(default=10.0, gt=0)  # how often due rules are looked for
+    lease_ttl_s: float = Field(default=30.0, gt=0)  # a dead leader's lease expires after it
+    # Replay safety: events older than this when their alert is raised notify nobody; the
+    # alert is recorded as suppressed (reason stale). null turns it off.
+    replay_horizon_s: float | None = Field(default=3600.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -240,6 +253,7 @@ class Settings(BaseSettings):
     smtp: SmtpSettings = SmtpSettings()
     receivers: dict[str, ReceiverSettings] = Field(default_factory=dict)
     notify: NotifySettings = NotifySettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
 
     @model_validator(mode="after")
     def _receivers(self) -> Settings:

@@ -19,7 +19,7 @@ from jmespath.visitor import TreeInterpreter
 
 from consumers.alerts import Alert
 from consumers.events import RunStatusEvent, Status
-from consumers.rules.model import Rule
+from consumers.rules.model import Rule, When
 
 if TYPE_CHECKING:
     from jmespath.visitor import _TreeNode  # the stubs' name for a syntax tree
@@ -83,21 +83,44 @@ class _Matcher:
     workspace: re.Pattern[str] | None
     run_type: re.Pattern[str] | None
     where: _TreeNode | None  # the compiled expression's syntax tree
+    statuses: frozenset[str] | None = None
+    scope: str | None = None  # "child" or "root": tree rules evaluated per event
 
     @classmethod
-    def compile(cls, rule: Rule) -> _Matcher:
-        when = rule.when
+    def compile(cls, rule: Rule, when: When | None = None) -> _Matcher:
+        when = rule.when if when is None else when
+        scope = None
+        if rule.tree is not None:
+            scope = "root" if rule.tree.mode == "root" else "child"
         return cls(
             rule,
             _glob_regex(when.experiment),
             _glob_regex(when.workspace),
             _glob_regex(when.run_type),
             jmespath.compile(when.where).parsed if when.where is not None else None,
+            frozenset(when.status) if when.status is not None else None,
+            scope,
         )
+
+    def matches(self, event: RunStatusEvent) -> bool:
+        """Every condition, status included (the scheduled kinds' filter)."""
+        if self.statuses is not None and event.Status not in self.statuses:
+            return False
+        if not self.columns_match(event):
+            return False
+        if self.where is None:
+            return True
+        try:
+            return _truthy(_INTERPRETER.visit(self.where, event_data(event)))
+        except (ValueError, TypeError):
+            return False
 
     def columns_match(self, event: RunStatusEvent) -> bool:
         """The glob conditions. A glob needs its column: a run without an experiment
-        matches no `experiment:` glob, not even "*"."""
+        matches no `experiment:` glob, not even "*". Tree rules also need the run's place:
+        a child (it has a parent) or a root."""
+        if self.scope is not None and (event.ParentRunId is None) != (self.scope == "root"):
+            return False
         for regex, value in (
             (self.experiment, event.ExperimentName),
             (self.workspace, event.WorkspaceName),
@@ -119,7 +142,11 @@ class _Matcher:
             throttle_key="|".join(f"{k}={_key_text(getattr(event, k))}" for k in throttle.key),
             throttle_s=throttle.for_,
             event=event,
+            kind=rule.kind,
         )
+
+
+Matcher = _Matcher  # the scheduled kinds filter events with the same compiled conditions
 
 
 class RuleSet:
@@ -130,7 +157,9 @@ class RuleSet:
 
     def __init__(self, rules: Iterable[Rule] = ()) -> None:
         self._rules = tuple(rules)
-        matchers = [_Matcher.compile(rule) for rule in self._rules if rule.enabled]
+        matchers = [
+            _Matcher.compile(rule) for rule in self._rules if rule.enabled and rule.per_event
+        ]
         by_status: dict[str, tuple[_Matcher, ...]] = {}
         for status in Status:
             wanted = tuple(
@@ -156,7 +185,12 @@ class RuleSet:
     @property
     def receivers_used(self) -> frozenset[str]:
         """The receivers that enabled rules notify."""
-        return self._receivers
+        return self._receivers | frozenset(r for rule in self.scheduled for r in rule.notify)
+
+    @property
+    def scheduled(self) -> tuple[Rule, ...]:
+        """The enabled rules the scheduler evaluates (threshold, absence, ...)."""
+        return tuple(r for r in self._rules if r.enabled and not r.per_event)
 
     def __len__(self) -> int:
         return len(self._rules)

@@ -17,12 +17,31 @@ from pydantic_core import ErrorDetails
 
 from consumers.errors import RuleError
 from consumers.rules.engine import RuleSet
-from consumers.rules.model import Rule, Throttle, When
+from consumers.rules.model import (
+    AbsenceSpec,
+    DurationSpec,
+    FlatlineSpec,
+    Rule,
+    ThresholdSpec,
+    Throttle,
+    TreeSpec,
+    When,
+)
 from consumers.rules.yamlpos import YamlSyntaxError, line_of, locate, node_at, parse
 
 RULE_SUFFIXES = (".yaml", ".yml")
 # Which model an unknown key was found in, by the dotted path of its parent.
-_MODELS: dict[str, type[BaseModel]] = {"": Rule, "when": When, "throttle": Throttle}
+_MODELS: dict[str, type[BaseModel]] = {
+    "": Rule,
+    "when": When,
+    "throttle": Throttle,
+    "threshold": ThresholdSpec,
+    "threshold.of": When,
+    "absence": AbsenceSpec,
+    "flatline": FlatlineSpec,
+    "duration": DurationSpec,
+    "tree": TreeSpec,
+}
 
 
 def rule_files(directory: Path) -> list[Path]:

@@ -8,13 +8,20 @@ time: status names, glob types, JMESPath syntax, throttle columns and durations.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import jmespath
 from jmespath import exceptions as jmespath_errors
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
-from consumers.events import RunStatusEvent, parse_status
+from consumers.events import RunStatusEvent, Status, parse_status
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 DEFAULT_THROTTLE_KEY: tuple[str, ...] = ("RunId", "Status")
@@ -22,6 +29,7 @@ DEFAULT_THROTTLE_S = 3600.0
 # Dicts make poor keys: throttle on a scalar column (or add a column to the event).
 THROTTLE_COLUMNS = frozenset(RunStatusEvent.model_fields) - {"Tags", "Properties"}
 
+STATUS_NAMES = tuple(s.value for s in Status)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -122,8 +130,111 @@ class Throttle(_Strict):
     for_: Duration = Field(default=DEFAULT_THROTTLE_S, alias="for")
 
 
+Operator = Literal[">", ">=", "<", "<=", "==", "!="]
+Positive = Annotated[int, Field(ge=1, strict=True)]
+NON_TERMINAL = tuple(s for s in STATUS_NAMES if s not in ("Completed", "Failed", "Canceled"))
+
+
+def _group_column(name: str) -> str:
+    """`WorkspaceName`, or a tag / property: `tags.team`, `properties.owner`."""
+    head, dot, key = name.partition(".")
+    if dot:
+        if head not in ("tags", "properties", "Tags", "Properties") or not key:
+            raise ValueError(f"{name!r}: expected tags.KEY or properties.KEY")
+        return f"{'Tags' if head.lower() == 'tags' else 'Properties'}.{key}"
+    return _throttle_column(name)
+
+
+GroupBy = tuple[Annotated[str, AfterValidator(_group_column)], ...]
+
+
+class ThresholdSpec(_Strict):
+    """Count (or ratio to the events matching `of`) of matching events in a sliding window,
+    per group, compared with `value`; fires after `breaches` of the last `periods`
+    evaluations breached, resolves after `resolve_after` clear evaluations in a row."""
+
+    measure: Literal["count", "ratio"] = "count"
+    of: When | None = None  # the ratio's denominator
+    op: Operator = ">="
+    value: float
+    window: Duration
+    every: Duration = 60.0
+    group_by: GroupBy = ()
+    breaches: Positive = 1
+    periods: Positive = 1
+    resolve_after: Positive = 1
+    min_events: Positive = 1  # a ratio needs this many denominator events to be judged
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ThresholdSpec:
+        if (self.measure == "ratio") != (self.of is not None):
+            raise ValueError("measure: ratio needs `of` (the denominator), and only it")
+        if self.breaches > self.periods:
+            raise ValueError("breaches cannot exceed periods")
+        if self.window <= 0 or self.every <= 0:
+            raise ValueError("window and every must be positive")
+        return self
+
+
+def _limits(value: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for status, limit in value.items():
+        name = parse_status(str(status))
+        if name not in NON_TERMINAL:
+            raise ValueError(f"{name} is terminal: a run cannot be stuck in it")
+        out[name] = parse_duration(limit)
+    if not out:
+        raise ValueError("must not be empty")
+    return out
+
+
+class AbsenceSpec(_Strict):
+    """A run whose last status is non-terminal and unchanged for longer than its limit."""
+
+    limits: Annotated[dict[str, float], BeforeValidator(_limits)]
+    every: Duration = 60.0
+
+
+class FlatlineSpec(_Strict):
+    """No event matching `when` within `window` (per group, for groups seen before)."""
+
+    window: Duration
+    every: Duration = 60.0
+    group_by: GroupBy = ()
+
+
+class DurationSpec(_Strict):
+    """A run in Running longer than `max`, or than `factor` x the p90 of the last
+    `baseline_runs` completed runs of its experiment (judged only once that many exist)."""
+
+    max: Duration | None = None
+    factor: Annotated[float, Field(gt=0)] | None = None
+    baseline_runs: Annotated[int, Field(ge=2, strict=True)] = 20
+    every: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> DurationSpec:
+        if self.max is None and self.factor is None:
+            raise ValueError("give max, factor, or both")
+        return self
+
+
+class TreeSpec(_Strict):
+    """Run trees. rollup: one alert per root listing its matching children (at the root's
+    end, or `wait` after the first one); each: per child run; root: per root run."""
+
+    mode: Literal["rollup", "each", "root"] = "rollup"
+    wait: Duration = 600.0
+    every: Duration = 10.0
+
+
+KINDS = ("threshold", "absence", "flatline", "duration", "tree")
+
+
 class Rule(_Strict):
-    """One per-event rule: when an event matches `when`, alert `notify`."""
+    """One rule. Without a kind section it is per-event: when an event matches `when`, alert
+    `notify`. With one (`threshold`, `absence`, `flatline`, `duration`, `tree`), `when` is its
+    filter and the scheduler evaluates it every `every`."""
 
     name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=200)]
     description: str = ""
@@ -134,6 +245,36 @@ class Rule(_Strict):
     annotations: dict[str, str] = Field(default_factory=dict)
     notify: Annotated[tuple[str, ...], AfterValidator(_non_empty), AfterValidator(_unique)]
     throttle: Throttle = Throttle()
+    threshold: ThresholdSpec | None = None
+    absence: AbsenceSpec | None = None
+    flatline: FlatlineSpec | None = None
+    duration: DurationSpec | None = None
+    tree: TreeSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Rule:
+        given = [k for k in KINDS if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"a rule has one kind; got {', '.join(given)}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """ "event", or the kind section given."""
+        return next((k for k in KINDS if getattr(self, k) is not None), "event")
+
+    @property
+    def per_event(self) -> bool:
+        """Evaluated on each event as it is ingested (not by the scheduler)."""
+        return self.tree.mode != "rollup" if self.tree is not None else self.kind == "event"
+
+    @property
+    def every(self) -> float | None:
+        """The scheduled kinds' evaluation interval."""
+        if self.per_event:
+            return None
+        spec: Any = getattr(self, self.kind)
+        return float(spec.every)
 
 
 class RuleFile(_Strict):

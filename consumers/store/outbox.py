@@ -26,7 +26,9 @@ from consumers.store.schema import notifications as n
 if TYPE_CHECKING:
     from consumers.store.engine import Store
 
-STATES = ("pending", "sending", "sent", "dead", "throttled")
+STATES = ("pending", "sending", "sent", "dead", "throttled", "suppressed")
+# Recorded but never to be sent: they neither throttle nor thread later notifications.
+_UNSENT = ("throttled", "suppressed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +89,13 @@ def _statements(dialect: str) -> tuple[Any, Any, Any]:
             others,
             n.c.rule == bindparam("p_rule"),
             n.c.throttle_key == bindparam("p_throttle_key"),
-            n.c.state != "throttled",
+            n.c.state.not_in(_UNSENT),
             n.c.created_at >= bindparam("p_since", type_=n.c.created_at.type),
         )
     )
     followup = select(
         exists().where(
-            others, n.c.fingerprint == bindparam("p_fingerprint"), n.c.state != "throttled"
+            others, n.c.fingerprint == bindparam("p_fingerprint"), n.c.state.not_in(_UNSENT)
         )
     )
     module: Any = postgresql if dialect == "postgresql" else sqlite
@@ -115,7 +117,9 @@ def insert_notifications(
             key = alert.dedup_key(receiver)
             match = {"p_receiver": receiver, "p_key": key}
             state, reason = "pending", None
-            if receiver not in kinds:
+            if alert.stale:
+                state, reason = "suppressed", "stale"
+            elif receiver not in kinds:
                 state, reason = "dead", "unknown_receiver"
             elif (
                 alert.throttle_s > 0

@@ -141,3 +141,20 @@ notifications = Table(
     Index("ix_notifications_throttle", "rule", "throttle_key", "receiver", "created_at"),
     Index("ix_notifications_fingerprint", "fingerprint"),
 )
+
+# Stateful alert instances of the scheduled rule kinds (threshold, absence, flatline,
+# duration): one row per (rule, group) that is firing or has breached lately, so that another
+# replica taking over the evaluation lease neither fires twice nor forgets to resolve.
+alert_states = Table(
+    "alert_states",
+    metadata,
+    Column("rule", String(), primary_key=True),
+    Column("group_key", String(), primary_key=True),
+    Column("firing", Boolean, nullable=False),
+    Column("history", String(), nullable=False),  # last M evaluations, "1" = breached
+    Column("clear", Integer, nullable=False),  # clear evaluations in a row while firing
+    Column("instance", String()),  # the firing episode
+    Column("since", Time),
+    Column("alert", JSON),  # the firing alert, to build its resolution from
+    Column("updated_at", Time, nullable=False),
+)

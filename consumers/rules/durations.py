@@ -1,0 +1,78 @@
+"""Duration rules: a run in Running for longer than an absolute limit, or than `factor` times
+the p90 of the last `baseline_runs` completed runs of its experiment. The relative limit is
+applied only once that many completed runs exist: a new experiment has no normal yet.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+from consumers.events import Status
+from consumers.rules.engine import Matcher
+from consumers.rules.instances import Finding
+from consumers.rules.model import Rule
+from consumers.rules.tracker import RunTracker
+
+
+def p90(values: list[float]) -> float:
+    """Nearest-rank 90th percentile."""
+    ordered = sorted(values)
+    return ordered[max(math.ceil(0.9 * len(ordered)) - 1, 0)]
+
+
+def _span(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+class LongRuns:
+    def __init__(self, rule: Rule) -> None:
+        assert rule.duration is not None
+        self.rule = rule
+        self.spec = rule.duration
+        self.matcher = Matcher.compile(rule, rule.when.model_copy(update={"status": None}))
+
+    def evaluate(self, runs: RunTracker, now: datetime) -> list[Finding]:
+        spec = self.spec
+        findings: list[Finding] = []
+        for run in runs.active.values():
+            event = run.event
+            if event.Status != Status.Running or run.started is None:
+                continue
+            elapsed = (now - run.started).total_seconds()
+            if spec.max is not None and elapsed <= spec.max and spec.factor is None:
+                continue
+            if not self.matcher.matches(event):
+                continue
+            reasons: list[str] = []
+            if spec.max is not None and elapsed > spec.max:
+                reasons.append(f"limit {_span(spec.max)}")
+            if spec.factor is not None and event.ExperimentName is not None:
+                baseline = runs.baseline(event.ExperimentName, spec.baseline_runs)
+                if baseline is not None:
+                    typical = p90(baseline)
+                    if elapsed > spec.factor * typical:
+                        reasons.append(
+                            f"{spec.factor:g} x p90 {_span(typical)} of the last "
+                            f"{len(baseline)} completed runs"
+                        )
+            if not reasons:
+                continue
+            findings.append(
+                Finding(
+                    event.RunId,
+                    True,
+                    event,
+                    summary=(
+                        f"run {event.RunId} has been Running for {_span(elapsed)} "
+                        f"({'; '.join(reasons)})"
+                    ),
+                    group={"RunId": event.RunId},
+                    value=elapsed,
+                )
+            )
+        return findings

@@ -1,0 +1,153 @@
+"""Threshold rules: a count, or a ratio, of matching events in a sliding window, per group.
+
+Incremental: each event is added once to a time bucket of its group (buckets are 1/600 of
+the window, at least a second), and buckets leave the running totals as the window slides
+past them. An evaluation therefore costs the number of groups, never the size of the
+history, and late events land in the bucket of their own TimeGenerated.
+"""
+
+from __future__ import annotations
+
+import heapq
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from consumers.events import RunStatusEvent
+from consumers.rules.engine import Matcher
+from consumers.rules.instances import Finding
+from consumers.rules.model import Rule, ThresholdSpec
+
+COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+def group_values(event: RunStatusEvent, columns: tuple[str, ...]) -> dict[str, str]:
+    """`WorkspaceName`, `Tags.team`, `Properties.owner` -> their values ("" when absent)."""
+    values: dict[str, str] = {}
+    for column in columns:
+        head, dot, key = column.partition(".")
+        if dot:
+            labels: dict[str, Any] = getattr(event, head)
+            value = labels.get(key)
+        else:
+            value = getattr(event, column)
+        values[column] = "" if value is None else str(value)
+    return values
+
+
+def group_key(values: dict[str, str]) -> str:
+    return "|".join(f"{k}={v}" for k, v in values.items())
+
+
+@dataclass(slots=True)
+class _Group:
+    values: dict[str, str]
+    buckets: dict[int, list[int]] = field(default_factory=dict)  # bucket -> [num, den]
+    heap: list[int] = field(default_factory=list)
+    num: int = 0
+    den: int = 0
+    last: RunStatusEvent | None = None  # the latest numerator event: the alert's example
+    seen: RunStatusEvent | None = None  # the latest of any (for "fewer than" rules)
+
+
+class ThresholdCounter:
+    """One threshold rule's sliding-window counts."""
+
+    def __init__(self, rule: Rule) -> None:
+        assert rule.threshold is not None
+        self.rule = rule
+        self.spec: ThresholdSpec = rule.threshold
+        self.numerator = Matcher.compile(rule)
+        self.denominator = Matcher.compile(rule, self.spec.of) if self.spec.of is not None else None
+        self.bucket_s = max(1.0, self.spec.window / 600)
+        self.groups: dict[str, _Group] = {}
+
+    def observe(self, event: RunStatusEvent, num: bool, den: bool) -> None:
+        """`num` / `den`: whether the event matched the rule's filter / the ratio's `of`."""
+        values = group_values(event, self.spec.group_by)
+        key = group_key(values)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = _Group(values)
+        bucket = int(event.TimeGenerated.timestamp() // self.bucket_s)
+        counts = group.buckets.get(bucket)
+        if counts is None:
+            counts = group.buckets[bucket] = [0, 0]
+            heapq.heappush(group.heap, bucket)
+        if group.seen is None or event.TimeGenerated >= group.seen.TimeGenerated:
+            group.seen = event
+        if num:
+            counts[0] += 1
+            group.num += 1
+            if group.last is None or event.TimeGenerated >= group.last.TimeGenerated:
+                group.last = event
+        if den:
+            counts[1] += 1
+            group.den += 1
+
+    def _slide(self, group: _Group, edge: int) -> None:
+        while group.heap and group.heap[0] < edge:
+            counts = group.buckets.pop(heapq.heappop(group.heap))
+            group.num -= counts[0]
+            group.den -= counts[1]
+
+    def evaluate(self, now: datetime, firing: set[str]) -> list[Finding]:
+        """A finding per group in the window (and per firing group, to resolve it)."""
+        spec = self.spec
+        edge = int((now.timestamp() - spec.window) // self.bucket_s) + 1
+        compare = COMPARE[spec.op]
+        findings: list[Finding] = []
+        for key in list(self.groups):
+            group = self.groups[key]
+            self._slide(group, edge)
+            if not group.buckets and key not in firing:
+                del self.groups[key]
+                continue
+            if spec.measure == "ratio":
+                if group.den < spec.min_events:
+                    findings.append(Finding(key, False, None, group=group.values))
+                    continue
+                value = group.num / group.den
+            else:
+                value = float(group.num)
+            breached = compare(value, spec.value)
+            findings.append(
+                Finding(
+                    key,
+                    breached,
+                    (group.last or group.seen) if breached else None,
+                    summary=self._summary(group, value) if breached else "",
+                    group=group.values,
+                    value=value,
+                )
+            )
+        return findings
+
+    def _summary(self, group: _Group, value: float) -> str:
+        spec = self.spec
+        where = ", ".join(f"{k}={v}" for k, v in group.values.items())
+        window = _span(spec.window)
+        if spec.measure == "ratio":
+            measured = f"{group.num} of {group.den} ({value:.0%})"
+            limit = f"{spec.op} {spec.value:.0%}" if spec.value <= 1 else f"{spec.op} {spec.value}"
+        else:
+            measured = f"{group.num} events"
+            limit = f"{spec.op} {spec.value:g}"
+        scope = f" in {where}" if where else ""
+        return f"{self.rule.name}: {measured} in {window}{scope} ({limit})"
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
