@@ -27,6 +27,7 @@ from consumers.ingest import Ingestor
 from consumers.kafka_loop import KafkaLoop
 from consumers.metrics import Metrics
 from consumers.producer import DeadLetterPublisher
+from consumers.rules.evaluation import mark_stale
 from consumers.rules.loader import load_rules
 from consumers.rules.reload import RuleWatcher
 from consumers.settings import Settings
@@ -70,7 +71,11 @@ class Service:
             )
 
     def _evaluate(self, event: RunStatusEvent) -> list[Alert]:
-        return self.rules.current.evaluate(event)  # the rules in force now (hot reload)
+        alerts = self.rules.current.evaluate(event)  # the rules in force now (hot reload)
+        if not alerts:
+            return alerts
+        horizon = self.settings.evaluation.replay_horizon_s
+        return mark_stale(alerts, datetime.now(UTC), horizon)
 
     def _start_metrics(self) -> None:
         if not self.settings.metrics.enabled:

@@ -225,6 +225,46 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    from consumers.rules.dryrun import dry_run, render
+    from consumers.rules.loader import read_rules
+
+    settings = _config(args)
+    configured = set(settings.receivers) if args.config else None
+    rules, errors = read_rules(args.file)
+    for error in errors:
+        print(error, file=sys.stderr)
+    if errors:
+        return 1
+    now = datetime.now(UTC)
+    since = parse_since(args.since, now)
+    store = _store(args)
+    try:
+        result = dry_run(
+            store,
+            rules,
+            since=since,
+            until=now,
+            receivers=configured,
+            resolved_receivers={n for n, r in settings.receivers.items() if r.send_resolved},
+        )
+    finally:
+        store.dispose()
+    if args.output == "json":
+        document = {
+            "since": since.isoformat(),
+            "until": now.isoformat(),
+            "events": result.events,
+            "alerts": [a.as_json() for a in result.alerts],
+            "notifications": result.sent,
+            "throttled": result.throttled,
+        }
+        print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render(result))
+    return 0
+
+
 def cmd_notifications_list(args: argparse.Namespace) -> int:
     from consumers.store.outbox import Outbox
 
@@ -393,6 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path, nargs="?", help="default: rules_dir of --config")
     p.add_argument("--config", "-c", type=Path, help="also check receivers against it")
     p.set_defaults(func=cmd_rules_check)
+
+    p = rules.add_parser("test", help="replay stored history through rules; send nothing")
+    _common(p, store=True)
+    p.add_argument("file", type=Path, help="a rule file or a directory of them")
+    p.add_argument("--since", default="7d", help="30m, 6h, 7d or an ISO time (default 7d)")
+    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_rules_test)
 
     notes = sub.add_parser("notifications", help="the outbox")
     notes_sub = notes.add_subparsers(dest="notes", required=True)

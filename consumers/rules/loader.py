@@ -73,7 +73,7 @@ def read_rules(
     """The valid rules and all errors: what a reloader needs to validate, then swap."""
     directory = Path(directory)
     try:
-        files = rule_files(directory)
+        files = [directory] if directory.is_file() else rule_files(directory)
     except OSError as exc:
         return [], [RuleError(str(directory), None, None, None, f"cannot list: {exc.strerror}")]
     rules: list[Rule] = []
