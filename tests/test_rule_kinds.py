@@ -190,7 +190,7 @@ def test_absence_fires_for_a_stuck_run_and_resolves_when_it_moves_on(store: Stor
     assert summaries(store)[-1][:2] == ("chat", "resolved")
     # Running has its own limit: 12 h later it is stuck again (a new episode).
     clock.at(125 + 12 * 60 + 1)
-    assert run.run_once().alerts == 1
+    assert run.run_once().alerts == 2  # and "moving", Queued since minute 60
     stuck = [n for n in notes(store) if n.alert["summary"].startswith("run stuck has been Running")]
     assert len(stuck) == 2  # oncall and chat
 
