@@ -17,7 +17,7 @@ from consumers.rules.absence import Flatline, StuckRuns
 from consumers.rules.durations import LongRuns
 from consumers.rules.instances import Instances, Key
 from consumers.rules.model import Rule
-from consumers.rules.threshold import ThresholdCounter
+from consumers.rules.threshold import ThresholdCounter, group_key, group_values
 from consumers.rules.tracker import BaselineLoader, RunTracker
 from consumers.rules.trees import Rollup, evict_finished
 from consumers.store.alert_states import InstanceState
@@ -86,13 +86,19 @@ class Evaluation:
             self.runs.observe(event)
         if not counts:
             return
+        groups: dict[tuple[str, ...], tuple[str, dict[str, str]]] = {}  # many rules share one
         for counter, num, den in self._by_status[event.Status]:
             matched_num = num and counter.numerator.matches(event)
             matched_den = (
                 den and counter.denominator is not None and counter.denominator.matches(event)
             )
             if matched_num or matched_den:
-                counter.observe(event, matched_num, matched_den)
+                by = counter.spec.group_by
+                grouped = groups.get(by)
+                if grouped is None:
+                    values = group_values(event, by)
+                    grouped = groups[by] = (group_key(values), values)
+                counter.observe(event, matched_num, matched_den, grouped)
         for flatline in self.flatlines:
             if flatline.matcher.matches(event):
                 flatline.observe(event)

@@ -1,9 +1,10 @@
 """Threshold rules: a count, or a ratio, of matching events in a sliding window, per group.
 
-Incremental: each event is added once to a time bucket of its group (buckets are 1/600 of
-the window, at least a second), and buckets leave the running totals as the window slides
-past them. An evaluation therefore costs the number of groups, never the size of the
-history, and late events land in the bucket of their own TimeGenerated.
+Incremental: each event is added once to a time bucket of its group (buckets are 1/60 of
+the window, at least a second: the window's trailing edge is exact to that), and buckets
+leave the running totals as the window slides past them. An evaluation therefore costs the
+number of groups, never the size of the history, and late events land in the bucket of
+their own TimeGenerated.
 """
 
 from __future__ import annotations
@@ -68,13 +69,23 @@ class ThresholdCounter:
         self.spec: ThresholdSpec = rule.threshold
         self.numerator = Matcher.compile(rule)
         self.denominator = Matcher.compile(rule, self.spec.of) if self.spec.of is not None else None
-        self.bucket_s = max(1.0, self.spec.window / 600)
+        self.bucket_s = max(1.0, self.spec.window / 60)
         self.groups: dict[str, _Group] = {}
 
-    def observe(self, event: RunStatusEvent, num: bool, den: bool) -> None:
-        """`num` / `den`: whether the event matched the rule's filter / the ratio's `of`."""
-        values = group_values(event, self.spec.group_by)
-        key = group_key(values)
+    def observe(
+        self,
+        event: RunStatusEvent,
+        num: bool,
+        den: bool,
+        grouped: tuple[str, dict[str, str]] | None = None,
+    ) -> None:
+        """`num` / `den`: whether the event matched the rule's filter / the ratio's `of`;
+        `grouped`: the event's group key and values, if the caller has them already."""
+        if grouped is None:
+            values = group_values(event, self.spec.group_by)
+            key = group_key(values)
+        else:
+            key, values = grouped
         group = self.groups.get(key)
         if group is None:
             group = self.groups[key] = _Group(values)
