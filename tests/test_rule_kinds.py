@@ -438,3 +438,33 @@ def test_cycle_reads_only_new_events(store: Store) -> None:
 def test_rule_kind_validation(section: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Rule.model_validate({"name": "r", "notify": ["oncall"], **section})
+
+
+def test_threshold_and_rollup_on_postgresql(pg_url: str) -> None:
+    """The same path on PostgreSQL: states upserted, notifications written, takeover."""
+    from consumers.store import open_store
+
+    store = open_store(pg_url, migrate=True)
+    try:
+        clock = Clock()
+        lease_a, lease_b = SwitchLease(), SwitchLease(held=False)
+        a = scheduler(store, FAILURES, clock, lease_a)
+        a.run_once()
+        store.write_batch([event(i, f"r{i}", "Failed") for i in range(3)])
+        clock.at(3)
+        assert a.run_once().alerts == 1
+        lease_a.held, lease_b.held = False, True
+        b = scheduler(store, FAILURES, clock, lease_b)
+        clock.at(16.5)
+        b.run_once()
+        clock.at(17.5)
+        assert b.run_once().alerts == 1
+        assert [s for _, s, _ in summaries(store)] == ["firing", "firing", "resolved"]
+        tree = scheduler(store, TREE, clock)
+        tree.run_once()
+        store.write_batch(_pipeline("pg", {3}, steps=4))
+        clock.at(40)
+        assert tree.run_once().alerts == 1
+        assert notes(store)[-1].alert["summary"] == "1 of 4 steps failed in pg: step3"
+    finally:
+        store.dispose()
