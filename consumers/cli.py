@@ -418,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = db.add_parser("upgrade", help="apply migrations")
     _common(p, store=True)
     p.set_defaults(func=cmd_db_upgrade)
+
+    from consumers.cli_run import register  # `runwatch run ...`: the lifecycle API
+
+    register(sub, _common)
     return parser
 
 
