@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from consumers.cli import _config, _pairs
-from consumers.errors import ConfigError
+from consumers.errors import ConfigError, RunNotFoundError, StoreLagError
 from consumers.lifecycle import Experiment, Run, Workspace
 from consumers.lifecycle.workspace import DEFAULT_WORKSPACE
 
@@ -27,6 +27,15 @@ def _workspace(args: argparse.Namespace) -> Workspace:
 def _attach(args: argparse.Namespace) -> tuple[Workspace, Run]:
     ws = _workspace(args)
     return ws, Run.attach(ws, args.run_id)
+
+
+def _settle(run: Run) -> None:
+    """Wait (up to --wait) until the store shows what was just published, so the next
+    command of a shell script reads it back; publishing succeeded either way."""
+    try:
+        run.get_status()
+    except (StoreLagError, RunNotFoundError) as exc:
+        print(f"runwatch: published, but not stored yet: {exc}", file=sys.stderr)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -44,6 +53,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             run = Experiment(ws, args.experiment).start_logging(
                 run_id=args.run_id, tags=tags, properties=properties, description=args.description
             )
+        _settle(run)
         if args.export:
             for key, value in run.environment().items():
                 print(f"export {key}={shlex.quote(value)}")
@@ -61,6 +71,7 @@ def cmd_finish(args: argparse.Namespace) -> int:
             run.fail(args.error, error_code=args.error_code)
         else:
             run.cancel()
+        _settle(run)
     done = {"complete": "Completed", "fail": "Failed", "cancel": "Canceled"}[args.action]
     print(f"run {run.id}: {done}", file=sys.stderr)
     return 0
@@ -81,6 +92,7 @@ def cmd_update(args: argparse.Namespace) -> int:
             run.remove_tag(key)
         if args.description is not None:
             run.set_description(args.description)
+        _settle(run)
     print(f"run {run.id}: updated", file=sys.stderr)
     return 0
 
@@ -139,7 +151,7 @@ def register(sub: Any, common: Common) -> None:
             type=float,
             default=10.0,
             metavar="S",
-            help="how long to wait for the store to show a run (default 10 s)",
+            help="how long to wait for the store to show a run or a change (default 10 s)",
         )
         p.set_defaults(func=func, action=name)
         return p

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
@@ -16,7 +17,7 @@ from sqlalchemy import func, select
 from consumers.cli import main
 from consumers.errors import PropertyConflictError, RunNotFoundError, RunStateError, RunwatchError
 from consumers.lifecycle import Experiment, Run, Workspace
-from consumers.store import Store
+from consumers.store import Store, open_store
 from consumers.store.queries import get_run
 from consumers.store.schema import events, notifications
 from tests.conftest import RunningService, Topics, settings_for, wait_for
@@ -203,29 +204,51 @@ def test_get_context_in_a_subprocess(ws: Workspace) -> None:
         Run.get_context({})
 
 
+def _labels_round_trip(topics: Topics, url: str, rules_dir: Path) -> None:
+    """A rule matching every status change: updates must raise no alert of their own."""
+    (rules_dir / "all.yaml").write_text(
+        "rules:\n  - name: every-change\n    when: {}\n    notify: [hook]\n"
+    )
+    settings = settings_for(topics, url).model_copy(update={"rules_dir": rules_dir})
+    with (
+        RunningService(settings) as running,
+        Workspace("ml-team", settings, consistency_timeout=20) as ws,
+    ):
+        run = Experiment(ws, "labels").start_logging()
+        for step in range(10):
+            run.tag("step", str(step))
+        run.tag("temporary")
+        run.remove_tag("temporary")
+        run.set_description("lr sweep, 8 GPUs")
+        run.add_properties({"seed": 7})
+        run.fail("boom")
+        assert run.get_tags() == {"step": "9"}
+        assert run.get_properties() == {"seed": "7"}
+        assert run.description == "lr sweep, 8 GPUs"
+        store = ws.store
+        assert stored_statuses(store, run.id) == ["Running", "Failed"]
+        wait_for(lambda: running.metric("runwatch_run_updates_total") == 14)
+        failed = {"format": "native", "status": "Failed"}
+        wait_for(lambda: running.metric("runwatch_events_total", **failed) == 1)
+        assert running.metric("runwatch_events_total", format="native", status="Running") == 1
+        assert running.metric("runwatch_alerts_total", rule="every-change", severity="3") == 2
+        with store.engine.connect() as conn:
+            alerted = conn.execute(
+                select(notifications.c.status).where(notifications.c.run_id == run.id)
+            ).all()
+        assert sorted(row.status for row in alerted) == ["Failed", "Running"]
+
+
 def test_tag_and_property_changes_are_stored_in_order_and_never_alert(
-    ws: Workspace, running: RunningService, store: Store
+    topics: Topics, store: Store, store_url: str, tmp_path: Path
 ) -> None:
-    run = Experiment(ws, "labels").start_logging()
-    for step in range(10):
-        run.tag("step", str(step))
-    run.tag("temporary")
-    run.remove_tag("temporary")
-    run.set_description("lr sweep, 8 GPUs")
-    run.add_properties({"seed": 7})
-    run.fail("boom")  # the shipped rules alert on failures
-    assert run.get_tags() == {"step": "9"}
-    assert run.get_properties() == {"seed": "7"}
-    assert run.description == "lr sweep, 8 GPUs"
-    assert stored_statuses(store, run.id) == ["Running", "Failed"]
-    wait_for(lambda: running.metric("runwatch_run_updates_total") == 14)
-    wait_for(lambda: running.metric("runwatch_events_total", format="native", status="Failed") == 1)
-    assert running.metric("runwatch_events_total", format="native", status="Running") == 1
-    with store.engine.connect() as conn:
-        alerted = conn.execute(
-            select(notifications.c.status).where(notifications.c.run_id == run.id)
-        ).all()
-    assert {row.status for row in alerted} <= {"Failed"}
+    _labels_round_trip(topics, store_url, tmp_path)
+
+
+def test_tag_and_property_changes_on_postgresql(
+    topics: Topics, pg_url: str, tmp_path: Path
+) -> None:
+    _labels_round_trip(topics, pg_url, tmp_path)
 
 
 def test_reading_a_run_that_is_not_stored_says_so(
@@ -339,8 +362,16 @@ def test_cli_parity(
     assert code == 1 and "JMESPath" in err
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, store_url: str) -> Iterator[Store]:
+    url = store_url if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    opened = open_store(url, migrate=True)
+    yield opened
+    opened.dispose()
+
+
 def test_the_store_applies_updates_in_topic_order_and_replays_to_the_same_state(
-    store: Store,
+    any_store: Store,
 ) -> None:
     """Pure store level: no broker needed to pin down the ordering rule."""
     from consumers.events import RunStatusEvent
@@ -369,21 +400,24 @@ def test_the_store_applies_updates_in_topic_order_and_replays_to_the_same_state(
         (2, update(4, RemoveTags=["b"], AddProperties={"seed": "8"}, Description="d")),
     ]
     for _ in range(2):  # a Kafka replay of the same batch changes nothing
-        result = store.write_batch(batch, updates=updates)
+        result = any_store.write_batch(batch, updates=updates)
         assert result.updates == 2
-        [record] = list_runs(store, RunFilter())
+        [record] = list_runs(any_store, RunFilter(experiment="e"))
         assert record["status"] == "Completed"
         assert record["tags"] == {"a": "1"}
         assert record["properties"] == {"seed": "7"}  # write-once: the first value stays
     # An update for a run never seen gives a placeholder that any status event overrides.
-    store.write_batch(
+    any_store.write_batch(
         [], updates=[(0, update(10, SetTags={"x": "y"}).model_copy(update={"RunId": "new"}))]
     )
     later = status("Queued", 5, {"x": "y"}).model_copy(update={"RunId": "new"})
-    store.write_batch([later])
-    with store.engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(events)).scalar_one() == 3
-    [new] = [r for r in list_runs(store, RunFilter()) if r["runId"] == "new"]
+    any_store.write_batch([later])
+    with any_store.engine.connect() as conn:
+        assert (
+            conn.execute(select(func.count()).where(events.c.RunId.in_(["r", "new"]))).scalar_one()
+            == 3
+        )
+    [new] = [r for r in list_runs(any_store, RunFilter(experiment="e")) if r["runId"] == "new"]
     assert new["status"] == "Queued" and new["tags"] == {"x": "y"}
 
 
