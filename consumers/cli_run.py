@@ -44,11 +44,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     with _workspace(args) as ws:
         if args.parent:
             parent = Run.attach(ws, args.parent)
-            run = parent.child_run(run_id=args.run_id)
-            run.set_tags(tags)
-            run.add_properties(properties)
-            if args.description:
-                run.set_description(args.description)
+            run = parent.child_run(
+                args.description, run_id=args.run_id, tags=tags, properties=properties
+            )
         else:
             run = Experiment(ws, args.experiment).start_logging(
                 run_id=args.run_id, tags=tags, properties=properties, description=args.description

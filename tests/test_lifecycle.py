@@ -143,6 +143,8 @@ def test_get_runs_by_property_tag_and_status(ws: Workspace) -> None:
         stranger = Experiment(other_ws, "search").start_logging()
         stranger.get_status()
     assert ids(experiment.get_runs()) == {good.id, plain.id, other.id}
+    found = Run.attach(ws, stranger.id)  # a run id alone finds its own workspace
+    assert found.workspace.name == "other-team" and found.experiment.name == "search"
     runs = experiment.get_runs()
     assert runs[0].id == other.id  # newest first
 
@@ -290,7 +292,19 @@ def test_cli_parity(
     assert code == 0
     run_id = out.strip()
     code, out, _ = run_cli(
-        capsys, topics, store_url, "run", "start", "--experiment", "shell", "--parent", run_id
+        capsys,
+        topics,
+        store_url,
+        "run",
+        "start",
+        "--experiment",
+        "shell",
+        "--parent",
+        run_id,
+        "--tag",
+        "step=eval",
+        "--description",
+        "evaluate",
     )
     assert code == 0
     child_id = out.strip()
@@ -318,6 +332,11 @@ def test_cli_parity(
     assert shown["status"] == "Completed"
     assert shown["tags"] == {"owner": "ops", "quality": "fantastic run"}
     assert shown["description"] == "from bash"
+    code, out, _ = run_cli(capsys, topics, store_url, "run", "show", child_id)
+    child = orjson.loads(out)
+    assert child["parentRunId"] == run_id and child["tags"] == {"step": "eval"}
+    assert child["description"] == "evaluate"
+    assert child["error"] == {"message": "OOM", "code": None}
     code, out, _ = run_cli(
         capsys,
         topics,

@@ -279,21 +279,34 @@ class Run:
         return text
 
     # ---- children -------------------------------------------------------------------
-    def _new_child(self, run_id: str | None, tags: Mapping[str, str | None] | None) -> Run:
+    def _new_child(
+        self,
+        run_id: str | None,
+        tags: Mapping[str, str | None] | None,
+        properties: Mapping[str, Any] | None = None,
+    ) -> Run:
         kid = Run(
             self.experiment,
             run_id or f"{self.id}_{uuid.uuid4().hex[:8]}",
             parent=self,
             root_id=self.root_id or self.id,
-            tags=tags,
+            tags={k: None if v is None else _text(v) for k, v in (tags or {}).items()},
+            properties={k: _text(v) for k, v in (properties or {}).items()},
         )
         self._kids.append(kid)
         return kid
 
-    def child_run(self, name: str | None = None, *, run_id: str | None = None) -> Run:
+    def child_run(
+        self,
+        name: str | None = None,
+        *,
+        run_id: str | None = None,
+        tags: Mapping[str, str | None] | None = None,
+        properties: Mapping[str, Any] | None = None,
+    ) -> Run:
         """A started child run; its status is independent of this run's. `name` becomes
         its description."""
-        child = self._new_child(run_id, None)._start()
+        child = self._new_child(run_id, tags, properties)._start()
         if name:
             child.set_description(name)
         return child
@@ -378,12 +391,7 @@ class Run:
         )
         stored = probe._stored()
         if stored.record["workspaceName"] not in (None, workspace.name):
-            workspace = Workspace(
-                stored.record["workspaceName"],
-                workspace.settings,
-                clock=workspace.clock,
-                consistency_timeout=workspace.consistency_timeout,
-            )
+            workspace = workspace.sibling(stored.record["workspaceName"])
         return cls.from_record(workspace, stored.record, stored.status_time)
 
     def environment(self) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +24,15 @@ from consumers.updates import RunUpdate
 
 ENV_WORKSPACE = "RUNWATCH_RUN_WORKSPACE"
 DEFAULT_WORKSPACE = "default"
+
+
+@dataclass
+class _Links:
+    """The Kafka producer and the store, opened on first use and shared by siblings."""
+
+    publisher: EventPublisher | None = None
+    store: Store | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Workspace:
@@ -48,9 +58,7 @@ class Workspace:
         self.clock = clock
         self.consistency_timeout = consistency_timeout
         self.poll_interval = poll_interval
-        self._publisher: EventPublisher | None = None
-        self._store: Store | None = None
-        self._lock = threading.Lock()
+        self._links = _Links()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Workspace:
@@ -79,18 +87,33 @@ class Workspace:
             env["RUNWATCH_KAFKA__SASL_PASSWORD_FILE"] = str(kafka.sasl_password_file)
         return env
 
+    def sibling(self, name: str) -> Workspace:
+        """Another workspace over the same connections (a run found in the store may
+        belong to another workspace); closing either closes both."""
+        other = Workspace(
+            name,
+            self.settings,
+            clock=self.clock,
+            consistency_timeout=self.consistency_timeout,
+            poll_interval=self.poll_interval,
+        )
+        other._links = self._links
+        return other
+
     @property
     def store(self) -> Store:
-        with self._lock:
-            if self._store is None:
-                self._store = open_store(self.settings.store.url)
-            return self._store
+        links = self._links
+        with links.lock:
+            if links.store is None:
+                links.store = open_store(self.settings.store.url)
+            return links.store
 
     def _producer(self) -> EventPublisher:
-        with self._lock:
-            if self._publisher is None:
-                self._publisher = EventPublisher(self.settings.kafka)
-            return self._publisher
+        links = self._links
+        with links.lock:
+            if links.publisher is None:
+                links.publisher = EventPublisher(self.settings.kafka)
+            return links.publisher
 
     def publish(self, events: Sequence[RunStatusEvent]) -> None:
         """Status changes, on the broker when this returns. Several go as one resource-log
@@ -112,14 +135,15 @@ class Workspace:
         publisher.flush()
 
     def close(self) -> None:
-        with self._lock:
-            if self._publisher is not None:
-                self._publisher.flush()
-                self._publisher.close()
-                self._publisher = None
-            if self._store is not None:
-                self._store.dispose()
-                self._store = None
+        links = self._links
+        with links.lock:
+            if links.publisher is not None:
+                links.publisher.flush()
+                links.publisher.close()
+                links.publisher = None
+            if links.store is not None:
+                links.store.dispose()
+                links.store = None
 
     def __enter__(self) -> Workspace:
         return self
