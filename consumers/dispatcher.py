@@ -31,7 +31,7 @@ import aiohttp
 from consumers.alerts import Alert
 from consumers.errors import SendError
 from consumers.metrics import Metrics
-from consumers.notify.email import EmailSender, build_message
+from consumers.notify.email import EmailSender, Mail, build_message
 from consumers.notify.webhook import WebhookSender
 from consumers.settings import ReceiverSettings, Settings
 from consumers.store import Store
@@ -245,7 +245,12 @@ class Dispatcher:
                 followup=notification.followup,
                 domain=self._notify.link_domain,
             )
-            await self._email.send(message)
+            mail = Mail.of(
+                message,
+                sender=self._settings.smtp.sender,
+                recipients=[*receiver.email.to, *receiver.email.cc],
+            )
+            await self._email.send(mail)
         elif receiver.webhook is not None:
             body = self._renderer.render_webhook(receiver.webhook.format, context)
             await self._webhook.send(receiver.webhook, body, notification_id=notification.id)
