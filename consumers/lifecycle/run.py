@@ -347,13 +347,21 @@ class Run:
         status: str | Sequence[str] | None = None,
     ) -> list[Run]:
         """Children from the store, oldest first (all descendants with `recursive`)."""
-        self._stored()  # what this process published is stored, children included
-        for kid in self._kids:
-            kid._stored()
-        store = self.workspace.store
-        found = (
-            lookup.descendants(store, self.id) if recursive else lookup.children(store, [self.id])
-        )
+        self._stored()  # what this process published about itself is stored
+        ws, store = self.workspace, self.workspace.store
+        deadline = time.monotonic() + ws.consistency_timeout
+        while True:  # ... and about the children made here, checked in one query
+            direct = {kid.record["runId"]: kid for kid in lookup.children(store, [self.id])}
+            if all(k.id in direct and k._caught_up(direct[k.id]) for k in self._kids):
+                break
+            if time.monotonic() >= deadline:
+                raise StoreLagError(
+                    f"the store has not caught up with the children of run {self.id} within "
+                    f"{ws.consistency_timeout:g}s: is `runwatch serve` consuming "
+                    f"{ws.settings.kafka.topic}?"
+                )
+            time.sleep(ws.poll_interval)
+        found = lookup.descendants(store, self.id) if recursive else list(direct.values())
         wanted = lookup.status_names(status)
         return [
             Run.from_record(self.workspace, kid.record, kid.status_time)

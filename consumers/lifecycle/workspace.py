@@ -49,7 +49,7 @@ class Workspace:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         consistency_timeout: float = 10.0,
-        poll_interval: float = 0.02,
+        poll_interval: float = 0.005,
     ) -> None:
         if not name:
             raise ValueError("a workspace needs a name")
