@@ -138,6 +138,8 @@ def insert_notifications(
                     reason=reason,
                 )
                 .on_conflict_do_nothing(index_elements=["dedup_key"])
+                # SQLAlchemy 2.1 reports -1 for a Core INSERT on psycopg unless asked
+                .execution_options(preserve_rowcount=True)
             )
             created += max(result.rowcount, 0)
     return created
