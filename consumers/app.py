@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import socket
 import threading
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,8 +35,10 @@ from consumers.producer import DeadLetterPublisher
 from consumers.rules.evaluation import mark_stale
 from consumers.rules.loader import load_rules
 from consumers.rules.reload import RuleWatcher
+from consumers.rules.scheduler import Scheduler
 from consumers.settings import Settings
 from consumers.store import Store, open_store
+from consumers.store.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +69,41 @@ class Service:
         self.settings = settings
         self.registry = registry or new_registry()
         self.metrics = Metrics(self.registry)
-        self.store: Store = open_store(settings.store.url, migrate=settings.store.migrate_on_start)
+        self.store: Store = open_store(
+            settings.store.url,
+            migrate=settings.store.migrate_on_start,
+            pool_size=settings.store.pool_size,
+        )
+        self._ensure_partitions()
         # A bad rule file at start-up stops it (there are no old rules to keep running).
         load_rules(settings.rules_dir)
         self.rules = RuleWatcher(settings.rules_dir, self.metrics)
         self.rules.reload()
         self._warn_unknown_receivers()
         self.dispatcher = Dispatcher(self.store, settings, self.metrics)
+        self.scheduler = self._scheduler()
         self._http: Any = None
         self._failure: BaseException | None = None
+
+    def _scheduler(self) -> Scheduler:
+        """Scheduled rule kinds, on whichever replica holds the `rule-evaluation` lease."""
+        evaluation = self.settings.evaluation
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        lease = Lease(self.store.engine, "rule-evaluation", holder, evaluation.lease_ttl_s)
+        receivers = self.settings.receivers
+        return Scheduler(
+            self.store,
+            lambda: self.rules.current,
+            lease,
+            receiver_kinds={name: r.kind for name, r in receivers.items()},
+            resolved_receivers=frozenset(n for n, r in receivers.items() if r.send_resolved),
+            horizon_s=evaluation.replay_horizon_s,
+            on_notified=self.dispatcher.wake,
+            on_alert=self._count_alert,
+        )
+
+    def _count_alert(self, alert: Alert) -> None:
+        self.metrics.alerts.labels(rule=alert.rule, severity=str(alert.severity)).inc()
 
     def _warn_unknown_receivers(self) -> None:
         unknown = sorted(self.rules.current.receivers_used - set(self.settings.receivers))
@@ -100,12 +132,33 @@ class Service:
     def metrics_port(self) -> int | None:
         return None if self._http is None else int(self._http.server_port)
 
-    def _retention(self, stop: threading.Event) -> None:
-        days = self.settings.store.retention_days
-        if days is None:
+    def _ensure_partitions(self) -> None:
+        store = self.settings.store
+        try:
+            created = self.store.ensure_partitions(
+                datetime.now(UTC),
+                interval_hours=store.partition_interval_hours,
+                ahead=store.partitions_ahead,
+            )
+        except RunwatchError as exc:  # events still land in the default partition
+            log.warning("creating partitions failed, will retry: %s", exc)
             return
-        interval = self.settings.store.retention_interval_s
+        if created:
+            log.info("created partitions %s", ", ".join(created))
+
+    def _retention(self, stop: threading.Event) -> None:
+        """Partitions ahead of time and retention, on one timer. Partitions are checked at
+        least hourly, so `partitions_ahead` intervals are always far more than enough."""
+        days = self.settings.store.retention_days
+        interval = min(self.settings.store.retention_interval_s, 3600.0)
+        last_retention = time.monotonic()
         while not stop.wait(interval):
+            self._ensure_partitions()
+            if days is None:
+                continue
+            if time.monotonic() - last_retention < self.settings.store.retention_interval_s:
+                continue
+            last_retention = time.monotonic()
             cutoff = datetime.now(UTC) - timedelta(days=days)
             try:
                 deleted = self.store.delete_older_than(cutoff, self.settings.store.retention_batch)
@@ -140,6 +193,9 @@ class Service:
         retention.start()
         dispatcher = self.dispatcher.start(stop)
         self.rules.start(stop)
+        scheduled: threading.Thread | None = None
+        if self.settings.evaluation.enabled:
+            scheduled = self.scheduler.start(stop, self.settings.evaluation.tick_s)
         log.info(
             "consuming %s as group %s from %s", kafka.topic, kafka.group_id, kafka.bootstrap_servers
         )
@@ -151,6 +207,8 @@ class Service:
             consumer.join()
             dispatcher.join(timeout=60)
             retention.join(timeout=5)
+            if scheduled is not None:
+                scheduled.join(timeout=30)  # it releases the evaluation lease on its way out
             dead_letters.close()
             if self._http is not None:
                 self._http.shutdown()

@@ -468,3 +468,33 @@ def test_threshold_and_rollup_on_postgresql(pg_url: str) -> None:
         assert notes(store)[-1].alert["summary"] == "1 of 4 steps failed in pg: step3"
     finally:
         store.dispose()
+
+
+def test_real_store_lease_moves_evaluation_to_another_replica(store: Store) -> None:
+    """consumers.store.lease.Lease: one evaluator at a time; when the holder stops renewing,
+    the other takes over after the TTL and carries the alert on without firing it again."""
+    from consumers.store.lease import Lease
+
+    seconds = [1000.0]
+    clock = Clock()
+    lease_a = Lease(store.engine, "rule-evaluation", "a", 30, clock=lambda: seconds[0])
+    lease_b = Lease(store.engine, "rule-evaluation", "b", 30, clock=lambda: seconds[0])
+    a = scheduler(store, FAILURES, clock, lease_a)
+    b = scheduler(store, FAILURES, clock, lease_b)
+    assert a.run_once().leader
+    assert not b.run_once().leader
+    store.write_batch([event(i, f"r{i}", "Failed") for i in range(3)])
+    clock.at(3)
+    assert a.run_once().alerts == 1
+    seconds[0] += 10
+    assert not b.run_once().leader  # a's lease still runs
+    seconds[0] += 31  # a died: its lease expired
+    clock.at(4)
+    cycle = b.run_once()
+    assert cycle.leader and cycle.warmed_up and cycle.alerts == 0
+    assert not a.run_once().leader
+    clock.at(15.5)
+    b.run_once()
+    clock.at(16.5)
+    assert b.run_once().alerts == 1
+    assert [s for _, s, _ in summaries(store)] == ["firing", "firing", "resolved"]
