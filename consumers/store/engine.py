@@ -15,7 +15,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
@@ -24,6 +24,8 @@ from consumers.errors import SchemaVersionError, StoreError
 from consumers.events import RunStatusEvent
 from consumers.store import writer
 from consumers.store.writer import DeadLetter, WriteResult
+
+_MIGRATE_LOCK = 0x72756E77  # "runw": the advisory lock key migrations take on PostgreSQL
 
 
 def _json(value: Any) -> str:
@@ -95,8 +97,20 @@ class Store:
     def upgrade(self) -> None:
         config = _alembic_config()
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Replicas starting together take turns: the first migrates, the others
+                # then find the schema at head (PostgreSQL DDL is transactional).
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK})
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
+
+    def ping(self) -> None:
+        """One round trip to the database (readiness); raises StoreError when unreachable."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store {self.url} unreachable: {exc}") from exc
 
     def check_schema(self) -> None:
         """Refuse to run on a schema this build does not know: writing would corrupt it."""
