@@ -24,6 +24,7 @@ from consumers.errors import SchemaVersionError, StoreError
 from consumers.events import RunStatusEvent
 from consumers.store import writer
 from consumers.store.writer import DeadLetter, WriteResult
+from consumers.updates import RunUpdate
 
 _MIGRATE_LOCK = 0x72756E77  # "runw": the advisory lock key migrations take on PostgreSQL
 
@@ -141,6 +142,7 @@ class Store:
         alerts: Sequence[Alert] = (),
         receiver_kinds: Mapping[str, str] | None = None,
         now: datetime | None = None,
+        updates: Sequence[tuple[int, RunUpdate]] = (),
     ) -> WriteResult:
         """Events, run states, dead letters and the notifications they raise, of one Kafka
         batch, in one transaction: the offsets committed after it never point past something
@@ -154,6 +156,7 @@ class Store:
                     alerts=alerts,
                     receiver_kinds=receiver_kinds,
                     now=now,
+                    updates=updates,
                 )
         except SQLAlchemyError as exc:
             # Down or locked: try again later. Anything else is about the data itself.
