@@ -22,6 +22,7 @@ from consumers.decoding import Decoded, decode
 from consumers.errors import DecodeError, StoreError
 from consumers.events import RunStatusEvent
 from consumers.metrics import Metrics
+from consumers.noise.policy import NoisePolicy
 from consumers.store import Store
 from consumers.store.writer import DeadLetter, WriteResult
 
@@ -87,6 +88,7 @@ class Ingestor:
         evaluate: Callable[[RunStatusEvent], Sequence[Alert]] | None = None,
         receiver_kinds: Mapping[str, str] | None = None,
         on_notified: Callable[[], None] | None = None,
+        noise: NoisePolicy | None = None,
     ) -> None:
         self._store = store
         self._sink = sink
@@ -97,6 +99,7 @@ class Ingestor:
         self._evaluate = evaluate
         self._kinds = dict(receiver_kinds or {})
         self._on_notified = on_notified
+        self._noise = noise
 
     def handle(self, records: Sequence[Record]) -> IngestResult:
         return self.write(self.prepare(records))
@@ -140,7 +143,12 @@ class Ingestor:
         started = time.perf_counter()
         try:
             written = self._store.write_batch(
-                events, letters, alerts=alerts, receiver_kinds=self._kinds, now=self._clock()
+                events,
+                letters,
+                alerts=alerts,
+                receiver_kinds=self._kinds,
+                now=self._clock(),
+                noise=self._noise,
             )
         except StoreError as exc:
             if exc.retriable:
@@ -185,7 +193,11 @@ class Ingestor:
             mine = [a for a in alerts if any(a.event is e for e in result.events)]
             try:
                 one = self._store.write_batch(
-                    result.events, alerts=mine, receiver_kinds=self._kinds, now=now
+                    result.events,
+                    alerts=mine,
+                    receiver_kinds=self._kinds,
+                    now=now,
+                    noise=self._noise,
                 )
             except StoreError as one_exc:
                 if one_exc.retriable:

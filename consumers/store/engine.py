@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from alembic import command
@@ -24,6 +24,9 @@ from consumers.errors import SchemaVersionError, StoreError
 from consumers.events import RunStatusEvent
 from consumers.store import writer
 from consumers.store.writer import DeadLetter, WriteResult
+
+if TYPE_CHECKING:
+    from consumers.noise.policy import NoisePolicy
 
 
 def _json(value: Any) -> str:
@@ -127,6 +130,7 @@ class Store:
         alerts: Sequence[Alert] = (),
         receiver_kinds: Mapping[str, str] | None = None,
         now: datetime | None = None,
+        noise: NoisePolicy | None = None,
     ) -> WriteResult:
         """Events, run states, dead letters and the notifications they raise, of one Kafka
         batch, in one transaction: the offsets committed after it never point past something
@@ -140,6 +144,7 @@ class Store:
                     alerts=alerts,
                     receiver_kinds=receiver_kinds,
                     now=now,
+                    noise=noise,
                 )
         except SQLAlchemyError as exc:
             # Down or locked: try again later. Anything else is about the data itself.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import (
@@ -34,6 +34,9 @@ from consumers.alerts import Alert
 from consumers.events import STATUS_RANK, TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
 from consumers.store.outbox import insert_notifications
 from consumers.store.schema import dead_letters, events, runs
+
+if TYPE_CHECKING:
+    from consumers.noise.policy import NoisePolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +267,7 @@ def write_batch(
     alerts: Sequence[Alert] = (),
     receiver_kinds: Mapping[str, str] | None = None,
     now: datetime | None = None,
+    noise: NoisePolicy | None = None,
 ) -> WriteResult:
     now = to_utc(now) if now is not None else datetime.now(UTC)
     inserted = run_count = letter_count = 0
@@ -292,7 +296,7 @@ def write_batch(
         letter_count = _execute(
             conn, "dead_letters", _insert_dead_letters, dead_letters, letter_rows
         )
-    created = insert_notifications(conn, alerts, receiver_kinds or {}, now) if alerts else 0
+    created = insert_notifications(conn, alerts, receiver_kinds or {}, now, noise) if alerts else 0
     return WriteResult(
         inserted=inserted,
         duplicates=len(batch) - inserted,
