@@ -414,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     p.set_defaults(func=cmd_config_check)
 
+    from consumers.silence_cli import register as register_silence
+
+    register_silence(sub, lambda p: _common(p, store=True), _store)
+
     db = sub.add_parser("db", help="store schema").add_subparsers(dest="db", required=True)
     p = db.add_parser("upgrade", help="apply migrations")
     _common(p, store=True)

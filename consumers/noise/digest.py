@@ -3,7 +3,7 @@ digest, storm summaries read the rows they summarise, and `owner:<address>` rece
 built on the fly. Template contexts (in addition to `notification`):
 
     digest  group     {key, receiver, labels: {group_by label: value}, count}
-            alerts    [{alert, event, run_url}] oldest first (alert/event as in one alert)
+            alerts    [{alert, event, run_url}] by event time, then run id (alert/event as in one alert)
     storm   storm     {receiver, window_start, window_end, count, by_rule: {rule: count},
                        alerts: [{rule, severity, run_id, status, experiment, workspace,
                        time}] at most 50}
@@ -47,7 +47,7 @@ def bundle(claimed: Sequence[Notification]) -> list[Notification]:
     result = []
     for item in out:
         if isinstance(item, str):
-            members = sorted(groups[item], key=lambda m: (m.event_time, m.created_at, m.id))
+            members = sorted(groups[item], key=lambda m: (m.event_time, m.run_id, m.id))
             result.append(dataclasses.replace(members[0], members=tuple(members)))
         else:
             result.append(item)
@@ -115,7 +115,7 @@ def storm_context(store: Store, notification: Notification) -> dict[str, Any]:
             n.c.created_at >= start,
             n.c.created_at < end,
         )
-        .order_by(n.c.created_at, n.c.id)
+        .order_by(n.c.event_time, n.c.run_id, n.c.id)
     )
     with store.engine.connect() as conn:
         rows = list(conn.execute(query))

@@ -41,7 +41,7 @@ def _merge(parent: Timing, child: Timing) -> Timing:
         name: getattr(child, name) if getattr(child, name) is not None else getattr(parent, name)
         for name in Timing.model_fields
     }
-    return Timing(**values)
+    return Timing.model_construct(**values)  # already validated
 
 
 def target(receiver: str, route: str, timing: Timing) -> Target:
