@@ -3,7 +3,8 @@ digest, storm summaries read the rows they summarise, and `owner:<address>` rece
 built on the fly. Template contexts (in addition to `notification`):
 
     digest  group     {key, receiver, labels: {group_by label: value}, count}
-            alerts    [{alert, event, run_url}] by event time, then run id (alert/event as in one alert)
+            alerts    [{alert, event, run_url}] by event time, then run id (alert and
+                      event as in a one-alert notification)
     storm   storm     {receiver, window_start, window_end, count, by_rule: {rule: count},
                        alerts: [{rule, severity, run_id, status, experiment, workspace,
                        time}] at most 50}
