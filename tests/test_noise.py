@@ -343,3 +343,42 @@ def test_owner_routing_mails_the_runs_user(store: Store, smtp: SmtpServer) -> No
     recipients = sorted(m.envelope_to[0] for m in smtp.mails)
     assert recipients == ["alice@lab.example", "bob@corp.example"]
     assert {n.receiver_type for n in bench.rows() if n.state == "sent"} == {"email"}
+
+
+def test_the_same_decisions_on_postgresql(pg_url: str) -> None:
+    """One code path: silences, inhibition, grouping and storm rows on PostgreSQL, and a
+    claim takes a whole group."""
+    from consumers.store import open_store
+    from consumers.store.outbox import Outbox
+
+    store = open_store(pg_url, migrate=True)
+    try:
+        noise = {**INHIBIT, **GROUPING, "storm": {"max_per_minute": 1}}
+        noise["route"] = {"routes": [{"matchers": ["workspace=ws-c"], "receiver": "pager"}]}
+        bench = Bench(store, noise)
+        add_silence(store, ["run_id=r-silenced"], duration_s=60, comment="", now=bench.clock())
+        outage = bench.alert("ws-b-outage", "ok", labels={"scope": "workspace"}, workspace="ws-b")
+        bench.write(
+            outage,
+            bench.alert("r1", "ok"),
+            bench.alert("r2", "ok"),
+            bench.alert("r-silenced", "ok"),
+            bench.alert("r-inhibited", "ok", workspace="ws-b"),
+            bench.alert("c1", workspace="ws-c"),
+            bench.alert("c2", workspace="ws-c"),
+        )
+        states = bench.states()
+        assert states[("r-silenced", "ok")][0] == "silenced"
+        assert states[("r-inhibited", "ok")] == ("inhibited", "inhibited:workspace-outage")
+        assert states[("c1", "pager")] == ("pending", None)
+        assert states[("c2", "pager")] == ("storm", "storm")
+        bench.clock.advance(31)
+        batches = []
+        while claimed := Outbox(store).claim(bench.clock(), limit=1, lease_s=60):
+            batches.append(sorted((n.run_id, n.receiver) for n in claimed))
+        assert [("r1", "ok"), ("r2", "ok")] in batches  # a limit of 1 does not split a group
+        assert [("c1", "mail"), ("c2", "mail")] in batches
+        assert [("c1", "pager")] in batches
+        assert len(batches) == 4  # and ws-b-outage; the storm summary is due at the minute's end
+    finally:
+        store.dispose()
