@@ -15,6 +15,10 @@ The context every template gets (built by dispatcher.Dispatcher.context):
     timeline      [{status, time, seconds_in_state, message}] oldest first
     children      {total, by_status: {status: count}, failed: [run records, at most 10]}
     run_url       a link to the run, or None
+
+Digests (email/digest/*, webhook/digest.json.j2) and storm summaries (email/storm/*,
+webhook/storm.json.j2) get `notification` plus the context documented in
+consumers/noise/digest.py (`group` and `alerts`, or `storm`).
 """
 
 from __future__ import annotations
