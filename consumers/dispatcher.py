@@ -32,6 +32,8 @@ from consumers.alerts import Alert
 from consumers.errors import SendError
 from consumers.metrics import Metrics
 from consumers.noise import digest
+from consumers.noise.policy import NoisePolicy
+from consumers.noise.recheck import recheck
 from consumers.notify.email import EmailSender, build_message
 from consumers.notify.webhook import WebhookSender
 from consumers.settings import ReceiverSettings, Settings
@@ -80,6 +82,7 @@ class Dispatcher:
         self._runs: dict[str, tuple[float, RunDetail | None]] = {}  # run id -> (when, detail)
         self._runs_lock = threading.Lock()
         self._marker: asyncio.Task[None] | None = None
+        self._noise = NoisePolicy(settings.noise, metrics.suppressed)
 
     # -- waking ---------------------------------------------------------------------------
 
@@ -194,6 +197,13 @@ class Dispatcher:
 
     async def deliver(self, notification: Notification) -> None:
         kind = notification.receiver_type
+        if notification.members:
+            rechecked = await asyncio.to_thread(
+                recheck, self._store, self._noise, notification, self._clock()
+            )
+            if rechecked is None:
+                return  # every alert of the digest was silenced or inhibited meanwhile
+            notification = rechecked
         receiver = digest.resolve_receiver(self._settings, notification.receiver)
         extra = {
             "notification_id": notification.id,

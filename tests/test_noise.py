@@ -98,6 +98,26 @@ def test_grouped_alerts_wait_group_wait_and_go_out_as_one_digest(
         assert third["In-Reply-To"] == mail.message["In-Reply-To"]  # one thread per group
 
 
+def test_a_silence_added_while_a_group_waits_keeps_its_alerts_out_of_the_digest(
+    store: Store, http: HttpServer
+) -> None:
+    bench = Bench(store, {**GROUPING, **INHIBIT}, http=http)
+    bench.write(bench.alert("r1", "ok"), bench.alert("r2", "ok"))
+    bench.write(bench.alert("s1", "ok", workspace="ws-s"))
+    bench.clock.advance(10)
+    add_silence(store, ["run_id=r2"], duration_s=600, comment="", now=bench.clock())
+    add_silence(store, ["workspace=ws-s"], duration_s=600, comment="", now=bench.clock())
+    with bench:
+        bench.advance(25)
+        wait_for(lambda: len(http.hits) == 1, timeout=10)
+        wait_for(lambda: bench.states()[("s1", "ok")][0] == "silenced", timeout=10)
+        settle()
+    assert len(http.hits) == 1  # the ws-s digest had nothing left to send
+    assert [a["event"]["RunId"] for a in body(http.hits[0])["alerts"]] == ["r1"]
+    assert bench.states()[("r2", "ok")][0] == "silenced"
+    assert bench.suppressed("silenced") == 2
+
+
 def test_replayed_batch_changes_no_group(store: Store) -> None:
     bench = Bench(store, GROUPING)
     alerts = (bench.alert("r1"), bench.alert("r2"))

@@ -114,8 +114,6 @@ class Plan:
 
     def decide(self, alert: Alert, receiver: str, target: Target, dedup_key: str) -> Decision:
         conn, now = self._conn, self._now
-        if conn.execute(select(exists().where(n.c.dedup_key == dedup_key))).scalar():
-            return Decision()  # a replay: the insert keeps the row already there
         labels = self.labels(alert)
         inhibitor = self.policy.inhibitor
         if inhibitor and (rule := inhibitor.inhibited_by(conn, alert, labels, now)) is not None:
@@ -130,6 +128,8 @@ class Plan:
             return Decision("muted", "inactive:" + ",".join(target.active))
         values = grouping.group_labels(target, labels)
         if values is not None:
+            if conn.execute(select(exists().where(n.c.dedup_key == dedup_key))).scalar():
+                return Decision()  # a replay (the insert keeps the row): leave the group be
             key = grouping.group_key(target, receiver, values)
             if grouping.is_repeat(conn, key, alert.fingerprint, target.repeat_interval, now):
                 return Decision("repeat", "repeat", group_key=key)
