@@ -34,7 +34,7 @@ from consumers.metrics import Metrics
 from consumers.noise import digest
 from consumers.noise.policy import NoisePolicy
 from consumers.noise.recheck import recheck
-from consumers.notify.email import EmailSender, build_message
+from consumers.notify.email import EmailSender, Mail, build_message
 from consumers.notify.webhook import WebhookSender
 from consumers.settings import ReceiverSettings, Settings
 from consumers.store import Store
@@ -150,7 +150,8 @@ class Dispatcher:
                 await self._refresh_depth()
             if claimed:
                 continue
-            timeout = 0.05 if room <= 0 else await self._until_next_due()
+            # A full queue: the workers wake this loop when it runs low (see _worker).
+            timeout = _IDLE_WAIT_S if room <= 0 else await self._until_next_due()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
@@ -184,8 +185,11 @@ class Dispatcher:
         await asyncio.gather(*workers, return_exceptions=True)
 
     async def _worker(self, queue: asyncio.Queue[Notification]) -> None:
+        low_water = self._notify.concurrency
         while True:
             notification = await queue.get()
+            if queue.qsize() < low_water and self._wake is not None:
+                self._wake.set()  # claim more before the workers run dry
             try:
                 await self.deliver(notification)
             except Exception:  # a bug must not kill the worker; the lease brings it back
@@ -256,7 +260,12 @@ class Dispatcher:
                 followup=notification.followup or bool(variant),
                 domain=self._notify.link_domain,
             )
-            await self._email.send(message)
+            mail = Mail.of(
+                message,
+                sender=self._settings.smtp.sender,
+                recipients=[*receiver.email.to, *receiver.email.cc],
+            )
+            await self._email.send(mail)
         elif receiver.webhook is not None:
             body = self._renderer.render_webhook(
                 receiver.webhook.format, context, digest.variant(notification)
