@@ -213,7 +213,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config) if args.config else None
     directory = args.dir or (settings.rules_dir if settings else Settings().rules_dir)
-    receivers = set(settings.receivers) if settings else None
+    receivers = {*settings.receivers, "owner"} if settings else None  # owner: noise.owners
     errors = check_rules(directory, receivers=receivers)
     for error in errors:
         print(error, file=sys.stderr)

@@ -90,6 +90,7 @@ class Plan:
         self._now = now
         self._labels = {id(alert): alert_labels(alert) for alert in alerts}
         self._silences = active_silences(conn, now)
+        self._flushes: dict[str, datetime] = {}
         if policy.inhibitor:
             labelled = [(alert, self._labels[id(alert)]) for alert in alerts]
             policy.inhibitor.record(conn, labelled, now)
@@ -133,7 +134,10 @@ class Plan:
             key = grouping.group_key(target, receiver, values)
             if grouping.is_repeat(conn, key, alert.fingerprint, target.repeat_interval, now):
                 return Decision("repeat", "repeat", group_key=key)
-            due = grouping.schedule(conn, key, receiver, target, values, now)
+            due = self._flushes.get(key)
+            if due is None:  # once per group and batch
+                due = grouping.schedule(conn, key, receiver, target, values, now)
+                self._flushes[key] = due
             return Decision(due=due, group_key=key)
         limit = self.policy.settings.storm.max_per_minute
         if limit is not None and storm.over_limit(conn, receiver, limit, now):

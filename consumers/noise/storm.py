@@ -27,16 +27,22 @@ def window(now: datetime) -> tuple[datetime, datetime]:
 
 
 def over_limit(conn: Connection, receiver: str, limit: int, now: datetime) -> bool:
+    """Counts at most `limit` rows: in a storm the minute's first rows are the live ones,
+    so the scan stops there instead of reading every stormed row (quadratic in a storm)."""
     start, _ = window(now)
-    count = conn.execute(
-        select(func.count()).where(
+    live = (
+        select(n.c.id)
+        .where(
+            n.c.kind == "alert",
             n.c.receiver == receiver,
             n.c.created_at >= start,
-            n.c.kind == "alert",
             n.c.group_key.is_(None),
             n.c.state.in_(LIVE),
         )
-    ).scalar()
+        .limit(limit)
+        .subquery()
+    )
+    count = conn.execute(select(func.count()).select_from(live)).scalar()
     return int(count or 0) >= limit
 
 

@@ -144,6 +144,7 @@ notifications = Table(
     Index("ix_notifications_due", "state", "next_attempt_at"),
     Index("ix_notifications_throttle", "rule", "throttle_key", "receiver", "created_at"),
     Index("ix_notifications_fingerprint", "fingerprint"),
-    Index("ix_notifications_group", "group_key", "state"),
-    Index("ix_notifications_receiver_created", "receiver", "created_at"),
+    Index("ix_notifications_group", "group_key", "fingerprint", "created_at"),
+    Index("ix_notifications_storm", "kind", "receiver", "created_at"),  # leads with kind: the
+    # per-receiver follow-up lookup must keep using the fingerprint index
 )

@@ -22,10 +22,11 @@ def upgrade() -> None:
     with op.batch_alter_table("notifications") as batch:
         batch.add_column(sa.Column("kind", sa.String(), nullable=False, server_default="alert"))
         batch.add_column(sa.Column("group_key", sa.String()))
-    op.create_index("ix_notifications_group", "notifications", ["group_key", "state"])
     op.create_index(
-        "ix_notifications_receiver_created", "notifications", ["receiver", "created_at"]
+        "ix_notifications_group", "notifications", ["group_key", "fingerprint", "created_at"]
     )
+    # Leads with kind, so the per-receiver follow-up lookup keeps the fingerprint index.
+    op.create_index("ix_notifications_storm", "notifications", ["kind", "receiver", "created_at"])
     op.create_table(
         "silences",
         sa.Column("id", sa.String(), primary_key=True),
@@ -59,7 +60,7 @@ def downgrade() -> None:
     op.drop_table("inhibitions")
     op.drop_table("notification_groups")
     op.drop_table("silences")
-    op.drop_index("ix_notifications_receiver_created", "notifications")
+    op.drop_index("ix_notifications_storm", "notifications")
     op.drop_index("ix_notifications_group", "notifications")
     with op.batch_alter_table("notifications") as batch:
         batch.drop_column("group_key")
