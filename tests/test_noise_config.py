@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from consumers.noise.matchers import Matcher
 from consumers.noise.policy import NoisePolicy
 from consumers.noise.routing import Router
 from consumers.noise.timeintervals import TimeEntry, active
+from consumers.settings import load_settings
 
 
 @pytest.mark.parametrize(
@@ -135,3 +137,17 @@ def test_owner_addresses() -> None:
     assert owners.address("bob\r\nBcc: x@evil.example") is None
     assert owners.address(None) is None
     assert OwnerSettings().address("bob") is None
+
+
+def test_the_service_config_reads_noise_and_names_a_bad_key(tmp_path: Path) -> None:
+    path = tmp_path / "runwatch.yaml"
+    path.write_text(
+        "receivers:\n  pager: {webhook: {url: 'http://127.0.0.1:9/p'}}\n"
+        "noise:\n  route:\n    routes:\n      - {matchers: ['severity=0'], receiver: pager}\n"
+        "  storm: {max_per_minute: 5}\n"
+    )
+    settings = load_settings(path)
+    assert settings.noise.storm.max_per_minute == 5
+    path.write_text("noise:\n  storm: {max_per_minute: 0}\n")
+    with pytest.raises(ConfigError, match=r"noise\.storm\.max_per_minute"):
+        load_settings(path)
