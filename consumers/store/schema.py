@@ -8,6 +8,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Double,
     Index,
     Integer,
     LargeBinary,
@@ -82,6 +83,9 @@ runs = Table(
     Column("LastSeen", Time, nullable=False),
     Column("StartTime", Time),
     Column("EndTime", Time),
+    # Set by run-update records (consumers.updates), never by status events.
+    Column("Description", Text),
+    Column("UpdatedTime", Time),
     Index("ix_runs_experiment_last", "ExperimentName", "LastSeen"),
     Index("ix_runs_status_last", "Status", "LastSeen"),
     Index("ix_runs_last", "LastSeen"),
@@ -147,4 +151,17 @@ notifications = Table(
     Index("ix_notifications_group", "group_key", "fingerprint", "created_at"),
     Index("ix_notifications_storm", "kind", "receiver", "created_at"),  # leads with kind: the
     # per-receiver follow-up lookup must keep using the fingerprint index
+)
+
+# Named leases with expiry: one holder at a time for work that must run on one replica (the
+# scheduled rules). Times are the holders' clocks in epoch seconds; `generation` grows on
+# every change of holder, a fencing token for whoever needs one.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(), primary_key=True),
+    Column("holder", String(), nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("acquired_at", Double, nullable=False),
+    Column("generation", BigInteger, nullable=False),
 )

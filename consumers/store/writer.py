@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain
+from itertools import chain, groupby
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -20,20 +20,25 @@ from sqlalchemy import (
     DateTime,
     Table,
     and_,
+    bindparam,
     case,
     delete,
     func,
     literal_column,
+    null,
     or_,
     select,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
 from consumers.alerts import Alert
 from consumers.events import STATUS_RANK, TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
+from consumers.store.listen import notify_outbox
 from consumers.store.outbox import insert_notifications
 from consumers.store.schema import dead_letters, events, runs
+from consumers.updates import RunUpdate, apply_update
 
 if TYPE_CHECKING:
     from consumers.noise.policy import NoisePolicy
@@ -59,6 +64,7 @@ class WriteResult:
     runs: int
     dead_letters: int
     notifications: int = 0
+    updates: int = 0
 
 
 def _insert(conn: Connection, table: Table, rows: int, **values: Any) -> Any:
@@ -215,7 +221,8 @@ _LATEST = ("Status", "StatusTime", "StatusRank", "Message", "Tags", "Properties"
 
 
 def _run_upsert(conn: Connection, rows: int) -> Any:
-    stmt = _insert(conn, runs, rows)
+    # Description and UpdatedTime belong to run updates (_apply_updates), never to events.
+    stmt = _insert(conn, runs, rows, Description=null(), UpdatedTime=null())
     new, old = stmt.excluded, runs.c
     newer = or_(
         new.StatusTime > old.StatusTime,
@@ -268,16 +275,22 @@ def write_batch(
     receiver_kinds: Mapping[str, str] | None = None,
     now: datetime | None = None,
     noise: NoisePolicy | None = None,
+    updates: Sequence[tuple[int, RunUpdate]] = (),
 ) -> WriteResult:
+    """`updates` are (position, update): the update came after the first `position` events
+    of `batch` on the topic, and is applied to the run state there, in topic order."""
     now = to_utc(now) if now is not None else datetime.now(UTC)
     inserted = run_count = letter_count = 0
     if batch:
         # A pydantic model keeps its fields in __dict__, named as the columns.
         rows = [event.__dict__ for event in batch]
         inserted = _execute(conn, "events", _insert_events, events, rows)
-        run_rows = _run_rows(batch)
-        _execute(conn, "runs", _run_upsert, runs, run_rows)
-        run_count = len(run_rows)
+    start = 0
+    for position, group in groupby(updates, key=itemgetter(0)):
+        run_count += _upsert_runs(conn, batch[start:position])
+        start = max(start, position)
+        _apply_updates(conn, [item for _, item in group])
+    run_count += _upsert_runs(conn, batch[start:])
     if letters:
         letter_rows = [
             {
@@ -297,24 +310,102 @@ def write_batch(
             conn, "dead_letters", _insert_dead_letters, dead_letters, letter_rows
         )
     created = insert_notifications(conn, alerts, receiver_kinds or {}, now, noise) if alerts else 0
+    if created:
+        notify_outbox(conn)  # wakes the dispatchers of every replica once this commits
     return WriteResult(
         inserted=inserted,
         duplicates=len(batch) - inserted,
         runs=run_count,
         dead_letters=letter_count,
         notifications=created,
+        updates=len(updates),
     )
 
 
-def delete_batch_older_than(conn: Connection, cutoff: datetime, limit: int) -> int:
+def _upsert_runs(conn: Connection, batch: Sequence[RunStatusEvent]) -> int:
+    if not batch:
+        return 0
+    run_rows = _run_rows(batch)
+    _execute(conn, "runs", _run_upsert, runs, run_rows)
+    return len(run_rows)
+
+
+# A run known only from an update: any status event, however old, is newer than this one.
+_NO_STATUS_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+_UPDATED = ("Tags", "Properties", "Description", "UpdatedTime", "LastSeen")
+
+
+def _apply_updates(conn: Connection, batch: Sequence[RunUpdate]) -> None:
+    """Read-modify-write of the runs touched, in topic order. One run tree lives in one
+    partition, which one consumer owns, so nobody else writes these rows meanwhile (and
+    PostgreSQL row locks cover a rebalance handing the partition over)."""
+    ids = list(dict.fromkeys(u.RunId for u in batch))
+    query = select(runs.c.RunId, *(runs.c[name] for name in _UPDATED)).where(runs.c.RunId.in_(ids))
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    state = {row.RunId: dict(row._mapping) for row in conn.execute(query)}
+    for item in batch:
+        if item.RunId not in state:
+            module = postgresql if conn.dialect.name == "postgresql" else sqlite
+            conn.execute(module.insert(runs).values(_placeholder(item)).on_conflict_do_nothing())
+            state[item.RunId] = {"Tags": {}, "Properties": {}, "Description": None}
+            state[item.RunId] |= {"UpdatedTime": None, "LastSeen": item.TimeGenerated}
+    for item in batch:
+        row = state[item.RunId]
+        row["Tags"], row["Properties"] = apply_update(
+            dict(row["Tags"] or {}), dict(row["Properties"] or {}), item
+        )
+        if item.Description is not None:
+            row["Description"] = item.Description
+        row["UpdatedTime"] = _later(row["UpdatedTime"], item.TimeGenerated)
+        row["LastSeen"] = _later(row["LastSeen"], item.TimeGenerated)
+    stmt = (
+        update(runs)
+        .where(runs.c.RunId == bindparam("run_id"))
+        .values({name: bindparam(f"new_{name}", type_=runs.c[name].type) for name in _UPDATED})
+    )
+    conn.execute(
+        stmt,
+        [
+            {"run_id": run_id} | {f"new_{name}": row[name] for name in _UPDATED}
+            for run_id, row in state.items()
+        ],
+    )
+
+
+def _placeholder(item: RunUpdate) -> dict[str, Any]:
+    return {
+        "RunId": item.RunId,
+        "ParentRunId": item.ParentRunId,
+        "RootRunId": item.RootRunId,
+        "ExperimentName": item.ExperimentName,
+        "WorkspaceName": item.WorkspaceName,
+        "Status": Status.NotStarted.value,
+        "StatusTime": _NO_STATUS_TIME,
+        "StatusRank": -1,
+        "Tags": {},
+        "Properties": {},
+        "FirstSeen": item.TimeGenerated,
+        "LastSeen": item.TimeGenerated,
+    }
+
+
+def _later(current: datetime | None, candidate: datetime) -> datetime:
+    return candidate if current is None else max(to_utc(current), candidate)
+
+
+def delete_batch_older_than(
+    conn: Connection, cutoff: datetime, limit: int, events_table: Table | None = None
+) -> int:
     """At most `limit` rows of each table; the caller loops until a short batch.
 
     A run's state row goes only once the run has ended: a run stuck in Running for longer
     than the retention is exactly what absence rules look for."""
     cutoff = to_utc(cutoff)
     deleted = 0
+    ev = events if events_table is None else events_table
     for table, old, key in (
-        (events, events.c.TimeGenerated < cutoff, events.c.id),
+        (ev, ev.c.TimeGenerated < cutoff, ev.c.id),
         (runs, and_(runs.c.LastSeen < cutoff, runs.c.Status.in_(TERMINAL_STATUSES)), runs.c.RunId),
         (dead_letters, dead_letters.c.ReceivedAt < cutoff, dead_letters.c.id),
     ):

@@ -2,7 +2,7 @@
 group key.
 
 Revision ID: 0006_noise
-Revises: 0002
+Revises: 0004_scale
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_noise"
-down_revision = "0002"  # the brief's "0002_notifications"; re-chained at merge
+down_revision = "0004_scale"  # re-chained onto main's head at merge
 branch_labels = None
 depends_on = None
 
