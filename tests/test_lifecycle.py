@@ -82,6 +82,8 @@ def test_a_child_fails_while_its_parent_completes(ws: Workspace) -> None:
     details = child.get_details()
     assert details["error"] == {"message": "CUDA out of memory", "code": "OOM"}
     assert child.description == "evaluate"
+    child.description = "evaluate on the holdout set"
+    assert child.description == "evaluate on the holdout set"
     assert parent.get_details()["error"] is None
     assert [r.id for r in parent.get_children()] == [child.id]
     assert {r.id for r in parent.get_children(recursive=True)} == {child.id, grandchild.id}

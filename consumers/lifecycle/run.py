@@ -281,6 +281,10 @@ class Run:
         text: str | None = self._stored().record["description"]
         return text
 
+    @description.setter
+    def description(self, text: str) -> None:
+        self.set_description(text)
+
     # ---- children -------------------------------------------------------------------
     def _new_child(
         self,
