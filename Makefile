@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench clean k8s-configmaps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/alerting.py
 	$(BIN)/python benchmarks/lifecycle.py
+
+# deploy/kubernetes/configmaps.yaml from alert_rules/ and templates/ (a test checks it is current)
+k8s-configmaps: $(STAMP)
+	$(BIN)/python deploy/kubernetes/build_configmaps.py
 
 clean:
 	rm -rf $(VENV) .runwatch-demo .pytest_cache .mypy_cache .ruff_cache

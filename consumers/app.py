@@ -14,15 +14,19 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 
 from consumers.alerts import Alert
 from consumers.dispatcher import Dispatcher
+from consumers.endpoints import Check, OpsServer
 from consumers.errors import RunwatchError
 from consumers.events import RunStatusEvent
 from consumers.ingest import Ingestor
@@ -35,6 +39,8 @@ from consumers.settings import Settings
 from consumers.store import Store, open_store
 
 log = logging.getLogger(__name__)
+
+_STORE_CHECK_TIMEOUT_S = 2.0
 
 
 def new_registry() -> CollectorRegistry:
@@ -62,7 +68,11 @@ class Service:
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry or new_registry()
-        self.metrics = Metrics(self.registry)
+        self.metrics = Metrics(
+            self.registry,
+            receivers=tuple(settings.receivers),
+            experiment_label_limit=settings.metrics.experiment_label_limit,
+        )
         self.store: Store = open_store(
             settings.store.url,
             migrate=settings.store.migrate_on_start,
@@ -75,7 +85,10 @@ class Service:
         self.rules.reload()
         self._warn_unknown_receivers()
         self.dispatcher = Dispatcher(self.store, settings, self.metrics)
-        self._http: Any = None
+        self._http: OpsServer | None = None
+        self._loop: KafkaLoop[Any] | None = None
+        self._store_check = ThreadPoolExecutor(1, thread_name_prefix="store-check")
+        self._store_probe: Future[None] | None = None
         self._failure: BaseException | None = None
 
     def _warn_unknown_receivers(self) -> None:
@@ -94,12 +107,48 @@ class Service:
         if not self.settings.metrics.enabled:
             return
         host, port = self.settings.metrics.address
-        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
-        log.info("metrics on http://%s:%d/metrics", host, self._http.server_port)
+        self._http = OpsServer(
+            (host, port), self.registry, self.readiness, self.settings.metrics.auth
+        ).start()
+        log.info(
+            "metrics on http://%s:%d/metrics (and /healthz, /readyz)%s",
+            host,
+            self._http.port,
+            "" if self.settings.metrics.auth is None else " with auth",
+        )
 
     @property
     def metrics_port(self) -> int | None:
-        return None if self._http is None else int(self._http.server_port)
+        return None if self._http is None else self._http.port
+
+    def readiness(self) -> Mapping[str, Check]:
+        """Ready to do its work: consuming (broker connected), storing, and rules in force."""
+        loop = self._loop
+        if loop is None or not loop.connected.is_set():
+            kafka = Check(False, "consumer not started")
+        elif loop.broker_connected:
+            kafka = Check(True, f"connected to {self.settings.kafka.bootstrap_servers}")
+        else:
+            kafka = Check(False, f"not connected to {self.settings.kafka.bootstrap_servers}")
+        rules = self.rules.current
+        return {
+            "kafka": kafka,
+            "store": self._check_store(),
+            "rules": Check(True, f"{len(rules)} rules loaded from {self.settings.rules_dir}"),
+        }
+
+    def _check_store(self) -> Check:
+        # One probe at a time, bounded: a hanging database must not pile up threads.
+        probe = self._store_probe
+        if probe is None or probe.done():
+            probe = self._store_probe = self._store_check.submit(self.store.ping)
+        try:
+            probe.result(timeout=_STORE_CHECK_TIMEOUT_S)
+        except FutureTimeout:
+            return Check(False, f"store did not answer within {_STORE_CHECK_TIMEOUT_S:.0f}s")
+        except RunwatchError as exc:
+            return Check(False, str(exc))
+        return Check(True, "reachable")
 
     def _ensure_partitions(self) -> None:
         store = self.settings.store
@@ -150,7 +199,7 @@ class Service:
             receiver_kinds={name: r.kind for name, r in self.settings.receivers.items()},
             on_notified=self.dispatcher.wake,
         )
-        loop = KafkaLoop(kafka, ingestor.prepare, ingestor.write, self.metrics)
+        loop = self._loop = KafkaLoop(kafka, ingestor.prepare, ingestor.write, self.metrics)
         self._start_metrics()
         consumer = threading.Thread(
             target=self._consume, args=(loop, stop), name="kafka-loop", daemon=True
@@ -175,8 +224,8 @@ class Service:
             retention.join(timeout=5)
             dead_letters.close()
             if self._http is not None:
-                self._http.shutdown()
-                self._http.server_close()
+                self._http.stop()
+            self._store_check.shutdown(wait=False, cancel_futures=True)
             self.store.dispose()
         if self._failure is not None:
             raise self._failure

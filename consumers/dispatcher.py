@@ -223,6 +223,9 @@ class Dispatcher:
         await self._mark_sent(notification.id)
         now = self._clock()
         self._metrics.notifications.labels(receiver_type=kind, result="sent").inc()
+        self._metrics.receiver_notifications.labels(
+            receiver=notification.receiver, result="sent"
+        ).inc()
         latency = (now - notification.event_time).total_seconds()
         self._metrics.notification_latency.labels(receiver_type=kind).observe(max(latency, 0.0))
         log.info(
@@ -306,6 +309,9 @@ class Dispatcher:
         self._metrics.notifications.labels(
             receiver_type=notification.receiver_type, result="retry"
         ).inc()
+        self._metrics.receiver_notifications.labels(
+            receiver=notification.receiver, result="retry"
+        ).inc()
         log.warning(
             "notification %s failed (%s), retrying in %.1fs",
             notification.id,
@@ -318,6 +324,9 @@ class Dispatcher:
         await asyncio.to_thread(self._outbox.mark_dead, notification.id, reason, detail)
         self._metrics.notifications.labels(
             receiver_type=notification.receiver_type, result="dead"
+        ).inc()
+        self._metrics.receiver_notifications.labels(
+            receiver=notification.receiver, result="dead"
         ).inc()
         log.error(
             "notification %s is dead (%s): %s",

@@ -236,6 +236,7 @@ class Ingestor:
         metrics.batch_size.observe(len(records))
         by_key: Counter[tuple[str, str]] = Counter()
         skipped: Counter[str] = Counter()
+        failures: Counter[str] = Counter()
         now = self._clock()
         observe = metrics.ingest_delay.observe
         for _, result in decoded:
@@ -245,8 +246,13 @@ class Ingestor:
             for event in result.events:
                 by_key[(fmt, event.Status)] += 1
                 observe(max((now - event.TimeGenerated).total_seconds(), 0.0))
+                if event.Status == "Failed":
+                    failures[event.ExperimentName or ""] += 1
         for (fmt, status), count in by_key.items():
             metrics.events.labels(format=fmt, status=status).inc(count)
+        for experiment, count in failures.items():
+            label = metrics.experiment_label(experiment)
+            metrics.run_failures.labels(experiment=label).inc(count)
         for fmt, count in skipped.items():
             metrics.skipped.labels(format=fmt).inc(count)
         for letter in letters:

@@ -63,6 +63,15 @@ def make_consumer(settings: KafkaSettings, **overrides: Any) -> KafkaConsumer:
         raise BrokerError(f"cannot connect to {settings.bootstrap_servers}: {exc}") from exc
 
 
+def _coordinator_connected(consumer: KafkaConsumer) -> bool:
+    """For readiness, read on the consumer thread after each poll: kafka-python forgets the
+    coordinator within a second of losing the broker and finds it again once it is back."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    client = getattr(consumer, "_client", None)
+    node = getattr(coordinator, "coordinator_id", None)
+    return node is not None and client is not None and bool(client.connected(node))
+
+
 class StoppedError(RunwatchError):
     """Stop requested while a batch was waiting for a retry: it stays uncommitted."""
 
@@ -169,6 +178,7 @@ class KafkaLoop(Generic[P]):
         self._writer: _Writer[P] | None = None
         self._next: Offsets = {}
         self.connected = threading.Event()
+        self.broker_connected = False  # the group coordinator is known and connected
 
     def run(self, stop: threading.Event) -> None:
         """Blocks until `stop` is set; batches in hand are written and committed first."""
@@ -181,6 +191,7 @@ class KafkaLoop(Generic[P]):
             while not stop.is_set():
                 self.commit_done()
                 polled = consumer.poll(timeout_ms=_POLL_TIMEOUT_MS)
+                self.broker_connected = _coordinator_connected(consumer)
                 if not polled:
                     continue
                 records = [record for batch in polled.values() for record in batch]
@@ -197,6 +208,7 @@ class KafkaLoop(Generic[P]):
             stop.set()
             self.finish_in_flight()
             self.connected.clear()
+            self.broker_connected = False
             consumer.close(autocommit=False)
             self._consumer = None
         if writer.failure is not None and not isinstance(writer.failure, StoppedError):

@@ -1,10 +1,16 @@
 """Prometheus metrics. One object, built on a registry it is given, so tests and several
 services in one process never share (or double-register) global state.
 
-Label values are always bounded: formats, statuses, reasons, partitions — never a run id.
+Label values are always bounded: formats, statuses, reasons, partitions, configured receivers
+— never a run id; experiments are capped (`metrics.experiment_label_limit`). The catalogue is
+docs/metrics.md (tests/test_metrics_doc.py keeps the two in step). Label values known in
+advance are created at zero, so that `increase()` sees the first occurrence and every
+dashboard query has a series from the first scrape.
 """
 
 from __future__ import annotations
+
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -12,10 +18,33 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 _BATCH_BUCKETS = (1, 5, 10, 50, 100, 500, 1000, 2500, 5000, 10000)
 
+RECEIVER_TYPES = ("email", "webhook")
+NOTIFICATION_RESULTS = ("sent", "retry", "dead")
+DEAD_LETTER_REASONS = (
+    "empty",
+    "too_large",
+    "not_json",
+    "unknown_shape",
+    "schema",
+    "no_valid_records",
+    "store_rejected",
+)
+OUTBOX_STATES = ("pending", "sending", "sent", "dead", "throttled")
+OTHER_EXPERIMENTS = "_other"
+
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        receivers: tuple[str, ...] = (),
+        experiment_label_limit: int = 200,
+    ) -> None:
         self.registry = registry
+        self._experiments: set[str] = set()
+        self._experiment_limit = experiment_label_limit
+        self._experiments_lock = threading.Lock()
         self.events = Counter(
             "runwatch_events_total",
             "Run-status events decoded, by input format and status.",
@@ -138,3 +167,44 @@ class Metrics:
             "Alert rules in force (disabled ones included).",
             registry=registry,
         )
+        self.run_failures = Counter(
+            "runwatch_run_failures_total",
+            "Failed run-status events, by experiment (capped; the rest count as _other).",
+            ["experiment"],
+            registry=registry,
+        )
+        self.receiver_notifications = Counter(
+            "runwatch_receiver_notifications_total",
+            "Notification outcomes by configured receiver: sent, retry, dead.",
+            ["receiver", "result"],
+            registry=registry,
+        )
+        self._create_known_series(receivers)
+
+    def _create_known_series(self, receivers: tuple[str, ...]) -> None:
+        for kind in RECEIVER_TYPES:
+            self.delivery_attempts.labels(receiver_type=kind)
+            self.notification_latency.labels(receiver_type=kind)
+            for result in NOTIFICATION_RESULTS:
+                self.notifications.labels(receiver_type=kind, result=result)
+        for receiver in receivers:
+            for result in NOTIFICATION_RESULTS:
+                self.receiver_notifications.labels(receiver=receiver, result=result)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason=reason)
+        for state in OUTBOX_STATES:
+            self.outbox.labels(state=state)
+        for result in ("ok", "failed"):
+            self.commits.labels(result=result)
+        for result in ("ok", "error"):
+            self.rules_reloads.labels(result=result)
+
+    def experiment_label(self, experiment: str) -> str:
+        """The experiment itself while fewer than the limit have been seen, else _other."""
+        with self._experiments_lock:
+            if experiment in self._experiments:
+                return experiment
+            if len(self._experiments) < self._experiment_limit:
+                self._experiments.add(experiment)
+                return experiment
+        return OTHER_EXPERIMENTS

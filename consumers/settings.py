@@ -124,9 +124,54 @@ class StoreSettings(_Section):
         return value
 
 
+class EndpointAuth(_Section):
+    """Credentials for /metrics, /healthz and /readyz: a bearer token or HTTP basic auth.
+    Secrets come from the environment (`RUNWATCH_METRICS__AUTH__BEARER_TOKEN`) or a file,
+    read on every request so that a rotated Secret needs no restart."""
+
+    bearer_token: SecretStr | None = None
+    bearer_token_file: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    # false: the probes answer without credentials (kubelet probes cannot read a Secret).
+    protect_probes: bool = True
+
+    @model_validator(mode="after")
+    def _one_scheme(self) -> EndpointAuth:
+        bearer = self.bearer_token is not None or self.bearer_token_file is not None
+        basic = self.username is not None
+        basic_secret = self.password is not None or self.password_file is not None
+        if bearer and (basic or basic_secret):
+            raise ValueError("give either a bearer token or username/password, not both")
+        if basic != basic_secret:
+            raise ValueError("basic auth needs both username and password (or password_file)")
+        if not bearer and not basic:
+            raise ValueError("give bearer_token(_file) or username and password(_file)")
+        return self
+
+    @property
+    def scheme(self) -> Literal["bearer", "basic"]:
+        return "basic" if self.username is not None else "bearer"
+
+    def secret(self) -> str:
+        if self.scheme == "basic":
+            value = read_secret(self.password, self.password_file, "metrics.auth.password")
+        else:
+            value = read_secret(
+                self.bearer_token, self.bearer_token_file, "metrics.auth.bearer_token"
+            )
+        if not value:
+            raise ConfigError("metrics.auth", "the configured secret is empty")
+        return value
+
+
 class MetricsSettings(_Section):
     enabled: bool = True
     listen: str = "127.0.0.1:9464"
+    auth: EndpointAuth | None = None
+    # Distinct experiments labelled in runwatch_run_failures_total; later ones are "_other".
+    experiment_label_limit: int = Field(default=200, ge=0, le=10_000)
 
     @field_validator("listen")
     @classmethod

@@ -126,6 +126,14 @@ class Store:
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 
+    def ping(self) -> None:
+        """One round trip to the database (readiness); raises StoreError when unreachable."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store {self.url} unreachable: {exc}") from exc
+
     def check_schema(self) -> None:
         """Refuse to run on a schema this build does not know: writing would corrupt it."""
         current, head = self.revision(), head_revision()
