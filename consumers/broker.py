@@ -103,6 +103,9 @@ class EmbeddedBroker:
             stdout=output,
             stderr=output,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+            # Its own session: a terminal's Ctrl-C reaches runwatch only, which drains and
+            # commits against a broker that is still up, then stops it (stop()).
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -77,7 +77,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from consumers.app import Service
+    from consumers.app import Service, tune_gc
     from consumers.logs import setup_logging
 
     settings = _config(args)
@@ -92,6 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     service = Service(settings)
     service.rules.install_sighup()  # `kill -HUP` reloads the rule files
+    tune_gc()
     service.run(stop)
     return 0
 
@@ -428,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = db.add_parser("upgrade", help="apply migrations")
     _common(p, store=True)
     p.set_defaults(func=cmd_db_upgrade)
+
+    from consumers.cli_run import register  # `runwatch run ...`: the lifecycle API
+
+    register(sub, _common)
     return parser
 
 

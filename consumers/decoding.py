@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from consumers.errors import DecodeError
 from consumers.events import RunStatusEvent
+from consumers.updates import UPDATE_KEY, RunUpdate
 
 __all__ = ["RUN_CATEGORY", "RUN_EVENT_TYPE", "Decoded", "EventFormat", "decode"]
 
@@ -38,6 +39,8 @@ class Decoded:
     events: tuple[RunStatusEvent, ...]
     skipped: int  # well-formed but not run-status (other categories, other event types)
     rejected: tuple[str, ...]  # one error per bad record, e.g. "records[3]: Status: ..."
+    # Tag/property/description changes (consumers.updates): stored, never seen by rules.
+    updates: tuple[RunUpdate, ...] = ()
 
 
 RUN_CATEGORY = "AmlRunStatusChangedEvent"
@@ -67,7 +70,7 @@ _NATIVE = EventFormat.NATIVE  # a global is cheaper than an enum member lookup
 _NATIVE_STARTS = (b'{"TimeGenerated"', b'{"TenantId"')  # our emitter; log-analytics exports
 _FOREIGN_FIRST_KEYS = frozenset(
     b"records id topic subject eventtype eventtime data dataversion metadataversion "
-    b"specversion source type time datacontenttype".split()
+    b"specversion source type time datacontenttype runupdate".split()
 )
 _WHITESPACE = b" \t\r\n"
 _MISSING: Any = object()
@@ -129,6 +132,8 @@ def _decode_document(doc: Any) -> Decoded:
     if not isinstance(doc, dict):
         raise DecodeError("unknown_shape", f"JSON {_kind(doc)}, expected an object or array")
     keys = {key.lower(): key for key in doc}
+    if UPDATE_KEY.lower() in keys:
+        return _decode_update(doc, keys[UPDATE_KEY.lower()])
     if "records" in keys:
         records = doc[keys["records"]]
         if not isinstance(records, list):
@@ -155,6 +160,18 @@ def _decode_document(doc: Any) -> Decoded:
     shown = ", ".join(list(doc)[:8])
     detail = f"object without records, eventType, specversion or run columns ({shown})"
     raise DecodeError("unknown_shape", _clip(detail))
+
+
+def _decode_update(doc: dict[str, Any], key: str) -> Decoded:
+    """`{"RunUpdate": {...}}` and nothing else beside it: a kind of its own, never a guess."""
+    if len(doc) != 1:
+        others = ", ".join(k for k in doc if k != key)
+        raise DecodeError("schema", _clip(f"{UPDATE_KEY}: unexpected keys beside it ({others})"))
+    try:
+        update = RunUpdate.model_validate(doc[key])
+    except ValidationError as exc:
+        raise DecodeError("schema", _clip(f"{UPDATE_KEY}: {_explain(exc)}")) from None
+    return Decoded(_NATIVE, (), 0, (), (update,))
 
 
 def _decode_grid_array(items: list[Any]) -> Decoded:

@@ -31,7 +31,7 @@ import aiohttp
 from consumers.alerts import Alert
 from consumers.errors import SendError
 from consumers.metrics import Metrics
-from consumers.notify.email import EmailSender, build_message
+from consumers.notify.email import EmailSender, Mail, build_message
 from consumers.notify.webhook import WebhookSender
 from consumers.settings import ReceiverSettings, Settings
 from consumers.store import Store
@@ -138,6 +138,9 @@ class Dispatcher:
                     min(room, self._notify.claim_batch),
                     self._notify.lease_s,
                 )
+                # One thread hop reads every claimed run, instead of one hop (and a wait
+                # for the GIL among many pool threads) per notification.
+                await asyncio.to_thread(self._prefetch, claimed)
                 for notification in claimed:
                     queue.put_nowait(notification)
             loop_time = asyncio.get_running_loop().time()
@@ -148,7 +151,8 @@ class Dispatcher:
                 await self._refresh_depth()
             if claimed:
                 continue
-            timeout = 0.05 if room <= 0 else await self._until_next_due()
+            # A full queue: the workers wake this loop when it runs low (see _worker).
+            timeout = _IDLE_WAIT_S if room <= 0 else await self._until_next_due()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
@@ -182,8 +186,11 @@ class Dispatcher:
         await asyncio.gather(*workers, return_exceptions=True)
 
     async def _worker(self, queue: asyncio.Queue[Notification]) -> None:
+        low_water = self._notify.concurrency
         while True:
             notification = await queue.get()
+            if queue.qsize() < low_water and self._wake is not None:
+                self._wake.set()  # claim more before the workers run dry
             try:
                 await self.deliver(notification)
             except Exception:  # a bug must not kill the worker; the lease brings it back
@@ -206,7 +213,10 @@ class Dispatcher:
             return
         self._metrics.delivery_attempts.labels(receiver_type=kind).inc()
         try:
-            context = await asyncio.to_thread(self.context, notification)
+            if self._cached(notification.run_id):
+                context = self.context(notification)
+            else:
+                context = await asyncio.to_thread(self.context, notification)
             await self._send(notification, receiver, context)
         except SendError as exc:
             self._metrics.notification_failures.labels(receiver_type=kind, reason=exc.reason).inc()
@@ -241,7 +251,12 @@ class Dispatcher:
                 followup=notification.followup,
                 domain=self._notify.link_domain,
             )
-            await self._email.send(message)
+            mail = Mail.of(
+                message,
+                sender=self._settings.smtp.sender,
+                recipients=[*receiver.email.to, *receiver.email.cc],
+            )
+            await self._email.send(mail)
         elif receiver.webhook is not None:
             body = self._renderer.render_webhook(receiver.webhook.format, context)
             await self._webhook.send(receiver.webhook, body, notification_id=notification.id)
@@ -364,6 +379,15 @@ class Dispatcher:
             "children": children,
             "run_url": self._run_url(event),
         }
+
+    def _prefetch(self, claimed: list[Notification]) -> None:
+        for run_id in dict.fromkeys(n.run_id for n in claimed):
+            self._run_detail(run_id)
+
+    def _cached(self, run_id: str) -> bool:
+        with self._runs_lock:
+            cached = self._runs.get(run_id)
+        return cached is not None and time.monotonic() - cached[0] < _RUN_CACHE_S
 
     def _run_detail(self, run_id: str) -> RunDetail | None:
         """An alert's email and webhooks are sent together: they share one read of the run

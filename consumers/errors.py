@@ -86,3 +86,29 @@ class RuleError(RunwatchError):
         ]
         super().__init__(f"{', '.join(parts)}: {message}")
         self.file, self.line, self.rule, self.field = file, line, rule, field
+
+
+class RunStateError(RunwatchError):
+    """A run lifecycle call the run's state does not allow (completing a finished run)."""
+
+
+class PropertyConflictError(RunwatchError):
+    """Properties are write-once: the same value again is fine, another value is this."""
+
+    def __init__(self, run_id: str, key: str, current: str, wanted: str) -> None:
+        super().__init__(
+            f"run {run_id}: property {key!r} is already {current!r} and cannot become "
+            f"{wanted!r} (properties are write-once; use a tag for a value that changes)"
+        )
+        self.run_id, self.key, self.current, self.wanted = run_id, key, current, wanted
+
+
+class RunNotFoundError(RunwatchError):
+    """The run is not in the store (unknown id, or `runwatch serve` has not stored it)."""
+
+
+class StoreLagError(RunwatchError):
+    """The store has not caught up with changes this process published: the consumer is
+    behind or not running. Reading again later can succeed."""
+
+    retriable = True

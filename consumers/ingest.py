@@ -24,6 +24,7 @@ from consumers.events import RunStatusEvent
 from consumers.metrics import Metrics
 from consumers.store import Store
 from consumers.store.writer import DeadLetter, WriteResult
+from consumers.updates import RunUpdate
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +137,20 @@ class Ingestor:
         """The durable half: when it returns, the batch's offsets may be committed."""
         records, decoded, letters = prepared.records, prepared.decoded, list(prepared.letters)
         alerts = prepared.alerts
-        events = [event for _, result in decoded for event in result.events]
+        events: list[RunStatusEvent] = []
+        updates: list[tuple[int, RunUpdate]] = []  # (events before it, update): topic order
+        for _, result in decoded:
+            updates.extend((len(events), update) for update in result.updates)
+            events.extend(result.events)
         started = time.perf_counter()
         try:
             written = self._store.write_batch(
-                events, letters, alerts=alerts, receiver_kinds=self._kinds, now=self._clock()
+                events,
+                letters,
+                alerts=alerts,
+                receiver_kinds=self._kinds,
+                now=self._clock(),
+                updates=updates,
             )
         except StoreError as exc:
             if exc.retriable:
@@ -185,7 +195,11 @@ class Ingestor:
             mine = [a for a in alerts if any(a.event is e for e in result.events)]
             try:
                 one = self._store.write_batch(
-                    result.events, alerts=mine, receiver_kinds=self._kinds, now=now
+                    result.events,
+                    alerts=mine,
+                    receiver_kinds=self._kinds,
+                    now=now,
+                    updates=[(0, update) for update in result.updates],
                 )
             except StoreError as one_exc:
                 if one_exc.retriable:
@@ -198,6 +212,7 @@ class Ingestor:
                 duplicates=one.duplicates,
                 runs=one.runs,
                 notifications=one.notifications,
+                updates=one.updates,
             )
         stored_letters = self._store.write_batch([], letters, now=now)
         summary = WriteResult(
@@ -206,6 +221,7 @@ class Ingestor:
             runs=totals["runs"],
             dead_letters=stored_letters.dead_letters,
             notifications=totals["notifications"],
+            updates=totals["updates"],
         )
         return summary, kept, letters
 
@@ -237,6 +253,8 @@ class Ingestor:
             metrics.dead_letters.labels(reason=letter.reason).inc()
         if written.duplicates:
             metrics.duplicates.inc(written.duplicates)
+        if written.updates:
+            metrics.run_updates.inc(written.updates)
 
 
 def describe(result: IngestResult) -> dict[str, Any]:

@@ -27,6 +27,11 @@ class Metrics:
             "Events already in the store (Kafka redelivery or a producer publishing twice).",
             registry=registry,
         )
+        self.run_updates = Counter(
+            "runwatch_run_updates_total",
+            "Run updates (tags, properties, description) applied; they never trigger rules.",
+            registry=registry,
+        )
         self.skipped = Counter(
             "runwatch_records_skipped_total",
             "Well-formed records that are not run-status events (other categories or types).",

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from consumers.alerts import Alert
@@ -66,7 +67,9 @@ def test_migrate_from_empty_partitions_events(fresh_pg: str) -> None:
 
 
 def test_migrate_from_the_previous_version_keeps_every_event(fresh_pg: str) -> None:
-    upgrade_to(fresh_pg, "0002")
+    previous_head = ScriptDirectory.from_config(_alembic_config()).get_revision("0004_scale")
+    assert previous_head is not None and isinstance(previous_head.down_revision, str)
+    upgrade_to(fresh_pg, previous_head.down_revision)
     previous = Store(make_engine(fresh_pg))  # the store as the previous version left it
     batch = [ev(f"r{i}", "Running", NOW - timedelta(days=i)) for i in range(5)]
     previous.write_batch(batch)

@@ -24,6 +24,7 @@ from consumers.errors import SchemaVersionError, StoreError
 from consumers.events import RunStatusEvent, to_utc
 from consumers.store import partitions, writer
 from consumers.store.writer import DeadLetter, WriteResult
+from consumers.updates import RunUpdate
 
 
 def _json(value: Any) -> str:
@@ -151,6 +152,7 @@ class Store:
         alerts: Sequence[Alert] = (),
         receiver_kinds: Mapping[str, str] | None = None,
         now: datetime | None = None,
+        updates: Sequence[tuple[int, RunUpdate]] = (),
     ) -> WriteResult:
         """Events, run states, dead letters and the notifications they raise, of one Kafka
         batch, in one transaction: the offsets committed after it never point past something
@@ -164,6 +166,7 @@ class Store:
                     alerts=alerts,
                     receiver_kinds=receiver_kinds,
                     now=now,
+                    updates=updates,
                 )
         except SQLAlchemyError as exc:
             # Down or locked: try again later. Anything else is about the data itself.

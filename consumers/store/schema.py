@@ -83,6 +83,9 @@ runs = Table(
     Column("LastSeen", Time, nullable=False),
     Column("StartTime", Time),
     Column("EndTime", Time),
+    # Set by run-update records (consumers.updates), never by status events.
+    Column("Description", Text),
+    Column("UpdatedTime", Time),
     Index("ix_runs_experiment_last", "ExperimentName", "LastSeen"),
     Index("ix_runs_status_last", "Status", "LastSeen"),
     Index("ix_runs_last", "LastSeen"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain, groupby
 from operator import itemgetter
 from typing import Any
 
@@ -24,8 +25,10 @@ from sqlalchemy import (
     delete,
     func,
     literal_column,
+    null,
     or_,
     select,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
@@ -35,6 +38,7 @@ from consumers.events import STATUS_RANK, TERMINAL_STATUSES, RunStatusEvent, Sta
 from consumers.store.listen import notify_outbox
 from consumers.store.outbox import insert_notifications
 from consumers.store.schema import dead_letters, events, runs
+from consumers.updates import RunUpdate, apply_update
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,16 +61,15 @@ class WriteResult:
     runs: int
     dead_letters: int
     notifications: int = 0
+    updates: int = 0
 
 
-def _insert(conn: Connection, table: Table, **values: Any) -> Any:
-    """INSERT ... ON CONFLICT for the dialect at hand, with a typed bind per column (so
-    PostgreSQL gets its ::JSON and ::TIMESTAMPTZ casts) unless `values` gives it."""
+def _insert(conn: Connection, table: Table, rows: int, **values: Any) -> Any:
+    """INSERT of `rows` rows ... ON CONFLICT for the dialect at hand, with a typed bind per
+    column (so PostgreSQL gets its ::JSON and ::TIMESTAMPTZ casts) unless `values` gives it."""
     module = postgresql if conn.dialect.name == "postgresql" else sqlite
-    binds: dict[str, Any] = {
-        c.name: bindparam(c.name, type_=c.type) for c in table.columns if c.name != "id"
-    }
-    return module.insert(table).values({**binds, **values})
+    row = {c.name: None for c in table.columns if c.name != "id"} | values
+    return module.insert(table).values([row] * rows)
 
 
 def _sqlite_time(value: datetime | None) -> str | None:
@@ -81,11 +84,11 @@ def _json_text(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Raw:
-    """A statement compiled once per dialect and fed positional tuples: SQLAlchemy's per-row
+    """A statement compiled once per dialect and fed positional values: SQLAlchemy's per-row
     bind processing, and named binds, cost more than SQLite's own insert work (measured)."""
 
     sql: str
-    order: tuple[str, ...]
+    order: tuple[str, ...]  # the columns of one row, in bind order
     convert: tuple[tuple[int, Callable[[Any], Any]], ...]
 
     def rows(self, rows: Iterable[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
@@ -100,18 +103,31 @@ class _Raw:
         return out
 
 
-_compiled: dict[tuple[str, str], _Raw] = {}
+# Rows per statement. One multi-row INSERT is one sqlite3_step, run with the GIL released;
+# executemany releases and re-takes the GIL for every row, and while the consumer thread
+# decodes the next batch each re-take waits its turn, so the two threads ran one at a time
+# (measured: no gain from the writer thread at all). On PostgreSQL it is one round trip.
+# 256 rows x 27 columns stays under SQLite's 32,766 and PostgreSQL's 65,535 bind limits.
+CHUNK_ROWS = 256
+
+_compiled: dict[tuple[str, str, int], _Raw] = {}
 
 
-def _raw(conn: Connection, name: str, build: Callable[[Connection], Any], table: Table) -> _Raw:
-    key = (conn.dialect.name, name)
+def _raw(
+    conn: Connection, name: str, build: Callable[[Connection, int], Any], table: Table, count: int
+) -> _Raw:
+    key = (conn.dialect.name, name, count)
     raw = _compiled.get(key)
     if raw is None:
         is_sqlite = conn.dialect.name == "sqlite"
         dialect_class: Any = type(conn.dialect)
         dialect = dialect_class(paramstyle="qmark" if is_sqlite else "format")
-        compiled = build(conn).compile(dialect=dialect)
-        order = tuple(compiled.positiontup or ())
+        compiled = build(conn, count).compile(dialect=dialect)
+        positions = tuple(compiled.positiontup or ())
+        width = len(positions) // count
+        # Multi-row binds are named <column>_m<row>, row after row.
+        order = tuple(p.rpartition("_m")[0] for p in positions[:width])
+        assert len(positions) == width * count and all(order), positions[:width]
         types = {c.name: c.type for c in table.columns}
         convert: list[tuple[int, Callable[[Any], Any]]] = []
         for index, column in enumerate(order):
@@ -124,9 +140,24 @@ def _raw(conn: Connection, name: str, build: Callable[[Connection], Any], table:
     return raw
 
 
-def _execute(conn: Connection, raw: _Raw, rows: Iterable[Mapping[str, Any]]) -> int:
-    result = conn.exec_driver_sql(raw.sql, raw.rows(rows))
-    return max(result.rowcount, 0)
+def _execute(
+    conn: Connection,
+    name: str,
+    build: Callable[[Connection, int], Any],
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+) -> int:
+    """Insert `rows` in statements of CHUNK_ROWS rows, the tail in power-of-two sizes, so
+    that a handful of statements per table is ever compiled (and cached by the driver)."""
+    values = _raw(conn, name, build, table, 1).rows(rows)
+    done = start = 0
+    while start < len(values):
+        count = min(CHUNK_ROWS, 1 << ((len(values) - start).bit_length() - 1))
+        flat = tuple(chain.from_iterable(values[start : start + count]))
+        result = conn.exec_driver_sql(_raw(conn, name, build, table, count).sql, flat)
+        done += max(result.rowcount, 0)
+        start += count
+    return done
 
 
 _ACTIVE_START = Status.Running
@@ -186,8 +217,9 @@ def _run_rows(batch: Sequence[RunStatusEvent]) -> list[dict[str, Any]]:
 _LATEST = ("Status", "StatusTime", "StatusRank", "Message", "Tags", "Properties")
 
 
-def _run_upsert(conn: Connection) -> Any:
-    stmt = _insert(conn, runs)
+def _run_upsert(conn: Connection, rows: int) -> Any:
+    # Description and UpdatedTime belong to run updates (_apply_updates), never to events.
+    stmt = _insert(conn, runs, rows, Description=null(), UpdatedTime=null())
     new, old = stmt.excluded, runs.c
     newer = or_(
         new.StatusTime > old.StatusTime,
@@ -216,9 +248,9 @@ def _run_upsert(conn: Connection) -> Any:
     return stmt.on_conflict_do_update(index_elements=[runs.c.RunId], set_=updates)
 
 
-def _insert_events(conn: Connection) -> Any:
+def _insert_events(conn: Connection, rows: int) -> Any:
     # The database's clock: rows then come straight from the event's own fields.
-    return _insert(conn, events, IngestedAt=_utc_now(conn)).on_conflict_do_nothing()
+    return _insert(conn, events, rows, IngestedAt=_utc_now(conn)).on_conflict_do_nothing()
 
 
 def _utc_now(conn: Connection) -> Any:
@@ -227,8 +259,8 @@ def _utc_now(conn: Connection) -> Any:
     return func.now()
 
 
-def _insert_dead_letters(conn: Connection) -> Any:
-    return _insert(conn, dead_letters).on_conflict_do_nothing()
+def _insert_dead_letters(conn: Connection, rows: int) -> Any:
+    return _insert(conn, dead_letters, rows).on_conflict_do_nothing()
 
 
 def write_batch(
@@ -239,16 +271,22 @@ def write_batch(
     alerts: Sequence[Alert] = (),
     receiver_kinds: Mapping[str, str] | None = None,
     now: datetime | None = None,
+    updates: Sequence[tuple[int, RunUpdate]] = (),
 ) -> WriteResult:
+    """`updates` are (position, update): the update came after the first `position` events
+    of `batch` on the topic, and is applied to the run state there, in topic order."""
     now = to_utc(now) if now is not None else datetime.now(UTC)
     inserted = run_count = letter_count = 0
     if batch:
         # A pydantic model keeps its fields in __dict__, named as the columns.
-        rows = (event.__dict__ for event in batch)
-        inserted = _execute(conn, _raw(conn, "events", _insert_events, events), rows)
-        run_rows = _run_rows(batch)
-        _execute(conn, _raw(conn, "runs", _run_upsert, runs), run_rows)
-        run_count = len(run_rows)
+        rows = [event.__dict__ for event in batch]
+        inserted = _execute(conn, "events", _insert_events, events, rows)
+    start = 0
+    for position, group in groupby(updates, key=itemgetter(0)):
+        run_count += _upsert_runs(conn, batch[start:position])
+        start = max(start, position)
+        _apply_updates(conn, [item for _, item in group])
+    run_count += _upsert_runs(conn, batch[start:])
     if letters:
         letter_rows = [
             {
@@ -264,8 +302,9 @@ def write_batch(
             }
             for letter in letters
         ]
-        raw = _raw(conn, "dead_letters", _insert_dead_letters, dead_letters)
-        letter_count = _execute(conn, raw, letter_rows)
+        letter_count = _execute(
+            conn, "dead_letters", _insert_dead_letters, dead_letters, letter_rows
+        )
     created = insert_notifications(conn, alerts, receiver_kinds or {}, now) if alerts else 0
     if created:
         notify_outbox(conn)  # wakes the dispatchers of every replica once this commits
@@ -275,7 +314,80 @@ def write_batch(
         runs=run_count,
         dead_letters=letter_count,
         notifications=created,
+        updates=len(updates),
     )
+
+
+def _upsert_runs(conn: Connection, batch: Sequence[RunStatusEvent]) -> int:
+    if not batch:
+        return 0
+    run_rows = _run_rows(batch)
+    _execute(conn, "runs", _run_upsert, runs, run_rows)
+    return len(run_rows)
+
+
+# A run known only from an update: any status event, however old, is newer than this one.
+_NO_STATUS_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+_UPDATED = ("Tags", "Properties", "Description", "UpdatedTime", "LastSeen")
+
+
+def _apply_updates(conn: Connection, batch: Sequence[RunUpdate]) -> None:
+    """Read-modify-write of the runs touched, in topic order. One run tree lives in one
+    partition, which one consumer owns, so nobody else writes these rows meanwhile (and
+    PostgreSQL row locks cover a rebalance handing the partition over)."""
+    ids = list(dict.fromkeys(u.RunId for u in batch))
+    query = select(runs.c.RunId, *(runs.c[name] for name in _UPDATED)).where(runs.c.RunId.in_(ids))
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    state = {row.RunId: dict(row._mapping) for row in conn.execute(query)}
+    for item in batch:
+        if item.RunId not in state:
+            module = postgresql if conn.dialect.name == "postgresql" else sqlite
+            conn.execute(module.insert(runs).values(_placeholder(item)).on_conflict_do_nothing())
+            state[item.RunId] = {"Tags": {}, "Properties": {}, "Description": None}
+            state[item.RunId] |= {"UpdatedTime": None, "LastSeen": item.TimeGenerated}
+    for item in batch:
+        row = state[item.RunId]
+        row["Tags"], row["Properties"] = apply_update(
+            dict(row["Tags"] or {}), dict(row["Properties"] or {}), item
+        )
+        if item.Description is not None:
+            row["Description"] = item.Description
+        row["UpdatedTime"] = _later(row["UpdatedTime"], item.TimeGenerated)
+        row["LastSeen"] = _later(row["LastSeen"], item.TimeGenerated)
+    stmt = (
+        update(runs)
+        .where(runs.c.RunId == bindparam("run_id"))
+        .values({name: bindparam(f"new_{name}", type_=runs.c[name].type) for name in _UPDATED})
+    )
+    conn.execute(
+        stmt,
+        [
+            {"run_id": run_id} | {f"new_{name}": row[name] for name in _UPDATED}
+            for run_id, row in state.items()
+        ],
+    )
+
+
+def _placeholder(item: RunUpdate) -> dict[str, Any]:
+    return {
+        "RunId": item.RunId,
+        "ParentRunId": item.ParentRunId,
+        "RootRunId": item.RootRunId,
+        "ExperimentName": item.ExperimentName,
+        "WorkspaceName": item.WorkspaceName,
+        "Status": Status.NotStarted.value,
+        "StatusTime": _NO_STATUS_TIME,
+        "StatusRank": -1,
+        "Tags": {},
+        "Properties": {},
+        "FirstSeen": item.TimeGenerated,
+        "LastSeen": item.TimeGenerated,
+    }
+
+
+def _later(current: datetime | None, candidate: datetime) -> datetime:
+    return candidate if current is None else max(to_utc(current), candidate)
 
 
 def delete_batch_older_than(

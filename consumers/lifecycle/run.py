@@ -1,0 +1,430 @@
+"""A run as a training script sees it: every status change is one event on the topic, every
+tag/property/description change one run-update record; reads come back from the store.
+
+The Run keeps its own view of its tags and properties: each status event carries them ("at
+the time of the change", as rules expect), and write-once properties are checked against it
+before anything is published.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from consumers.encoding import RUN_STATUS_OPERATION
+from consumers.errors import (
+    PropertyConflictError,
+    RunNotFoundError,
+    RunStateError,
+    RunwatchError,
+    StoreLagError,
+)
+from consumers.events import TERMINAL_STATUSES, RunStatusEvent, Status
+from consumers.lifecycle import lookup
+from consumers.lifecycle.workspace import Workspace
+from consumers.updates import RunUpdate
+
+if TYPE_CHECKING:
+    from consumers.lifecycle.experiment import Experiment
+
+ENV_RUN_ID = "RUNWATCH_RUN_ID"
+ENV_EXPERIMENT = "RUNWATCH_RUN_EXPERIMENT"
+ENV_PARENT = "RUNWATCH_RUN_PARENT_ID"
+ENV_ROOT = "RUNWATCH_RUN_ROOT_ID"
+RUN_TYPE = "runwatch.run"
+_TICK = timedelta(microseconds=1)
+_ENVELOPE_RECORDS = 200  # children per message: well under the 1 MiB message limit
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry in some containers
+        return None
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
+class Run:
+    """Get one from `Experiment.start_logging()`, `run.child_run()`, `Run.get_context()`,
+    `Run.attach()` or `Experiment.get_runs()`; not meant to be built directly."""
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        run_id: str,
+        *,
+        parent: Run | str | None = None,
+        root_id: str | None = None,
+        status: str = Status.NotStarted,
+        tags: Mapping[str, str | None] | None = None,
+        properties: Mapping[str, str] | None = None,
+        caught_up: datetime | None = None,
+    ) -> None:
+        self.experiment = experiment
+        self.id = run_id
+        self._parent = parent if isinstance(parent, Run) else None
+        self.parent_id: str | None = parent.id if isinstance(parent, Run) else parent
+        inherited = (parent.root_id or parent.id) if isinstance(parent, Run) else None
+        self.root_id: str | None = root_id or inherited
+        self._status = status
+        self._tags: dict[str, str | None] = dict(tags or {})
+        self._properties: dict[str, str] = dict(properties or {})
+        self._last: datetime | None = caught_up  # last status change time this Run knows of
+        self._last_update: datetime | None = None
+        self._kids: list[Run] = []  # children made here: get_children waits for them
+
+    # ---- identity -------------------------------------------------------------------
+    @property
+    def workspace(self) -> Workspace:
+        return self.experiment.workspace
+
+    @property
+    def parent(self) -> Run | None:
+        """The parent run (read from the store when this Run was not made by it)."""
+        if self._parent is None and self.parent_id is not None:
+            self._parent = Run.attach(self.workspace, self.parent_id)
+        return self._parent
+
+    def __repr__(self) -> str:
+        return f"Run({self.id!r}, experiment={self.experiment.name!r})"
+
+    # ---- publishing -----------------------------------------------------------------
+    def _time(self) -> datetime:
+        """Strictly increasing per run: (RunId, TimeGenerated, Status) is the natural key."""
+        now = self.workspace.clock()
+        latest = max((t for t in (self._last, self._last_update) if t is not None), default=None)
+        return now if latest is None or now > latest else latest + _TICK
+
+    def _event(
+        self, status: str, message: str | None = None, code: str | None = None
+    ) -> RunStatusEvent:
+        at = self._time()
+        self._last = at
+        self._status = status
+        return RunStatusEvent.model_validate(
+            {
+                "TimeGenerated": at,
+                "RunId": self.id,
+                "Status": status,
+                "ParentRunId": self.parent_id,
+                "RootRunId": self.root_id,
+                "ExperimentName": self.experiment.name,
+                "ExperimentId": self.experiment.id,
+                "WorkspaceName": self.workspace.name,
+                "Message": message,
+                "Level": "Error" if status == Status.Failed else "Informational",
+                "OperationName": RUN_STATUS_OPERATION,
+                "TriggeringUserName": _user(),
+                "ResultSignature": code,
+                "RunType": RUN_TYPE,
+                "Tags": self._tags,
+                "Properties": self._properties,
+            }
+        )
+
+    def _start(self) -> Run:
+        self.workspace.publish([self._event(Status.Running)])
+        return self
+
+    def _finish(self, status: str, message: str | None = None, code: str | None = None) -> None:
+        if self._status in TERMINAL_STATUSES:
+            raise RunStateError(
+                f"run {self.id} is already {self._status}; it cannot become {status}"
+            )
+        self.workspace.publish([self._event(status, message, code)])
+
+    def complete(self) -> None:
+        self._finish(Status.Completed)
+
+    def fail(
+        self, error_details: str | BaseException | None = None, error_code: str | None = None
+    ) -> None:
+        """Failed, with the error text as the event's Message (what alert mails show)."""
+        if isinstance(error_details, BaseException):
+            error_details = str(error_details) or type(error_details).__name__
+        self._finish(Status.Failed, error_details, error_code)
+
+    def cancel(self) -> None:
+        """CancelRequested, then Canceled: two status changes, two events."""
+        self._finish(Status.CancelRequested)
+        self.workspace.publish([self._event(Status.Canceled)])
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._status in TERMINAL_STATUSES:
+            return  # finished inside the block
+        if exc is None:
+            self.complete()
+        elif isinstance(exc, KeyboardInterrupt):
+            self.cancel()
+        else:
+            self.fail(str(exc) or type(exc).__name__, error_code=type(exc).__name__)
+
+    # ---- tags, properties, description ----------------------------------------------
+    def _update(self, **change: Any) -> None:
+        at = self._time()
+        self._last_update = at
+        update = RunUpdate(
+            TimeGenerated=at,
+            RunId=self.id,
+            ParentRunId=self.parent_id,
+            RootRunId=self.root_id,
+            ExperimentName=self.experiment.name,
+            WorkspaceName=self.workspace.name,
+            **change,
+        )
+        self.workspace.publish_update(update)
+
+    def tag(self, key: str, value: str | None = None) -> None:
+        """Set a tag (mutable; None means a tag without a value)."""
+        if not key:
+            raise ValueError("a tag needs a key")
+        text = None if value is None else _text(value)
+        self._tags[key] = text
+        self._update(SetTags={key: text})
+
+    def set_tags(self, tags: Mapping[str, str | None]) -> None:
+        new = {k: None if v is None else _text(v) for k, v in tags.items()}
+        self._tags.update(new)
+        if new:
+            self._update(SetTags=new)
+
+    def remove_tag(self, key: str) -> None:
+        self._tags.pop(key, None)
+        self._update(RemoveTags=(key,))
+
+    def add_properties(self, properties: Mapping[str, Any]) -> None:
+        """Write-once: the same value again is fine; another value raises
+        PropertyConflictError and nothing of the call is published."""
+        new: dict[str, str] = {}
+        for key, value in properties.items():
+            text = _text(value)
+            current = self._properties.get(key)
+            if current is not None and current != text:
+                raise PropertyConflictError(self.id, key, current, text)
+            if current is None:
+                new[key] = text
+        if new:
+            self._properties.update(new)
+            self._update(AddProperties=new)
+
+    def add_property(self, key: str, value: Any) -> None:
+        self.add_properties({key: value})
+
+    def set_description(self, description: str) -> None:
+        self._update(Description=description)
+
+    # ---- reading back ---------------------------------------------------------------
+    def _stored(self) -> lookup.StoredRun:
+        """The store's row, once it shows every change this Run published."""
+        ws = self.workspace
+        deadline = time.monotonic() + ws.consistency_timeout
+        while True:
+            stored = lookup.load(ws.store, self.id)
+            if stored is not None and self._caught_up(stored):
+                return stored
+            if time.monotonic() >= deadline:
+                where = f"topic {ws.settings.kafka.topic} -> {ws.store.url}"
+                if stored is None:
+                    raise RunNotFoundError(f"run {self.id} is not in the store ({where})")
+                raise StoreLagError(
+                    f"the store has not caught up with run {self.id} within "
+                    f"{ws.consistency_timeout:g}s: is `runwatch serve` consuming {where}?"
+                )
+            time.sleep(ws.poll_interval)
+
+    def _caught_up(self, stored: lookup.StoredRun) -> bool:
+        if self._last is not None and stored.status_time < self._last:
+            return False
+        if self._last_update is None:
+            return True
+        return stored.updated_time is not None and stored.updated_time >= self._last_update
+
+    def get_status(self) -> str:
+        """From the store, so a cancel from elsewhere (`runwatch run cancel`) shows."""
+        return str(self._stored().record["status"])
+
+    def get_details(self) -> dict[str, Any]:
+        """runId, status, startTimeUtc, endTimeUtc, durationSeconds, tags, properties,
+        parentRunId, experimentName, description, error ({message, code} once Failed), ..."""
+        record = dict(self._stored().record)
+        record["error"] = None
+        if record["status"] == Status.Failed:
+            code = lookup.error_code(self.workspace.store, self.id)
+            record["error"] = {"message": record["message"], "code": code}
+        return record
+
+    def get_tags(self) -> dict[str, str | None]:
+        return dict(self._stored().record["tags"])
+
+    def get_properties(self) -> dict[str, str]:
+        return dict(self._stored().record["properties"])
+
+    @property
+    def description(self) -> str | None:
+        text: str | None = self._stored().record["description"]
+        return text
+
+    # ---- children -------------------------------------------------------------------
+    def _new_child(
+        self,
+        run_id: str | None,
+        tags: Mapping[str, str | None] | None,
+        properties: Mapping[str, Any] | None = None,
+    ) -> Run:
+        kid = Run(
+            self.experiment,
+            run_id or f"{self.id}_{uuid.uuid4().hex[:8]}",
+            parent=self,
+            root_id=self.root_id or self.id,
+            tags={k: None if v is None else _text(v) for k, v in (tags or {}).items()},
+            properties={k: _text(v) for k, v in (properties or {}).items()},
+        )
+        self._kids.append(kid)
+        return kid
+
+    def child_run(
+        self,
+        name: str | None = None,
+        *,
+        run_id: str | None = None,
+        tags: Mapping[str, str | None] | None = None,
+        properties: Mapping[str, Any] | None = None,
+    ) -> Run:
+        """A started child run; its status is independent of this run's. `name` becomes
+        its description."""
+        child = self._new_child(run_id, tags, properties)._start()
+        if name:
+            child.set_description(name)
+        return child
+
+    def create_children(
+        self,
+        count: int | None = None,
+        tag_key: str | None = None,
+        tag_values: Sequence[str] | None = None,
+    ) -> list[Run]:
+        """`count` started children published together (one message per 200 children),
+        each tagged `tag_key` = its value from `tag_values` when given."""
+        if tag_values is not None:
+            if tag_key is None:
+                raise ValueError("tag_values needs a tag_key")
+            if count is None:
+                count = len(tag_values)
+            elif count != len(tag_values):
+                raise ValueError(f"count is {count} but there are {len(tag_values)} tag_values")
+        if count is None or count < 1:
+            raise ValueError(f"count must be at least 1, not {count}")
+        kids = []
+        for index in range(count):
+            tags = None
+            if tag_key is not None:
+                tags = {tag_key: None if tag_values is None else _text(tag_values[index])}
+            kids.append(self._new_child(None, tags))
+        started = [kid._event(Status.Running) for kid in kids]
+        for start in range(0, len(started), _ENVELOPE_RECORDS):
+            self.workspace.publish(started[start : start + _ENVELOPE_RECORDS])
+        return kids
+
+    def get_children(
+        self,
+        recursive: bool = False,
+        tags: lookup.LabelFilter = None,
+        properties: lookup.LabelFilter = None,
+        status: str | Sequence[str] | None = None,
+    ) -> list[Run]:
+        """Children from the store, oldest first (all descendants with `recursive`)."""
+        self._stored()  # what this process published about itself is stored
+        ws, store = self.workspace, self.workspace.store
+        deadline = time.monotonic() + ws.consistency_timeout
+        while True:  # ... and about the children made here, checked in one query
+            direct = {kid.record["runId"]: kid for kid in lookup.children(store, [self.id])}
+            if all(k.id in direct and k._caught_up(direct[k.id]) for k in self._kids):
+                break
+            if time.monotonic() >= deadline:
+                raise StoreLagError(
+                    f"the store has not caught up with the children of run {self.id} within "
+                    f"{ws.consistency_timeout:g}s: is `runwatch serve` consuming "
+                    f"{ws.settings.kafka.topic}?"
+                )
+            time.sleep(ws.poll_interval)
+        found = lookup.descendants(store, self.id) if recursive else list(direct.values())
+        wanted = lookup.status_names(status)
+        return [
+            Run.from_record(self.workspace, kid.record, kid.status_time)
+            for kid in found
+            if lookup.matches(kid.record, tags=tags, properties=properties, statuses=wanted)
+        ]
+
+    # ---- attaching to an existing run -----------------------------------------------
+    @classmethod
+    def from_record(
+        cls, workspace: Workspace, record: Mapping[str, Any], status_time: datetime | None = None
+    ) -> Run:
+        from consumers.lifecycle.experiment import Experiment
+
+        experiment = Experiment(workspace, record["experimentName"] or "")
+        return cls(
+            experiment,
+            record["runId"],
+            parent=record["parentRunId"],
+            root_id=record["rootRunId"],
+            status=record["status"],
+            tags=record["tags"],
+            properties=record["properties"],
+            caught_up=status_time,
+        )
+
+    @classmethod
+    def attach(cls, workspace: Workspace, run_id: str) -> Run:
+        """A run someone else started (another process, `runwatch run start`), from the store;
+        waits up to the workspace's consistency_timeout for it to be stored."""
+        probe = cls.from_record(
+            workspace,
+            {"runId": run_id, "experimentName": None, "parentRunId": None, "rootRunId": None}
+            | {"status": Status.NotStarted, "tags": {}, "properties": {}},
+        )
+        stored = probe._stored()
+        if stored.record["workspaceName"] not in (None, workspace.name):
+            workspace = workspace.sibling(stored.record["workspaceName"])
+        return cls.from_record(workspace, stored.record, stored.status_time)
+
+    def environment(self) -> dict[str, str]:
+        """Variables for a child process, in which `Run.get_context()` finds this run."""
+        env = self.workspace.environment() | {
+            ENV_RUN_ID: self.id,
+            ENV_EXPERIMENT: self.experiment.name,
+        }
+        if self.parent_id:
+            env[ENV_PARENT] = self.parent_id
+        if self.root_id:
+            env[ENV_ROOT] = self.root_id
+        return env
+
+    @classmethod
+    def get_context(
+        cls, environ: Mapping[str, str] | None = None, *, workspace: Workspace | None = None
+    ) -> Run:
+        """The run this process belongs to, from the variables `environment()` set; its tags
+        and properties are read from the store, so later status events carry them."""
+        env = os.environ if environ is None else environ
+        run_id = env.get(ENV_RUN_ID)
+        if not run_id:
+            raise RunwatchError(
+                f"not inside a run: {ENV_RUN_ID} is not set (start the process with "
+                "the variables of run.environment())"
+            )
+        return cls.attach(workspace or Workspace.from_env(env), run_id)
