@@ -97,7 +97,7 @@ def _statements(dialect: str) -> tuple[Any, Any, Any]:
         )
     )
     module: Any = postgresql if dialect == "postgresql" else sqlite
-    # SQLAlchemy 2.1 reports -1 for a Core INSERT on psycopg unless asked for the count
+    # SQLAlchemy 2.1 reports -1 for a Core INSERT on psycopg unless asked
     insert = (
         module.insert(n)
         .on_conflict_do_nothing(index_elements=["dedup_key"])

@@ -5,7 +5,7 @@ The existing events table becomes the default partition of a new partitioned `ev
 and moves rows out of the default one as their range gets a partition.
 
 Revision ID: 0004_scale
-Revises: 0003_lifecycle
+Revises: 0002
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_scale"
-down_revision = "0003_lifecycle"  # re-chained onto main's head at merge
+down_revision = "0003_lifecycle"
 branch_labels = None
 depends_on = None
 
