@@ -151,6 +151,8 @@ class Dispatcher:
             loop_time = asyncio.get_running_loop().time()
             if loop_time - last_depth >= _DEPTH_EVERY_S:
                 last_depth = loop_time
+                # another replica may have died mid-send: its expired claims come back here
+                await asyncio.to_thread(self._outbox.release_expired, self._clock())
                 await self._refresh_depth()
             if claimed:
                 continue

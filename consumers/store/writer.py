@@ -214,7 +214,9 @@ def _run_rows(batch: Sequence[RunStatusEvent]) -> list[dict[str, Any]]:
             "Tags": event.Tags,
             "Properties": event.Properties,
         }
-    return list(folded.values())
+    # In key order: replicas upserting overlapping runs (a rebalance, an envelope mixing run
+    # trees from two partitions) then lock rows in the same order and cannot deadlock.
+    return [folded[run_id] for run_id in sorted(folded)]
 
 
 _LATEST = ("Status", "StatusTime", "StatusRank", "Message", "Tags", "Properties")
