@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -72,7 +73,12 @@ class Service:
             receivers=tuple(settings.receivers),
             experiment_label_limit=settings.metrics.experiment_label_limit,
         )
-        self.store: Store = open_store(settings.store.url, migrate=settings.store.migrate_on_start)
+        self.store: Store = open_store(
+            settings.store.url,
+            migrate=settings.store.migrate_on_start,
+            pool_size=settings.store.pool_size,
+        )
+        self._ensure_partitions()
         # A bad rule file at start-up stops it (there are no old rules to keep running).
         load_rules(settings.rules_dir)
         self.rules = RuleWatcher(settings.rules_dir, self.metrics)
@@ -144,12 +150,33 @@ class Service:
             return Check(False, str(exc))
         return Check(True, "reachable")
 
-    def _retention(self, stop: threading.Event) -> None:
-        days = self.settings.store.retention_days
-        if days is None:
+    def _ensure_partitions(self) -> None:
+        store = self.settings.store
+        try:
+            created = self.store.ensure_partitions(
+                datetime.now(UTC),
+                interval_hours=store.partition_interval_hours,
+                ahead=store.partitions_ahead,
+            )
+        except RunwatchError as exc:  # events still land in the default partition
+            log.warning("creating partitions failed, will retry: %s", exc)
             return
-        interval = self.settings.store.retention_interval_s
+        if created:
+            log.info("created partitions %s", ", ".join(created))
+
+    def _retention(self, stop: threading.Event) -> None:
+        """Partitions ahead of time and retention, on one timer. Partitions are checked at
+        least hourly, so `partitions_ahead` intervals are always far more than enough."""
+        days = self.settings.store.retention_days
+        interval = min(self.settings.store.retention_interval_s, 3600.0)
+        last_retention = time.monotonic()
         while not stop.wait(interval):
+            self._ensure_partitions()
+            if days is None:
+                continue
+            if time.monotonic() - last_retention < self.settings.store.retention_interval_s:
+                continue
+            last_retention = time.monotonic()
             cutoff = datetime.now(UTC) - timedelta(days=days)
             try:
                 deleted = self.store.delete_older_than(cutoff, self.settings.store.retention_batch)

@@ -278,9 +278,19 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from consumers.store import open_store
 
-    store = open_store(_config(args).store.url, migrate=True)
-    print(f"{store.url}: schema at {store.revision()}")
-    store.dispose()
+    settings = _config(args).store
+    store = open_store(settings.url, migrate=True)
+    try:
+        created = store.ensure_partitions(
+            datetime.now(UTC),
+            interval_hours=settings.partition_interval_hours,
+            ahead=settings.partitions_ahead,
+        )
+        print(f"{store.url}: schema at {store.revision()}")
+        if created:
+            print(f"created partitions: {', '.join(created)}")
+    finally:
+        store.dispose()
     return 0
 
 

@@ -35,6 +35,7 @@ from consumers.notify.email import EmailSender, Mail, build_message
 from consumers.notify.webhook import WebhookSender
 from consumers.settings import ReceiverSettings, Settings
 from consumers.store import Store
+from consumers.store.listen import OutboxListener
 from consumers.store.outbox import Notification, Outbox
 from consumers.store.queries import RunDetail, get_run
 from consumers.templating import Renderer
@@ -90,6 +91,9 @@ class Dispatcher:
                 loop.call_soon_threadsafe(event.set)
 
     def start(self, stop: threading.Event) -> threading.Thread:
+        if self._store.engine.dialect.name == "postgresql":
+            # notifications written by other replicas wake this one too
+            OutboxListener(self._store.engine, self.wake).start(stop)
         thread = threading.Thread(
             target=lambda: asyncio.run(self.run(stop)), name="dispatcher", daemon=True
         )

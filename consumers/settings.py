@@ -110,6 +110,11 @@ class StoreSettings(_Section):
     retention_days: float | None = Field(default=30, gt=0)
     retention_batch: int = Field(default=5000, ge=1)
     retention_interval_s: float = Field(default=3600, gt=0)
+    # PostgreSQL only: events partitioned by TimeGenerated, one partition per interval,
+    # created this many intervals ahead; retention drops whole partitions.
+    partition_interval_hours: int = Field(default=24, ge=1, le=24 * 31)
+    partitions_ahead: int = Field(default=3, ge=1, le=366)
+    pool_size: int = Field(default=10, ge=1, le=200)  # PostgreSQL connections per replica
 
     @field_validator("url")
     @classmethod

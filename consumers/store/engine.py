@@ -21,12 +21,10 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from consumers.alerts import Alert
 from consumers.errors import SchemaVersionError, StoreError
-from consumers.events import RunStatusEvent
-from consumers.store import writer
+from consumers.events import RunStatusEvent, to_utc
+from consumers.store import partitions, writer
 from consumers.store.writer import DeadLetter, WriteResult
 from consumers.updates import RunUpdate
-
-_MIGRATE_LOCK = 0x72756E77  # "runw": the advisory lock key migrations take on PostgreSQL
 
 
 def _json(value: Any) -> str:
@@ -43,7 +41,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     parsed = make_url(url)
     if parsed.drivername in {"postgresql", "postgres"}:
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -61,7 +59,15 @@ def make_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(parsed, json_serializer=_json, pool_pre_ping=True, pool_size=5)
+    # psycopg 3 connections in SQLAlchemy's pool (one pool, not two): ingest writer, the
+    # dispatcher's threads and retention share pool_size, with as many again on overflow.
+    return create_engine(
+        parsed,
+        json_serializer=_json,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+    )
 
 
 def _alembic_config() -> Config:
@@ -74,6 +80,14 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert head is not None
     return head
+
+
+def _known_revisions() -> set[str]:
+    return {s.revision for s in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
+
+
+# Any constant shared by every runwatch build: the key of the migration advisory lock.
+_MIGRATE_LOCK = 0x72756E7761746368  # "runwatch"
 
 
 @dataclass(frozen=True)
@@ -96,12 +110,19 @@ class Store:
             return MigrationContext.configure(conn).get_current_revision()
 
     def upgrade(self) -> None:
+        """Apply the migrations this build has. Replicas starting together take turns (a
+        PostgreSQL advisory lock held for the transaction); a schema newer than this build
+        is refused, never touched."""
         config = _alembic_config()
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
-                # Replicas starting together take turns: the first migrates, the others
-                # then find the schema at head (PostgreSQL DDL is transactional).
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK})
+            current = MigrationContext.configure(conn).get_current_revision()
+            if current is not None and current not in _known_revisions():
+                raise SchemaVersionError(
+                    f"store {self.url} is at schema {current}, newer than this build "
+                    f"({head_revision()}); upgrade runwatch"
+                )
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 
@@ -121,10 +142,7 @@ class Store:
                 f"store {self.url} has no runwatch schema; run `runwatch db upgrade`"
             )
         if current != head:
-            known = {
-                s.revision for s in ScriptDirectory.from_config(_alembic_config()).walk_revisions()
-            }
-            if current not in known:
+            if current not in _known_revisions():
                 raise SchemaVersionError(
                     f"store {self.url} is at schema {current}, newer than this build ({head}); "
                     "upgrade runwatch"
@@ -165,22 +183,36 @@ class Store:
             raise StoreError(message, retriable=retriable) from exc
 
     def delete_older_than(self, cutoff: datetime, batch: int = 5000) -> int:
-        """Retention in bounded batches: each one a short transaction, so ingest never waits
-        behind one huge delete."""
-        total = 0
+        """Retention. On PostgreSQL, whole partitions older than the cutoff are dropped first
+        (a catalog change, not a delete); then, on both databases, bounded batches, each a
+        short transaction so ingest never waits behind one huge delete: all old events on
+        SQLite, only the default partition's on PostgreSQL (a partition straddling the
+        cutoff waits until it is wholly older)."""
+        total = partitions.drop_older_than(self.engine, to_utc(cutoff))
+        with self.engine.connect() as conn:
+            events_table = partitions.default_table() if partitions.is_partitioned(conn) else None
         while True:
             with self.write_lock, self.engine.begin() as conn:
-                deleted = writer.delete_batch_older_than(conn, cutoff, batch)
+                deleted = writer.delete_batch_older_than(conn, cutoff, batch, events_table)
             total += deleted
             if deleted < batch:
                 return total
+
+    def ensure_partitions(self, now: datetime, *, interval_hours: int, ahead: int) -> list[str]:
+        """Range partitions for events ahead of time (PostgreSQL; nothing on SQLite)."""
+        try:
+            return partitions.ensure_partitions(
+                self.engine, now, interval_hours=interval_hours, ahead=ahead
+            )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"creating partitions failed: {exc}", retriable=True) from exc
 
     def dispose(self) -> None:
         self.engine.dispose()
 
 
-def open_store(url: str, *, migrate: bool = False) -> Store:
-    engine = make_engine(url)
+def open_store(url: str, *, migrate: bool = False, pool_size: int = 10) -> Store:
+    engine = make_engine(url, pool_size=pool_size)
     lock = threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
     store = Store(engine, lock)
     try:

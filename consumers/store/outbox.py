@@ -97,7 +97,12 @@ def _statements(dialect: str) -> tuple[Any, Any, Any]:
         )
     )
     module: Any = postgresql if dialect == "postgresql" else sqlite
-    insert = module.insert(n).on_conflict_do_nothing(index_elements=["dedup_key"])
+    # SQLAlchemy 2.1 reports -1 for a Core INSERT on psycopg unless asked
+    insert = (
+        module.insert(n)
+        .on_conflict_do_nothing(index_elements=["dedup_key"])
+        .execution_options(preserve_rowcount=True)
+    )
     return throttled, followup, insert
 
 

@@ -8,6 +8,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Double,
     Index,
     Integer,
     LargeBinary,
@@ -143,4 +144,17 @@ notifications = Table(
     Index("ix_notifications_due", "state", "next_attempt_at"),
     Index("ix_notifications_throttle", "rule", "throttle_key", "receiver", "created_at"),
     Index("ix_notifications_fingerprint", "fingerprint"),
+)
+
+# Named leases with expiry: one holder at a time for work that must run on one replica (the
+# scheduled rules). Times are the holders' clocks in epoch seconds; `generation` grows on
+# every change of holder, a fencing token for whoever needs one.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(), primary_key=True),
+    Column("holder", String(), nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("acquired_at", Double, nullable=False),
+    Column("generation", BigInteger, nullable=False),
 )

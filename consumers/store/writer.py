@@ -35,6 +35,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from consumers.alerts import Alert
 from consumers.events import STATUS_RANK, TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
+from consumers.store.listen import notify_outbox
 from consumers.store.outbox import insert_notifications
 from consumers.store.schema import dead_letters, events, runs
 from consumers.updates import RunUpdate, apply_update
@@ -305,6 +306,8 @@ def write_batch(
             conn, "dead_letters", _insert_dead_letters, dead_letters, letter_rows
         )
     created = insert_notifications(conn, alerts, receiver_kinds or {}, now) if alerts else 0
+    if created:
+        notify_outbox(conn)  # wakes the dispatchers of every replica once this commits
     return WriteResult(
         inserted=inserted,
         duplicates=len(batch) - inserted,
@@ -387,15 +390,18 @@ def _later(current: datetime | None, candidate: datetime) -> datetime:
     return candidate if current is None else max(to_utc(current), candidate)
 
 
-def delete_batch_older_than(conn: Connection, cutoff: datetime, limit: int) -> int:
+def delete_batch_older_than(
+    conn: Connection, cutoff: datetime, limit: int, events_table: Table | None = None
+) -> int:
     """At most `limit` rows of each table; the caller loops until a short batch.
 
     A run's state row goes only once the run has ended: a run stuck in Running for longer
     than the retention is exactly what absence rules look for."""
     cutoff = to_utc(cutoff)
     deleted = 0
+    ev = events if events_table is None else events_table
     for table, old, key in (
-        (events, events.c.TimeGenerated < cutoff, events.c.id),
+        (ev, ev.c.TimeGenerated < cutoff, ev.c.id),
         (runs, and_(runs.c.LastSeen < cutoff, runs.c.Status.in_(TERMINAL_STATUSES)), runs.c.RunId),
         (dead_letters, dead_letters.c.ReceivedAt < cutoff, dead_letters.c.id),
     ):

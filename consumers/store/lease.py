@@ -1,0 +1,100 @@
+"""A named lease with expiry in the store: work that must happen on one replica at a time
+(scheduled rule evaluation) runs where the lease is held, and moves to another replica when
+its holder stops renewing (crashed, partitioned, shut down).
+
+One statement decides: an upsert whose update only applies when the row is free, expired or
+already ours, returning a row only when it applied. PostgreSQL's ON CONFLICT takes the row
+lock and re-checks the condition, SQLite serialises writers, so two replicas racing for an
+expired lease cannot both win.
+
+Expiry is judged by the clock of the replica asking, so replica clocks must agree to well
+within the TTL (NTP does); renew at a fraction of the TTL (a third is usual).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, case, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
+
+from consumers.errors import StoreError
+from consumers.store.schema import leases
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    holder: str
+    expires_at: float
+    acquired_at: float
+    generation: int
+
+
+class Lease:
+    def __init__(
+        self,
+        engine: Engine,
+        name: str,
+        holder: str,
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive")
+        self._engine = engine
+        self.name = name
+        self.holder = holder
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
+        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        proposed = insert(leases)
+        new = proposed.excluded
+        ours = leases.c.holder == new.holder
+        self._upsert = proposed.on_conflict_do_update(
+            index_elements=[leases.c.name],
+            set_={
+                "holder": new.holder,
+                "expires_at": new.expires_at,
+                # a renewal keeps when, and in which generation, the lease was taken
+                "acquired_at": case((ours, leases.c.acquired_at), else_=new.acquired_at),
+                "generation": case((ours, leases.c.generation), else_=leases.c.generation + 1),
+            },
+            where=ours | (leases.c.expires_at <= new.acquired_at),
+        ).returning(leases.c.generation)
+
+    def try_acquire(self) -> bool:
+        """Take the lease if it is free or expired, renew it if it is ours; False while
+        another holder's lease runs. A database error is a StoreError (retriable when the
+        database is unreachable): the caller must then act as if it does not hold it."""
+        now = self._clock()
+        values = {
+            "name": self.name,
+            "holder": self.holder,
+            "expires_at": now + self.ttl_seconds,
+            "acquired_at": now,
+            "generation": 1,
+        }
+        try:
+            with self._engine.begin() as conn:
+                return conn.execute(self._upsert, values).first() is not None
+        except OperationalError as exc:
+            raise StoreError(f"lease {self.name!r}: {exc}", retriable=True) from exc
+
+    def release(self) -> None:
+        """Give it up now (clean shutdown), so another replica need not wait for expiry.
+        Releasing a lease someone else holds does nothing."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                delete(leases).where(leases.c.name == self.name, leases.c.holder == self.holder)
+            )
+
+    def state(self) -> LeaseState | None:
+        """Who holds it and until when (expired holders included), for status displays."""
+        with self._engine.connect() as conn:
+            row = conn.execute(select(leases).where(leases.c.name == self.name)).first()
+        if row is None:
+            return None
+        return LeaseState(row.holder, row.expires_at, row.acquired_at, row.generation)
