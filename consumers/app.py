@@ -32,6 +32,8 @@ from consumers.events import RunStatusEvent
 from consumers.ingest import Ingestor
 from consumers.kafka_loop import KafkaLoop
 from consumers.metrics import Metrics
+from consumers.noise.config import OWNER
+from consumers.noise.policy import NoisePolicy
 from consumers.producer import DeadLetterPublisher
 from consumers.rules.loader import load_rules
 from consumers.rules.reload import RuleWatcher
@@ -83,6 +85,8 @@ class Service:
         load_rules(settings.rules_dir)
         self.rules = RuleWatcher(settings.rules_dir, self.metrics)
         self.rules.reload()
+        self.noise = NoisePolicy(settings.noise, self.metrics.suppressed)
+        self.noise.check_receivers(set(settings.receivers))
         self._warn_unknown_receivers()
         self.dispatcher = Dispatcher(self.store, settings, self.metrics)
         self._http: OpsServer | None = None
@@ -92,7 +96,7 @@ class Service:
         self._failure: BaseException | None = None
 
     def _warn_unknown_receivers(self) -> None:
-        unknown = sorted(self.rules.current.receivers_used - set(self.settings.receivers))
+        unknown = sorted(self.rules.current.receivers_used - set(self.settings.receivers) - {OWNER})
         if unknown:
             log.warning(
                 "rules notify receivers not in the config: %s (their notifications are "
@@ -198,6 +202,7 @@ class Service:
             evaluate=self._evaluate,
             receiver_kinds={name: r.kind for name, r in self.settings.receivers.items()},
             on_notified=self.dispatcher.wake,
+            noise=self.noise,
         )
         loop = self._loop = KafkaLoop(kafka, ingestor.prepare, ingestor.write, self.metrics)
         self._start_metrics()
