@@ -30,6 +30,7 @@ test: lint typecheck
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/alerting.py
+	$(BIN)/python benchmarks/lifecycle.py
 
 # deploy/kubernetes/configmaps.yaml from alert_rules/ and templates/ (a test checks it is current)
 k8s-configmaps: $(STAMP)

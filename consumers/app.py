@@ -35,6 +35,8 @@ from consumers.events import RunStatusEvent
 from consumers.ingest import Ingestor
 from consumers.kafka_loop import KafkaLoop
 from consumers.metrics import Metrics
+from consumers.noise.config import OWNER
+from consumers.noise.policy import NoisePolicy
 from consumers.producer import DeadLetterPublisher
 from consumers.rules.evaluation import mark_stale
 from consumers.rules.loader import load_rules
@@ -89,6 +91,8 @@ class Service:
         load_rules(settings.rules_dir)
         self.rules = RuleWatcher(settings.rules_dir, self.metrics)
         self.rules.reload()
+        self.noise = NoisePolicy(settings.noise, self.metrics.suppressed)
+        self.noise.check_receivers(set(settings.receivers))
         self._warn_unknown_receivers()
         self.dispatcher = Dispatcher(self.store, settings, self.metrics)
         self.scheduler = self._scheduler()
@@ -119,7 +123,7 @@ class Service:
         self.metrics.alerts.labels(rule=alert.rule, severity=str(alert.severity)).inc()
 
     def _warn_unknown_receivers(self) -> None:
-        unknown = sorted(self.rules.current.receivers_used - set(self.settings.receivers))
+        unknown = sorted(self.rules.current.receivers_used - set(self.settings.receivers) - {OWNER})
         if unknown:
             log.warning(
                 "rules notify receivers not in the config: %s (their notifications are "
@@ -229,6 +233,7 @@ class Service:
             evaluate=self._evaluate,
             receiver_kinds={name: r.kind for name, r in self.settings.receivers.items()},
             on_notified=self.dispatcher.wake,
+            noise=self.noise,
         )
         loop = self._loop = KafkaLoop(kafka, ingestor.prepare, ingestor.write, self.metrics)
         self._start_metrics()

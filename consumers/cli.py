@@ -213,7 +213,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config) if args.config else None
     directory = args.dir or (settings.rules_dir if settings else Settings().rules_dir)
-    receivers = set(settings.receivers) if settings else None
+    receivers = {*settings.receivers, "owner"} if settings else None  # owner: noise.owners
     errors = check_rules(directory, receivers=receivers)
     for error in errors:
         print(error, file=sys.stderr)
@@ -457,7 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = notes_sub.add_parser("list")
     _common(p, store=True)
     p.add_argument(
-        "--state", choices=["pending", "sending", "sent", "dead", "throttled", "suppressed"]
+        "--state",
+        choices=[
+            *("pending", "sending", "sent", "dead", "throttled"),
+            *("inhibited", "silenced", "muted", "repeat", "storm", "suppressed"),
+        ],
     )
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--output", "-o", choices=["table", "json"], default="table")
@@ -473,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = config.add_parser("check", help="validate a config file (exit 1 naming the bad key)")
     p.add_argument("file", type=Path)
     p.set_defaults(func=cmd_config_check)
+
+    from consumers.silence_cli import register as register_silence
+
+    register_silence(sub, lambda p: _common(p, store=True), _store)
 
     db = sub.add_parser("db", help="store schema").add_subparsers(dest="db", required=True)
     p = db.add_parser("upgrade", help="apply migrations")

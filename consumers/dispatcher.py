@@ -31,6 +31,9 @@ import aiohttp
 from consumers.alerts import Alert
 from consumers.errors import SendError
 from consumers.metrics import Metrics
+from consumers.noise import digest
+from consumers.noise.policy import NoisePolicy
+from consumers.noise.recheck import recheck
 from consumers.notify.email import EmailSender, Mail, build_message
 from consumers.notify.webhook import WebhookSender
 from consumers.settings import ReceiverSettings, Settings
@@ -80,6 +83,7 @@ class Dispatcher:
         self._runs: dict[str, tuple[float, RunDetail | None]] = {}  # run id -> (when, detail)
         self._runs_lock = threading.Lock()
         self._marker: asyncio.Task[None] | None = None
+        self._noise = NoisePolicy(settings.noise, metrics.suppressed)
 
     # -- waking ---------------------------------------------------------------------------
 
@@ -141,11 +145,14 @@ class Dispatcher:
                 # One thread hop reads every claimed run, instead of one hop (and a wait
                 # for the GIL among many pool threads) per notification.
                 await asyncio.to_thread(self._prefetch, claimed)
+                claimed = digest.bundle(claimed)  # a group's rows: one digest
                 for notification in claimed:
                     queue.put_nowait(notification)
             loop_time = asyncio.get_running_loop().time()
             if loop_time - last_depth >= _DEPTH_EVERY_S:
                 last_depth = loop_time
+                # another replica may have died mid-send: its expired claims come back here
+                await asyncio.to_thread(self._outbox.release_expired, self._clock())
                 await self._refresh_depth()
             if claimed:
                 continue
@@ -200,7 +207,14 @@ class Dispatcher:
 
     async def deliver(self, notification: Notification) -> None:
         kind = notification.receiver_type
-        receiver = self._settings.receivers.get(notification.receiver)
+        if notification.members:
+            rechecked = await asyncio.to_thread(
+                recheck, self._store, self._noise, notification, self._clock()
+            )
+            if rechecked is None:
+                return  # every alert of the digest was silenced or inhibited meanwhile
+            notification = rechecked
+        receiver = digest.resolve_receiver(self._settings, notification.receiver)
         extra = {
             "notification_id": notification.id,
             "rule": notification.rule,
@@ -211,7 +225,9 @@ class Dispatcher:
             return
         self._metrics.delivery_attempts.labels(receiver_type=kind).inc()
         try:
-            if self._cached(notification.run_id):
+            if digest.variant(notification):
+                context = await asyncio.to_thread(self._noise_context, notification)
+            elif self._cached(notification.run_id):
                 context = self.context(notification)
             else:
                 context = await asyncio.to_thread(self.context, notification)
@@ -220,7 +236,7 @@ class Dispatcher:
             self._metrics.notification_failures.labels(receiver_type=kind, reason=exc.reason).inc()
             await self._failed(notification, exc, extra)
             return
-        await self._mark_sent(notification.id)
+        await asyncio.gather(*(self._mark_sent(i) for i in notification.ids))
         now = self._clock()
         self._metrics.notifications.labels(receiver_type=kind, result="sent").inc()
         self._metrics.receiver_notifications.labels(
@@ -241,15 +257,16 @@ class Dispatcher:
     ) -> None:
         assert self._email is not None and self._webhook is not None
         if receiver.email is not None:
-            rendered = self._renderer.render_email(context)
+            variant = digest.variant(notification)
+            rendered = self._renderer.render_email(context, variant)
             message = build_message(
                 rendered,
                 sender=self._settings.smtp.sender,
                 to=receiver.email.to,
                 cc=receiver.email.cc,
                 notification_id=notification.id,
-                fingerprint=notification.fingerprint,
-                followup=notification.followup,
+                fingerprint=digest.thread_key(notification),
+                followup=notification.followup or bool(variant),
                 domain=self._notify.link_domain,
             )
             mail = Mail.of(
@@ -259,7 +276,9 @@ class Dispatcher:
             )
             await self._email.send(mail)
         elif receiver.webhook is not None:
-            body = self._renderer.render_webhook(receiver.webhook.format, context)
+            body = self._renderer.render_webhook(
+                receiver.webhook.format, context, digest.variant(notification)
+            )
             await self._webhook.send(receiver.webhook, body, notification_id=notification.id)
 
     async def _mark_sent(self, notification_id: str) -> None:
@@ -299,13 +318,14 @@ class Dispatcher:
         delay = self.backoff(notification.attempts)
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
-        await asyncio.to_thread(
-            self._outbox.mark_retry,
-            notification.id,
-            now + timedelta(seconds=delay),
-            exc.reason,
-            exc.detail,
-        )
+        for notification_id in notification.ids:
+            await asyncio.to_thread(
+                self._outbox.mark_retry,
+                notification_id,
+                now + timedelta(seconds=delay),
+                exc.reason,
+                exc.detail,
+            )
         self._metrics.notifications.labels(
             receiver_type=notification.receiver_type, result="retry"
         ).inc()
@@ -321,7 +341,8 @@ class Dispatcher:
         )
 
     async def _dead(self, notification: Notification, reason: str, detail: str) -> None:
-        await asyncio.to_thread(self._outbox.mark_dead, notification.id, reason, detail)
+        for notification_id in notification.ids:
+            await asyncio.to_thread(self._outbox.mark_dead, notification_id, reason, detail)
         self._metrics.notifications.labels(
             receiver_type=notification.receiver_type, result="dead"
         ).inc()
@@ -386,6 +407,11 @@ class Dispatcher:
             "children": children,
             "run_url": self._run_url(event),
         }
+
+    def _noise_context(self, notification: Notification) -> dict[str, Any]:
+        if notification.kind == "storm":
+            return digest.storm_context(self._store, notification)
+        return digest.digest_context(self._store, notification, self._run_url)
 
     def _prefetch(self, claimed: list[Notification]) -> None:
         for run_id in dict.fromkeys(n.run_id for n in claimed):

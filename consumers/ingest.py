@@ -22,6 +22,7 @@ from consumers.decoding import Decoded, decode
 from consumers.errors import DecodeError, StoreError
 from consumers.events import RunStatusEvent
 from consumers.metrics import Metrics
+from consumers.noise.policy import NoisePolicy
 from consumers.store import Store
 from consumers.store.writer import DeadLetter, WriteResult
 from consumers.updates import RunUpdate
@@ -88,6 +89,7 @@ class Ingestor:
         evaluate: Callable[[RunStatusEvent], Sequence[Alert]] | None = None,
         receiver_kinds: Mapping[str, str] | None = None,
         on_notified: Callable[[], None] | None = None,
+        noise: NoisePolicy | None = None,
     ) -> None:
         self._store = store
         self._sink = sink
@@ -98,6 +100,7 @@ class Ingestor:
         self._evaluate = evaluate
         self._kinds = dict(receiver_kinds or {})
         self._on_notified = on_notified
+        self._noise = noise
 
     def handle(self, records: Sequence[Record]) -> IngestResult:
         return self.write(self.prepare(records))
@@ -150,6 +153,7 @@ class Ingestor:
                 alerts=alerts,
                 receiver_kinds=self._kinds,
                 now=self._clock(),
+                noise=self._noise,
                 updates=updates,
             )
         except StoreError as exc:
@@ -199,6 +203,7 @@ class Ingestor:
                     alerts=mine,
                     receiver_kinds=self._kinds,
                     now=now,
+                    noise=self._noise,
                     updates=[(0, update) for update in result.updates],
                 )
             except StoreError as one_exc:

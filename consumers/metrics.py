@@ -126,6 +126,13 @@ class Metrics:
             ["receiver_type", "result"],
             registry=registry,
         )
+        self.suppressed = Counter(
+            "runwatch_notifications_suppressed_total",
+            "Notifications recorded but not sent by noise control, by reason: silenced, "
+            "inhibited, muted, repeat (already in a digest), storm.",
+            ["reason"],
+            registry=registry,
+        )
         self.notification_failures = Counter(
             "runwatch_notification_failures_total",
             "Failed delivery attempts, by receiver type and reason (smtp_4xx, http_503, ...).",

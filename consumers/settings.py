@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from consumers.errors import ConfigError
+from consumers.noise.config import NoiseSettings
 
 ENV_PREFIX = "RUNWATCH_"
 
@@ -304,6 +305,7 @@ class Settings(BaseSettings):
     receivers: dict[str, ReceiverSettings] = Field(default_factory=dict)
     notify: NotifySettings = NotifySettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    noise: NoiseSettings = NoiseSettings()  # grouping, silences, inhibition, routing
 
     @model_validator(mode="after")
     def _receivers(self) -> Settings:

@@ -15,6 +15,10 @@ The context every template gets (built by dispatcher.Dispatcher.context):
     timeline      [{status, time, seconds_in_state, message}] oldest first
     children      {total, by_status: {status: count}, failed: [run records, at most 10]}
     run_url       a link to the run, or None
+
+Digests (email/digest/*, webhook/digest.json.j2) and storm summaries (email/storm/*,
+webhook/storm.json.j2) get `notification` plus the context documented in
+consumers/noise/digest.py (`group` and `alerts`, or `storm`).
 """
 
 from __future__ import annotations
@@ -88,15 +92,21 @@ class Renderer:
         except jinja2.TemplateError as exc:  # undefined, sandbox (SecurityError), not found
             raise TemplateError(f"{name}: {type(exc).__name__}: {exc}") from exc
 
-    def render_email(self, context: Mapping[str, Any]) -> RenderedEmail:
+    def render_email(self, context: Mapping[str, Any], variant: str = "") -> RenderedEmail:
+        """`variant` "digest" or "storm" (noise control) reads templates/email/<variant>/."""
+        folder = f"email/{variant}/" if variant else "email/"
         return RenderedEmail(
-            subject=header_text(self._render("email/subject.txt.j2", context)),
-            text=self._render("email/body.txt.j2", context),
-            html=self._render("email/body.html.j2", context),
+            subject=header_text(self._render(f"{folder}subject.txt.j2", context)),
+            text=self._render(f"{folder}body.txt.j2", context),
+            html=self._render(f"{folder}body.html.j2", context),
         )
 
-    def render_webhook(self, fmt: WebhookFormat, context: Mapping[str, Any]) -> bytes:
-        name = f"webhook/{fmt}.json.j2"
+    def render_webhook(
+        self, fmt: WebhookFormat, context: Mapping[str, Any], variant: str = ""
+    ) -> bytes:
+        """Digests and storm summaries have one body for every format:
+        webhook/digest.json.j2 and webhook/storm.json.j2 (with a `text` for Slack/Teams)."""
+        name = f"webhook/{variant}.json.j2" if variant else f"webhook/{fmt}.json.j2"
         text = self._render(name, context)
         try:
             document = orjson.loads(text)

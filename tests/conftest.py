@@ -142,6 +142,22 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def fresh_pg() -> Iterator[str]:
+    """Like pg_url, but a database per test (for tests that need it empty or migrate it)."""
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
+    name = f"runwatch_f_{secrets.token_hex(4)}"
+    with admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            yield f"postgresql://postgres@127.0.0.1/{name}"
+        finally:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
 def store(store_url: str) -> Iterator[Store]:
     opened = open_store(store_url, migrate=True)
     yield opened

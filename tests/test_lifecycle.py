@@ -82,6 +82,8 @@ def test_a_child_fails_while_its_parent_completes(ws: Workspace) -> None:
     details = child.get_details()
     assert details["error"] == {"message": "CUDA out of memory", "code": "OOM"}
     assert child.description == "evaluate"
+    child.description = "evaluate on the holdout set"
+    assert child.description == "evaluate on the holdout set"
     assert parent.get_details()["error"] is None
     assert [r.id for r in parent.get_children()] == [child.id]
     assert {r.id for r in parent.get_children(recursive=True)} == {child.id, grandchild.id}
@@ -461,3 +463,29 @@ def test_update_records_decode_as_their_own_kind() -> None:
         with pytest.raises(DecodeError, match=reason) as caught:
             decode(bad)
         assert caught.value.reason == "schema"
+
+
+def test_a_bad_update_is_dead_lettered_and_the_rest_is_stored(
+    topics: Topics, service: Callable[..., RunningService], store: Store
+) -> None:
+    from consumers.events import RunStatusEvent
+    from consumers.store.schema import dead_letters
+    from consumers.updates import RunUpdate
+
+    at = datetime(2026, 11, 1, 12, tzinfo=UTC)
+    started = RunStatusEvent.model_validate(
+        {"TimeGenerated": at, "RunId": "r1", "Status": "Running", "ExperimentName": "e"}
+    )
+    tagged = RunUpdate(TimeGenerated=at + timedelta(seconds=1), RunId="r1", SetTags={"k": "v"})
+    bad = b'{"RunUpdate": {"TimeGenerated": "yesterday", "RunId": "r1", "SetTags": {"k": "x"}}}'
+    topics.produce([started.to_json(), bad, tagged.to_json()], keys=[b"r1"] * 3)
+    with service() as running:
+        wait_for(lambda: running.metric("runwatch_run_updates_total") == 1)
+        wait_for(lambda: running.metric("runwatch_dead_letters_total", reason="schema") == 1)
+    with store.engine.connect() as conn:
+        [letter] = conn.execute(select(dead_letters)).all()
+    assert "RunUpdate: TimeGenerated" in letter.Error
+    from consumers.store.queries import RunFilter, list_runs
+
+    [run] = list_runs(store, RunFilter())
+    assert run["status"] == "Running" and run["tags"] == {"k": "v"}

@@ -5,16 +5,13 @@ waking a listener. Each test gets its own database."""
 
 from __future__ import annotations
 
-import secrets
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg
 import pytest
 from alembic import command
-from psycopg import sql
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from consumers.alerts import Alert
@@ -26,24 +23,8 @@ from consumers.store.listen import OutboxListener
 from consumers.store.outbox import Outbox
 from consumers.store.partitions import is_partitioned, partitions
 from consumers.store.queries import get_run
-from tests.conftest import PG_ADMIN
 
 NOW = datetime(2026, 11, 23, 10, 30, tzinfo=UTC)
-
-
-@pytest.fixture
-def fresh_pg() -> Iterator[str]:
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
-    name = f"runwatch_s_{secrets.token_hex(4)}"
-    with admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield f"postgresql://postgres@127.0.0.1/{name}"
-        finally:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def ev(run: str, status: str, time: datetime, **fields: Any) -> RunStatusEvent:
@@ -86,7 +67,9 @@ def test_migrate_from_empty_partitions_events(fresh_pg: str) -> None:
 
 
 def test_migrate_from_the_previous_version_keeps_every_event(fresh_pg: str) -> None:
-    upgrade_to(fresh_pg, "0003_lifecycle")
+    previous_head = ScriptDirectory.from_config(_alembic_config()).get_revision("0004_scale")
+    assert previous_head is not None and isinstance(previous_head.down_revision, str)
+    upgrade_to(fresh_pg, previous_head.down_revision)
     previous = Store(make_engine(fresh_pg))  # the store as the previous version left it
     batch = [ev(f"r{i}", "Running", NOW - timedelta(days=i)) for i in range(5)]
     previous.write_batch(batch)

@@ -4,21 +4,44 @@ API's `get_details()`, plus `description`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import select
 
+from consumers.errors import RunwatchError
 from consumers.events import Status, parse_status, to_utc
 from consumers.store import Store
 from consumers.store.queries import AnyRow, run_record
 from consumers.store.schema import events, runs
 
+if TYPE_CHECKING:
+    from consumers.lifecycle.workspace import Workspace
+
+T = TypeVar("T")
 # Tags/properties filters as the run API takes them: "key" (has it), ["k1", "k2"] (has
 # all), or {"key": "value"} ({"key": None} for "has it, whatever the value").
 LabelFilter = str | Iterable[str] | Mapping[str, str | None] | None
+
+
+def wait_until(
+    ws: Workspace,
+    read: Callable[[], T],
+    ready: Callable[[T], bool],
+    lagging: Callable[[T], RunwatchError],
+) -> T:
+    """Poll the store until `ready`, for at most the workspace's consistency_timeout."""
+    deadline = time.monotonic() + ws.consistency_timeout
+    while True:
+        value = read()
+        if ready(value):
+            return value
+        if time.monotonic() >= deadline:
+            raise lagging(value)
+        time.sleep(ws.poll_interval)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -231,20 +230,24 @@ class Run:
     def _stored(self) -> lookup.StoredRun:
         """The store's row, once it shows every change this Run published."""
         ws = self.workspace
-        deadline = time.monotonic() + ws.consistency_timeout
-        while True:
-            stored = lookup.load(ws.store, self.id)
-            if stored is not None and self._caught_up(stored):
-                return stored
-            if time.monotonic() >= deadline:
-                where = f"topic {ws.settings.kafka.topic} -> {ws.store.url}"
-                if stored is None:
-                    raise RunNotFoundError(f"run {self.id} is not in the store ({where})")
-                raise StoreLagError(
-                    f"the store has not caught up with run {self.id} within "
-                    f"{ws.consistency_timeout:g}s: is `runwatch serve` consuming {where}?"
-                )
-            time.sleep(ws.poll_interval)
+
+        def lagging(stored: lookup.StoredRun | None) -> RunwatchError:
+            where = f"topic {ws.settings.kafka.topic} -> {ws.store.url}"
+            if stored is None:
+                return RunNotFoundError(f"run {self.id} is not in the store ({where})")
+            return StoreLagError(
+                f"the store has not caught up with run {self.id} within "
+                f"{ws.consistency_timeout:g}s: is `runwatch serve` consuming {where}?"
+            )
+
+        found = lookup.wait_until(
+            ws,
+            lambda: lookup.load(ws.store, self.id),
+            lambda stored: stored is not None and self._caught_up(stored),
+            lagging,
+        )
+        assert found is not None
+        return found
 
     def _caught_up(self, stored: lookup.StoredRun) -> bool:
         if self._last is not None and stored.status_time < self._last:
@@ -277,6 +280,10 @@ class Run:
     def description(self) -> str | None:
         text: str | None = self._stored().record["description"]
         return text
+
+    @description.setter
+    def description(self, text: str) -> None:
+        self.set_description(text)
 
     # ---- children -------------------------------------------------------------------
     def _new_child(
@@ -349,18 +356,23 @@ class Run:
         """Children from the store, oldest first (all descendants with `recursive`)."""
         self._stored()  # what this process published about itself is stored
         ws, store = self.workspace, self.workspace.store
-        deadline = time.monotonic() + ws.consistency_timeout
-        while True:  # ... and about the children made here, checked in one query
-            direct = {kid.record["runId"]: kid for kid in lookup.children(store, [self.id])}
-            if all(k.id in direct and k._caught_up(direct[k.id]) for k in self._kids):
-                break
-            if time.monotonic() >= deadline:
-                raise StoreLagError(
-                    f"the store has not caught up with the children of run {self.id} within "
-                    f"{ws.consistency_timeout:g}s: is `runwatch serve` consuming "
-                    f"{ws.settings.kafka.topic}?"
-                )
-            time.sleep(ws.poll_interval)
+
+        def direct_children() -> dict[str, lookup.StoredRun]:
+            return {kid.record["runId"]: kid for kid in lookup.children(store, [self.id])}
+
+        def lagging(_: object) -> RunwatchError:
+            return StoreLagError(
+                f"the store has not caught up with the children of run {self.id} within "
+                f"{ws.consistency_timeout:g}s: is `runwatch serve` consuming "
+                f"{ws.settings.kafka.topic}?"
+            )
+
+        direct = lookup.wait_until(  # ... and the children made here, all checked in one query
+            ws,
+            direct_children,
+            lambda got: all(k.id in got and k._caught_up(got[k.id]) for k in self._kids),
+            lagging,
+        )
         found = lookup.descendants(store, self.id) if recursive else list(direct.values())
         wanted = lookup.status_names(status)
         return [

@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from alembic import command
@@ -25,6 +25,9 @@ from consumers.events import RunStatusEvent, to_utc
 from consumers.store import partitions, writer
 from consumers.store.writer import DeadLetter, WriteResult
 from consumers.updates import RunUpdate
+
+if TYPE_CHECKING:
+    from consumers.noise.policy import NoisePolicy
 
 
 def _json(value: Any) -> str:
@@ -160,6 +163,7 @@ class Store:
         alerts: Sequence[Alert] = (),
         receiver_kinds: Mapping[str, str] | None = None,
         now: datetime | None = None,
+        noise: NoisePolicy | None = None,
         updates: Sequence[tuple[int, RunUpdate]] = (),
     ) -> WriteResult:
         """Events, run states, dead letters and the notifications they raise, of one Kafka
@@ -174,6 +178,7 @@ class Store:
                     alerts=alerts,
                     receiver_kinds=receiver_kinds,
                     now=now,
+                    noise=noise,
                     updates=updates,
                 )
         except SQLAlchemyError as exc:

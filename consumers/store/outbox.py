@@ -21,14 +21,29 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from consumers.alerts import Alert
 from consumers.events import to_utc
+from consumers.noise.decision import SUPPRESSED, Decision
 from consumers.store.schema import notifications as n
 
 if TYPE_CHECKING:
+    from consumers.noise.policy import NoisePolicy
     from consumers.store.engine import Store
 
-STATES = ("pending", "sending", "sent", "dead", "throttled", "suppressed")
-# Recorded but never to be sent: they neither throttle nor thread later notifications.
-_UNSENT = ("throttled", "suppressed")
+STATES = (
+    "pending",
+    "sending",
+    "sent",
+    "dead",
+    "throttled",
+    "inhibited",
+    "silenced",
+    "muted",
+    "repeat",
+    "storm",
+    "suppressed",  # reason stale: older than the replay horizon
+)
+
+# rows that neither throttle nor thread later ones
+_NOT_SENT = ("throttled", "suppressed", *SUPPRESSED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +66,14 @@ class Notification:
     sent_at: datetime | None
     reason: str | None
     last_error: str | None
+    kind: str = "alert"  # or "storm": a storm summary
+    group_key: str | None = None
+    members: tuple[Notification, ...] = ()  # a digest: every row it sends (itself first)
+
+    @property
+    def ids(self) -> list[str]:
+        """The rows this send marks: a digest's members, else itself."""
+        return [m.id for m in self.members] or [self.id]
 
     @classmethod
     def from_row(cls, row: Any) -> Notification:
@@ -76,6 +99,8 @@ class Notification:
             sent_at=t(row.sent_at),
             reason=row.reason,
             last_error=row.last_error,
+            kind=row.kind,
+            group_key=row.group_key,
         )
 
 
@@ -89,13 +114,13 @@ def _statements(dialect: str) -> tuple[Any, Any, Any]:
             others,
             n.c.rule == bindparam("p_rule"),
             n.c.throttle_key == bindparam("p_throttle_key"),
-            n.c.state.not_in(_UNSENT),
+            n.c.state.not_in(_NOT_SENT),
             n.c.created_at >= bindparam("p_since", type_=n.c.created_at.type),
         )
     )
     followup = select(
         exists().where(
-            others, n.c.fingerprint == bindparam("p_fingerprint"), n.c.state.not_in(_UNSENT)
+            others, n.c.fingerprint == bindparam("p_fingerprint"), n.c.state.not_in(_NOT_SENT)
         )
     )
     module: Any = postgresql if dialect == "postgresql" else sqlite
@@ -109,16 +134,25 @@ def _statements(dialect: str) -> tuple[Any, Any, Any]:
 
 
 def insert_notifications(
-    conn: Connection, alerts: Sequence[Alert], kinds: Mapping[str, str], now: datetime
+    conn: Connection,
+    alerts: Sequence[Alert],
+    kinds: Mapping[str, str],
+    now: datetime,
+    noise: NoisePolicy | None = None,
 ) -> int:
     """One row per (alert, receiver), in the caller's (ingest) transaction. Row by row: a
-    throttle or a follow-up can be decided by a row written earlier in the same batch."""
+    throttle or a follow-up can be decided by a row written earlier in the same batch.
+    `noise` (consumers/noise) adds routed receivers and decides suppression and grouping."""
     throttled, followup_of, insert = _statements(conn.dialect.name)
+    plan = noise.begin(conn, alerts, kinds, now) if noise is not None else None
+    if plan is not None:
+        kinds = plan.kinds
     created = 0
     for alert in alerts:
         event = alert.event
         alert_json = alert.model_dump(mode="json")
-        for receiver in alert.receivers:
+        targets = plan.targets(alert) if plan is not None else [(r, None) for r in alert.receivers]
+        for receiver, target in targets:
             key = alert.dedup_key(receiver)
             match = {"p_receiver": receiver, "p_key": key}
             state, reason = "pending", None
@@ -139,6 +173,10 @@ def insert_notifications(
                 ).scalar()
             ):
                 state, reason = "throttled", "throttled"
+            decision = Decision()
+            if state == "pending" and plan is not None and target is not None:
+                decision = plan.decide(alert, receiver, target, key)
+                state, reason = decision.state, decision.reason
             followup = bool(
                 conn.execute(followup_of, {**match, "p_fingerprint": alert.fingerprint}).scalar()
             )
@@ -161,11 +199,15 @@ def insert_notifications(
                     "event_time": event.TimeGenerated,
                     "alert": alert_json,
                     "created_at": now,
-                    "next_attempt_at": now,
+                    "next_attempt_at": decision.due or now,
                     "reason": reason,
+                    "kind": "alert",
+                    "group_key": decision.group_key,
                 },
             )
             created += max(result.rowcount, 0)
+            if noise is not None and result.rowcount == 1:
+                noise.count(state)
     return created
 
 
@@ -191,6 +233,9 @@ class Outbox:
             ids = list(conn.execute(due).scalars())
             if not ids:
                 return []
+            from consumers.noise.grouping import claim_members  # noise imports the store
+
+            ids = claim_members(conn, ids, now)
             conn.execute(
                 update(n)
                 .where(n.c.id.in_(ids), n.c.state == "pending")

@@ -140,10 +140,17 @@ notifications = Table(
     Column("sent_at", Time),
     Column("reason", String()),
     Column("last_error", Text),
+    # noise control (consumers/noise): "alert", or "storm" (a storm summary); grouped rows
+    # share a group_key and are sent together as one digest
+    Column("kind", String(), nullable=False, server_default="alert"),
+    Column("group_key", String()),
     UniqueConstraint("dedup_key", name="uq_notifications_dedup"),
     Index("ix_notifications_due", "state", "next_attempt_at"),
     Index("ix_notifications_throttle", "rule", "throttle_key", "receiver", "created_at"),
     Index("ix_notifications_fingerprint", "fingerprint"),
+    Index("ix_notifications_group", "group_key", "fingerprint", "created_at"),
+    Index("ix_notifications_storm", "kind", "receiver", "created_at"),  # leads with kind: the
+    # per-receiver follow-up lookup must keep using the fingerprint index
 )
 
 # Stateful alert instances of the scheduled rule kinds (threshold, absence, flatline,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain, groupby
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import (
@@ -39,6 +39,9 @@ from consumers.store.listen import notify_outbox
 from consumers.store.outbox import insert_notifications
 from consumers.store.schema import dead_letters, events, runs
 from consumers.updates import RunUpdate, apply_update
+
+if TYPE_CHECKING:
+    from consumers.noise.policy import NoisePolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +214,9 @@ def _run_rows(batch: Sequence[RunStatusEvent]) -> list[dict[str, Any]]:
             "Tags": event.Tags,
             "Properties": event.Properties,
         }
-    return list(folded.values())
+    # In key order: replicas upserting overlapping runs (a rebalance, an envelope mixing run
+    # trees from two partitions) then lock rows in the same order and cannot deadlock.
+    return [folded[run_id] for run_id in sorted(folded)]
 
 
 _LATEST = ("Status", "StatusTime", "StatusRank", "Message", "Tags", "Properties")
@@ -271,6 +276,7 @@ def write_batch(
     alerts: Sequence[Alert] = (),
     receiver_kinds: Mapping[str, str] | None = None,
     now: datetime | None = None,
+    noise: NoisePolicy | None = None,
     updates: Sequence[tuple[int, RunUpdate]] = (),
 ) -> WriteResult:
     """`updates` are (position, update): the update came after the first `position` events
@@ -305,7 +311,7 @@ def write_batch(
         letter_count = _execute(
             conn, "dead_letters", _insert_dead_letters, dead_letters, letter_rows
         )
-    created = insert_notifications(conn, alerts, receiver_kinds or {}, now) if alerts else 0
+    created = insert_notifications(conn, alerts, receiver_kinds or {}, now, noise) if alerts else 0
     if created:
         notify_outbox(conn)  # wakes the dispatchers of every replica once this commits
     return WriteResult(

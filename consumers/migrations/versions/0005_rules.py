@@ -1,7 +1,7 @@
 """Alert instance states of the scheduled rule kinds.
 
 Revision ID: 0005_rules
-Revises: 0004_scale
+Revises: 0006_noise
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_rules"
-down_revision = "0004_scale"
+down_revision = "0006_noise"
 branch_labels = None
 depends_on = None
 
