@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_noise"
-down_revision = "0004_scale"  # re-chained onto main's head at merge
+down_revision = "0004_scale"
 branch_labels = None
 depends_on = None
 
