@@ -177,6 +177,8 @@ class KafkaLoop(Generic[P]):
         self._consumer: KafkaConsumer | None = None
         self._writer: _Writer[P] | None = None
         self._next: Offsets = {}
+        self._uncommitted: Offsets = {}  # stored, commit failed: retried with the next commit
+        self._uncommitted_lock = threading.Lock()
         self.connected = threading.Event()
         self.broker_connected = False  # the group coordinator is known and connected
 
@@ -232,22 +234,38 @@ class KafkaLoop(Generic[P]):
             self._commit(self._writer.take_done(), blocking=blocking)
 
     def _commit(self, offsets: Offsets, *, blocking: bool = True) -> None:
-        if not offsets or self._consumer is None:
+        """A failed commit is retried with the next one (every poll, at the latest): at the end
+        of a stream no later batch would carry it, and the group's lag would never reach 0
+        (seen when a commit met a coordinator change after a member was killed)."""
+        if self._consumer is None:
             return
-        commits = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+        with self._uncommitted_lock:  # the revoke path runs on kafka-python's IO thread
+            merged, self._uncommitted = self._uncommitted, {}
+        for tp, offset in offsets.items():
+            merged[tp] = max(offset, merged.get(tp, offset))
+        if not merged:
+            return
+        commits = {tp: OffsetAndMetadata(o, "", -1) for tp, o in merged.items()}
         try:
             if blocking:
                 self._consumer.commit(commits)
             else:
+                # On the IO thread, at revoke: not retried; the partitions' next owner gets
+                # what was not committed again, and the store turns it into a no-op.
                 self._consumer.commit_async(commits)
             self._metrics.commits.labels(result="ok").inc()
         except (CommitFailedError, KafkaError) as exc:
-            # The group moved on; the batch will be redelivered and deduplicated by the store.
             self._metrics.commits.labels(result="failed").inc()
-            log.warning("offset commit failed: %s", exc)
+            log.warning("offset commit failed, retrying with the next one: %s", exc)
+            if blocking:
+                with self._uncommitted_lock:
+                    for tp, offset in merged.items():
+                        self._uncommitted[tp] = max(offset, self._uncommitted.get(tp, offset))
 
     def forget(self, tp: TopicPartition) -> None:
-        """A revoked partition's lag is another member's to report now."""
+        """A revoked partition's lag, and its commits, are another member's now."""
+        with self._uncommitted_lock:
+            self._uncommitted.pop(tp, None)
         self._next.pop(tp, None)
         with contextlib.suppress(KeyError):
             self._metrics.consumer_lag.remove(str(tp.partition))
