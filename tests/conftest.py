@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from consumers.app import Service
 from consumers.broker import EmbeddedBroker, create_topics
 from consumers.settings import KafkaSettings, MetricsSettings, Settings, StoreSettings
 from consumers.store import Store, open_store
+from tests.servers import HttpServer, SmtpServer
 
 RUNWATCH = str(Path(sys.executable).parent / "runwatch")
 PG_ADMIN = "postgresql://postgres@127.0.0.1/postgres"
@@ -124,37 +126,49 @@ def store_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'runwatch.db'}"
 
 
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    """A throwaway PostgreSQL database for one test module, dropped after it; the tests
-    that use it are skipped when PostgreSQL does not answer at PG_ADMIN."""
+@contextmanager
+def _throwaway_pg(prefix: str) -> Iterator[str]:
+    """A new PostgreSQL database, dropped after; skips the test when PostgreSQL does not
+    answer at PG_ADMIN."""
     try:
         admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
-    name = f"runwatch_t_{secrets.token_hex(4)}"
+    name = f"{prefix}_{secrets.token_hex(4)}"
     with admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         try:
             yield f"postgresql://postgres@127.0.0.1/{name}"
         finally:
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """A throwaway PostgreSQL database for one test module."""
+    with _throwaway_pg("runwatch_t") as url:
+        yield url
 
 
 @pytest.fixture
 def fresh_pg() -> Iterator[str]:
     """Like pg_url, but a database per test (for tests that need it empty or migrate it)."""
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
-    name = f"runwatch_f_{secrets.token_hex(4)}"
-    with admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield f"postgresql://postgres@127.0.0.1/{name}"
-        finally:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    with _throwaway_pg("runwatch_f") as url:
+        yield url
+
+
+@pytest.fixture
+def http() -> Iterator[HttpServer]:
+    server = HttpServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

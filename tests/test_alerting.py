@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,20 +50,6 @@ def rules_dir(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "rules.yaml").write_text(RULES)
     return folder
-
-
-@pytest.fixture
-def http() -> Iterator[HttpServer]:
-    server = HttpServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
 
 
 def alert_settings(

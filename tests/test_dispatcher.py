@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from consumers.alerts import Alert
@@ -47,20 +45,6 @@ def alert(ev: RunStatusEvent, *receivers: str, throttle_s: float = 0.0) -> Alert
         throttle_s=throttle_s,
         event=ev,
     )
-
-
-@pytest.fixture
-def http() -> Iterator[HttpServer]:
-    server = HttpServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
 
 
 def settings_with(http: HttpServer, smtp_port: int, templates: Path | None = None) -> Settings:

@@ -5,7 +5,6 @@ group_wait or a storm window in real time)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -24,20 +23,6 @@ GROUPING = {
         "repeat_interval": "1h",
     }
 }
-
-
-@pytest.fixture
-def http() -> Iterator[HttpServer]:
-    server = HttpServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
 
 
 def settle() -> None:

@@ -3,12 +3,10 @@ store lease, notifications out through real SMTP and HTTP receivers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
-import pytest
 
 from consumers.decoding import EventFormat
 from consumers.encoding import encode
@@ -28,20 +26,6 @@ rules:
     threshold: {value: 3, window: 15m, every: 1s, group_by: [WorkspaceName]}
     notify: [am]
 """
-
-
-@pytest.fixture
-def http() -> Iterator[HttpServer]:
-    server = HttpServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
 
 
 def _pipeline(root: str) -> list[RunStatusEvent]:
