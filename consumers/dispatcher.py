@@ -34,7 +34,7 @@ from consumers.metrics import Metrics
 from consumers.noise import digest
 from consumers.noise.policy import NoisePolicy
 from consumers.noise.recheck import recheck
-from consumers.notify.email import EmailSender, Mail, build_message
+from consumers.notify.email import EmailSender, build_message
 from consumers.notify.webhook import WebhookSender
 from consumers.settings import ReceiverSettings, Settings
 from consumers.store import Store
@@ -259,7 +259,7 @@ class Dispatcher:
         if receiver.email is not None:
             variant = digest.variant(notification)
             rendered = self._renderer.render_email(context, variant)
-            message = build_message(
+            mail = build_message(
                 rendered,
                 sender=self._settings.smtp.sender,
                 to=receiver.email.to,
@@ -268,11 +268,6 @@ class Dispatcher:
                 fingerprint=digest.thread_key(notification),
                 followup=notification.followup or bool(variant),
                 domain=self._notify.link_domain,
-            )
-            mail = Mail.of(
-                message,
-                sender=self._settings.smtp.sender,
-                recipients=[*receiver.email.to, *receiver.email.cc],
             )
             await self._email.send(mail)
         elif receiver.webhook is not None:

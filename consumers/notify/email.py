@@ -57,58 +57,6 @@ def _addresses(values: Sequence[str]) -> str:
     return ", ".join(formataddr(parseaddr(header_text(value)), charset="utf-8") for value in values)
 
 
-def build_message(
-    rendered: RenderedEmail,
-    *,
-    sender: str,
-    to: Sequence[str],
-    cc: Sequence[str] = (),
-    notification_id: str,
-    fingerprint: str,
-    followup: bool,
-    domain: str,
-) -> Message:
-    """The first mail of an alert takes the alert's own Message-ID; follow-ups reply to it,
-    so mail clients thread them under the first."""
-    message = MIMEMultipart("alternative")
-    message["From"] = _addresses([sender])
-    message["To"] = _addresses(to)
-    if cc:
-        message["Cc"] = _addresses(cc)
-    message["Subject"] = _subject(rendered.subject)  # type: ignore[assignment]
-    message["Date"] = format_datetime(datetime.now(UTC))
-    thread = f"<alert-{fingerprint}@{domain}>"
-    if followup:
-        message["Message-ID"] = f"<{notification_id}@{domain}>"
-        message["In-Reply-To"] = thread
-        message["References"] = thread
-    else:
-        message["Message-ID"] = thread
-    message["X-Runwatch-Notification-Id"] = notification_id
-    message["Auto-Submitted"] = "auto-generated"
-    message.attach(MIMEText(rendered.text, "plain", "utf-8"))
-    message.attach(MIMEText(rendered.html, "html", "utf-8"))
-    return message
-
-
-def _classify(exc: Exception) -> SendError:
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-        codes = [r.code for r in exc.recipients]
-        code = min(codes) if codes else 550
-        return SendError(f"smtp_{code // 100}xx", str(exc), retriable=code < 500)
-    if isinstance(exc, aiosmtplib.SMTPResponseException) and not isinstance(
-        exc, aiosmtplib.SMTPServerDisconnected
-    ):
-        code = exc.code
-        if 400 <= code < 500:
-            return SendError("smtp_4xx", f"{code} {exc.message}", retriable=True)
-        if code >= 500:
-            return SendError("smtp_5xx", f"{code} {exc.message}", retriable=False)
-    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
-        return SendError("timeout", str(exc) or "SMTP timeout", retriable=True)
-    return SendError("connection", f"{type(exc).__name__}: {exc}", retriable=True)
-
-
 class _Policy(Compat32):
     """compat32 with CRLF, and a short ASCII header written as is: the stdlib folds every
     header through email.header.Header (~20 us each), for lines that need no folding."""
@@ -143,6 +91,58 @@ class Mail:
             BytesGenerator(out, policy=_POLICY).flatten(message)
             data = out.getvalue()
         return cls(_bare(sender), tuple(_bare(r) for r in recipients), data)
+
+
+def build_message(
+    rendered: RenderedEmail,
+    *,
+    sender: str,
+    to: Sequence[str],
+    cc: Sequence[str] = (),
+    notification_id: str,
+    fingerprint: str,
+    followup: bool,
+    domain: str,
+) -> Mail:
+    """The first mail of an alert takes the alert's own Message-ID; follow-ups reply to it,
+    so mail clients thread them under the first."""
+    message = MIMEMultipart("alternative")
+    message["From"] = _addresses([sender])
+    message["To"] = _addresses(to)
+    if cc:
+        message["Cc"] = _addresses(cc)
+    message["Subject"] = _subject(rendered.subject)  # type: ignore[assignment]
+    message["Date"] = format_datetime(datetime.now(UTC))
+    thread = f"<alert-{fingerprint}@{domain}>"
+    if followup:
+        message["Message-ID"] = f"<{notification_id}@{domain}>"
+        message["In-Reply-To"] = thread
+        message["References"] = thread
+    else:
+        message["Message-ID"] = thread
+    message["X-Runwatch-Notification-Id"] = notification_id
+    message["Auto-Submitted"] = "auto-generated"
+    message.attach(MIMEText(rendered.text, "plain", "utf-8"))
+    message.attach(MIMEText(rendered.html, "html", "utf-8"))
+    return Mail.of(message, sender=sender, recipients=[*to, *cc])
+
+
+def _classify(exc: Exception) -> SendError:
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        code = min(codes) if codes else 550
+        return SendError(f"smtp_{code // 100}xx", str(exc), retriable=code < 500)
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and not isinstance(
+        exc, aiosmtplib.SMTPServerDisconnected
+    ):
+        code = exc.code
+        if 400 <= code < 500:
+            return SendError("smtp_4xx", f"{code} {exc.message}", retriable=True)
+        if code >= 500:
+            return SendError("smtp_5xx", f"{code} {exc.message}", retriable=False)
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return SendError("timeout", str(exc) or "SMTP timeout", retriable=True)
+    return SendError("connection", f"{type(exc).__name__}: {exc}", retriable=True)
 
 
 class EmailSender:
