@@ -31,6 +31,7 @@ from typing import Any
 
 import aiosmtplib
 import orjson
+from percentiles import pct  # benchmarks/, on the path when run as a script
 
 from consumers.app import Service
 from consumers.broker import EmbeddedBroker, create_topics, free_port
@@ -131,11 +132,6 @@ def run_service(settings: Settings) -> tuple[Service, threading.Event, threading
     thread = threading.Thread(target=service.run, args=(stop,))
     thread.start()
     return service, stop, thread
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(len(ordered) * p), len(ordered) - 1)]
 
 
 def report(label: str, ms: list[float]) -> None:

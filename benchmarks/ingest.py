@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from percentiles import pct  # benchmarks/, on the path when run as a script
 from prometheus_client import CollectorRegistry
 
 from consumers.app import tune_gc
@@ -226,11 +227,6 @@ def latency(settings: KafkaSettings, db: Path, rate: float, seconds: float) -> l
     thread.join()
     store.dispose()
     return delays
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(len(ordered) * p), len(ordered) - 1)]
 
 
 def report(label: str, delays: list[float]) -> None:

@@ -19,15 +19,12 @@ import time
 import uuid
 from pathlib import Path
 
+from percentiles import pct  # benchmarks/, on the path when run as a script
+
 from consumers.app import Service
 from consumers.broker import EmbeddedBroker, create_topics
 from consumers.lifecycle import Experiment, Workspace
 from consumers.settings import Settings
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(len(ordered) * p), len(ordered) - 1)]
 
 
 def report(label: str, seconds: list[float]) -> None:
