@@ -96,6 +96,7 @@ class Service:
         self._warn_unknown_receivers()
         self.dispatcher = Dispatcher(self.store, settings, self.metrics)
         self.scheduler = self._scheduler()
+        self.metrics.tracked_runs.set_function(self.scheduler.tracked_runs)
         self._http: OpsServer | None = None
         self._loop: KafkaLoop[Any] | None = None
         self._store_check = ThreadPoolExecutor(1, thread_name_prefix="store-check")
@@ -117,6 +118,8 @@ class Service:
             horizon_s=evaluation.replay_horizon_s,
             on_notified=self.dispatcher.wake,
             on_alert=self._count_alert,
+            max_tracked_runs=evaluation.max_tracked_runs,
+            on_evict=lambda what: self.metrics.tracked_runs_evicted.labels(what=what).inc(),
         )
 
     def _count_alert(self, alert: Alert) -> None:

@@ -169,6 +169,26 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.rule_errors = Counter(
+            "runwatch_rule_errors_total",
+            "Rule evaluations that raised (a where: overflowing on a value, a bug): the rule is "
+            "skipped for that event or tick, the event is stored and other rules go on.",
+            ["rule"],
+            registry=registry,
+        )
+        self.tracked_runs = Gauge(
+            "runwatch_rule_tracked_runs",
+            "Runs the scheduled evaluation keeps in memory for absence, duration and tree rules "
+            "(active runs and tree children), capped by evaluation.max_tracked_runs each.",
+            registry=registry,
+        )
+        self.tracked_runs_evicted = Counter(
+            "runwatch_rule_tracked_runs_evicted_total",
+            "Runs (what=run) and run trees (what=tree) evicted from the run tracker at its cap, "
+            "least recently changed first; not judged until their next event.",
+            ["what"],
+            registry=registry,
+        )
         self.rules_loaded = Gauge(
             "runwatch_rules_loaded",
             "Alert rules in force (disabled ones included).",
@@ -205,6 +225,8 @@ class Metrics:
             self.commits.labels(result=result)
         for result in ("ok", "error"):
             self.rules_reloads.labels(result=result)
+        for what in ("run", "tree"):
+            self.tracked_runs_evicted.labels(what=what)
 
     def experiment_label(self, experiment: str) -> str:
         """The experiment itself while fewer than the limit have been seen, else _other."""

@@ -284,6 +284,10 @@ class EvaluationSettings(_Section):
     # Replay safety: events older than this when their alert is raised notify nobody; the
     # alert is recorded as suppressed (reason stale). null turns it off.
     replay_horizon_s: float | None = Field(default=3600.0, gt=0)
+    # At most this many runs that have not ended (and this many child runs of trees) are kept
+    # in memory for absence, duration and tree rules; past it the least recently changed is
+    # evicted (counted in runwatch_rule_tracked_runs_evicted_total).
+    max_tracked_runs: int = Field(default=20_000, ge=1)
 
 
 class Settings(BaseSettings):

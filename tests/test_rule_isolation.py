@@ -45,19 +45,15 @@ def test_case3_a_raising_where_is_a_counted_error_and_other_rules_still_match() 
     for loss in ("1e999", "nan", "-1e999"):
         poison = event(0, "r1", "Failed", Properties={"loss": loss})
         assert [a.rule for a in ruleset.evaluate(poison)] == ["run-failed"]
-    assert [a.rule for a in ruleset.evaluate(event(0, "r2", "Failed", Properties={"loss": "7"}))] == [
-        "big-loss",
-        "run-failed",
-    ]
+    big = event(0, "r2", "Failed", Properties={"loss": "7"})
+    assert [a.rule for a in ruleset.evaluate(big)] == ["big-loss", "run-failed"]
     assert ruleset.guard.errors == {"big-loss": 3}
 
 
 def test_case3_a_raising_scheduled_rule_leaves_the_others_evaluated(store: Store) -> None:
     clock = Clock()
     ruleset = RuleSet(rules(SCHEDULED))
-    run = Scheduler(
-        store, lambda: ruleset, SwitchLease(), receiver_kinds=KINDS, clock=clock
-    )
+    run = Scheduler(store, lambda: ruleset, SwitchLease(), receiver_kinds=KINDS, clock=clock)
     run.run_once()
     store.write_batch(
         [

@@ -125,8 +125,10 @@ def test_a_rule_that_raises_is_counted_and_stops_nothing(
             return sorted(b["commonLabels"]["alertname"] for b in bodies)
 
         wait_for(
-            lambda: alertnames() == ["big-loss", "loss-spikes", "many-failures"]
-            and len(smtp.mails) == 2,
+            lambda: (
+                alertnames() == ["big-loss", "loss-spikes", "many-failures"]
+                and len(smtp.mails) == 2
+            ),
             timeout=60,
         )
         assert sorted(m.message["Subject"] for m in smtp.mails)[0].startswith("[runwatch]")

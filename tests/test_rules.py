@@ -189,15 +189,16 @@ def test_where_aliases_and_jmespath_truth(tmp_path: Path) -> None:
     assert matches(ruleset(tmp_path, one_rule('where: "Tags.*"')), event()) == []
 
 
-def test_where_failing_at_run_time_does_not_match_and_logs_once(
+def test_where_failing_at_run_time_does_not_match_is_counted_and_logs_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     rules = ruleset(tmp_path, one_rule("where: \"contains(Message, 'CUDA')\""))
     assert matches(rules, event(Message="CUDA out of memory")) == ["r"]
-    with caplog.at_level(logging.WARNING, logger="consumers.rules.engine"):
+    with caplog.at_level(logging.WARNING, logger="consumers.rules.guard"):
         assert matches(rules, event()) == []  # Message is null: contains() raises
         assert matches(rules, event()) == []
-    assert len([r for r in caplog.records if "where expression failed" in r.message]) == 1
+    assert len([r for r in caplog.records if "rule 'r' failed" in r.message]) == 1
+    assert rules.guard.errors == {"r": 2}
 
 
 def test_event_data_is_built_only_for_where(

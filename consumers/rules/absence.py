@@ -13,6 +13,7 @@ from datetime import datetime
 
 from consumers.events import RunStatusEvent
 from consumers.rules.engine import Matcher
+from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Finding
 from consumers.rules.model import Rule
 from consumers.rules.threshold import group_key, group_values
@@ -26,12 +27,13 @@ def _span(seconds: float) -> str:
 
 
 class StuckRuns:
-    def __init__(self, rule: Rule) -> None:
+    def __init__(self, rule: Rule, guard: RuleGuard) -> None:
         assert rule.absence is not None
         self.rule = rule
         self.limits = rule.absence.limits
         # `when.status` would contradict the limits; the other conditions filter runs.
-        self.matcher = Matcher.compile(rule, rule.when.model_copy(update={"status": None}))
+        when = rule.when.model_copy(update={"status": None})
+        self.matcher = Matcher.compile(rule, when, guard=guard)
 
     def evaluate(self, runs: RunTracker, now: datetime) -> list[Finding]:
         findings: list[Finding] = []
@@ -61,11 +63,11 @@ class StuckRuns:
 
 
 class Flatline:
-    def __init__(self, rule: Rule) -> None:
+    def __init__(self, rule: Rule, guard: RuleGuard) -> None:
         assert rule.flatline is not None
         self.rule = rule
         self.spec = rule.flatline
-        self.matcher = Matcher.compile(rule)
+        self.matcher = Matcher.compile(rule, guard=guard)
         self.last: dict[str, RunStatusEvent] = {}  # group -> latest matching event
         self.values: dict[str, dict[str, str]] = {}
         self.watching_since: datetime | None = None  # the start of the history judged

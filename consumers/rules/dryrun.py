@@ -109,6 +109,7 @@ def dry_run(
         rules,
         resolved_receivers=resolved_receivers,
         baseline=baseline_loader(store, lambda: since),
+        guard=per_event.guard,
     )
     result = DryRun(since, until)
     throttle = _Throttle()

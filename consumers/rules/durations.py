@@ -10,6 +10,7 @@ from datetime import datetime
 
 from consumers.events import Status
 from consumers.rules.engine import Matcher
+from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Finding
 from consumers.rules.model import Rule
 from consumers.rules.tracker import RunTracker
@@ -30,11 +31,12 @@ def _span(seconds: float) -> str:
 
 
 class LongRuns:
-    def __init__(self, rule: Rule) -> None:
+    def __init__(self, rule: Rule, guard: RuleGuard) -> None:
         assert rule.duration is not None
         self.rule = rule
         self.spec = rule.duration
-        self.matcher = Matcher.compile(rule, rule.when.model_copy(update={"status": None}))
+        when = rule.when.model_copy(update={"status": None})
+        self.matcher = Matcher.compile(rule, when, guard=guard)
 
     def evaluate(self, runs: RunTracker, now: datetime) -> list[Finding]:
         spec = self.spec

@@ -7,7 +7,6 @@ JMESPath is compiled, and an event's JMESPath data is built only if a rule needs
 from __future__ import annotations
 
 import fnmatch
-import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,12 +18,12 @@ from jmespath.visitor import TreeInterpreter
 
 from consumers.alerts import Alert
 from consumers.events import RunStatusEvent, Status
+from consumers.rules.guard import RuleGuard
 from consumers.rules.model import Rule, When
+from consumers.rules.reads import Reads, reads_of
 
 if TYPE_CHECKING:
     from jmespath.visitor import _TreeNode  # the stubs' name for a syntax tree
-
-log = logging.getLogger(__name__)
 
 # Lower-case names for the columns that run queries spell that way
 # (`tags.quality == 'fantastic run' && properties.author == 'azureml-user'`).
@@ -76,9 +75,25 @@ def _key_text(value: Any) -> str:
     return str(value)
 
 
+class _EventData:
+    """An event's JMESPath data, built on first use and shared by the rules evaluating it."""
+
+    __slots__ = ("_data", "event")
+
+    def __init__(self, event: RunStatusEvent) -> None:
+        self.event = event
+        self._data: dict[str, Any] | None = None
+
+    def get(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = event_data(self.event)
+        return self._data
+
+
 @dataclass(frozen=True, slots=True)
 class _Matcher:
     rule: Rule
+    guard: RuleGuard  # where a condition that raises on an event is counted
     experiment: re.Pattern[str] | None
     workspace: re.Pattern[str] | None
     run_type: re.Pattern[str] | None
@@ -87,13 +102,14 @@ class _Matcher:
     scope: str | None = None  # "child" or "root": tree rules evaluated per event
 
     @classmethod
-    def compile(cls, rule: Rule, when: When | None = None) -> _Matcher:
+    def compile(cls, rule: Rule, when: When | None = None, *, guard: RuleGuard) -> _Matcher:
         when = rule.when if when is None else when
         scope = None
         if rule.tree is not None:
             scope = "root" if rule.tree.mode == "root" else "child"
         return cls(
             rule,
+            guard,
             _glob_regex(when.experiment),
             _glob_regex(when.workspace),
             _glob_regex(when.run_type),
@@ -102,18 +118,30 @@ class _Matcher:
             scope,
         )
 
+    @property
+    def reads(self) -> Reads:
+        """What of an event these conditions read (the globs read identity columns)."""
+        return reads_of(self.where, ALIASES)
+
     def matches(self, event: RunStatusEvent) -> bool:
-        """Every condition, status included (the scheduled kinds' filter)."""
+        """Every condition, status included (the scheduled kinds' filter). A condition that
+        raises on this event (`floor()` of "1e999") is the rule's error: counted, and the
+        event does not match, so one odd run cannot stop a rule judging the others."""
         if self.statuses is not None and event.Status not in self.statuses:
             return False
-        if not self.columns_match(event):
-            return False
-        if self.where is None:
-            return True
         try:
-            return _truthy(_INTERPRETER.visit(self.where, event_data(event)))
-        except (ValueError, TypeError):
+            return self.check(event, _EventData(event)) is not None
+        except Exception as exc:  # inside the guard's boundary: counted there
+            self.guard.failed(self.rule.name, exc)
             return False
+
+    def check(self, event: RunStatusEvent, data: _EventData) -> Alert | None:
+        """The alert if the conditions other than status hold; raises what they raise."""
+        if not self.columns_match(event):
+            return None
+        if self.where is not None and not _truthy(_INTERPRETER.visit(self.where, data.get())):
+            return None
+        return self.alert(event)
 
     def columns_match(self, event: RunStatusEvent) -> bool:
         """The glob conditions. A glob needs its column: a run without an experiment
@@ -151,14 +179,20 @@ Matcher = _Matcher  # the scheduled kinds filter events with the same compiled c
 
 class RuleSet:
     """An immutable, compiled set of rules. Replace it whole to change rules (see
-    `RuleWatcher`): readers on other threads then always see one consistent set."""
+    `RuleWatcher`): readers on other threads then always see one consistent set.
 
-    __slots__ = ("_broken", "_by_status", "_receivers", "_rules")
+    `guard` is the isolation boundary every rule's evaluation passes through (see
+    consumers.rules.guard); the scheduled kinds of this set use the same one."""
 
-    def __init__(self, rules: Iterable[Rule] = ()) -> None:
+    __slots__ = ("_by_status", "_receivers", "_rules", "guard")
+
+    def __init__(self, rules: Iterable[Rule] = (), *, guard: RuleGuard | None = None) -> None:
         self._rules = tuple(rules)
+        self.guard = guard if guard is not None else RuleGuard()
         matchers = [
-            _Matcher.compile(rule) for rule in self._rules if rule.enabled and rule.per_event
+            _Matcher.compile(rule, guard=self.guard)
+            for rule in self._rules
+            if rule.enabled and rule.per_event
         ]
         by_status: dict[str, tuple[_Matcher, ...]] = {}
         for status in Status:
@@ -171,7 +205,6 @@ class RuleSet:
                 by_status[status.value] = wanted
         self._by_status = by_status
         self._receivers = frozenset(r for m in matchers for r in m.rule.notify)
-        self._broken: set[str] = set()  # rules whose `where` failed at run time (logged once)
 
     @classmethod
     def empty(cls) -> RuleSet:
@@ -196,36 +229,17 @@ class RuleSet:
         return len(self._rules)
 
     def evaluate(self, event: RunStatusEvent) -> list[Alert]:
-        """The alerts `event` raises, one per matching enabled rule, in rule order."""
+        """The alerts `event` raises, one per matching enabled rule, in rule order. Never
+        raises: each rule runs inside the guard, and one that fails is skipped for this
+        event while the others are evaluated."""
         candidates = self._by_status.get(event.Status)
         if candidates is None:
             return []
         alerts: list[Alert] = []
-        data: dict[str, Any] | None = None
+        data = _EventData(event)
+        call = self.guard.call
         for matcher in candidates:
-            if not matcher.columns_match(event):
-                continue
-            if matcher.where is not None:
-                if data is None:
-                    data = event_data(event)
-                if not self._where(matcher, matcher.where, data):
-                    continue
-            alerts.append(matcher.alert(event))
+            alert = call(matcher.rule.name, matcher.check, event, data)
+            if alert is not None:
+                alerts.append(alert)
         return alerts
-
-    def _where(self, matcher: _Matcher, where: _TreeNode, data: dict[str, Any]) -> bool:
-        """An expression that fails on some event (a function given the wrong type) does not
-        match it; the failure is logged once per rule, not once per event."""
-        try:
-            return _truthy(_INTERPRETER.visit(where, data))
-        except (ValueError, TypeError) as exc:  # JMESPathError is a ValueError
-            name = matcher.rule.name
-            if name not in self._broken:
-                self._broken.add(name)
-                log.warning(
-                    "rule %r: where expression failed, treating as no match: %s",
-                    name,
-                    exc,
-                    extra={"rule": name},
-                )
-            return False

@@ -10,6 +10,7 @@ again for `gap_s` seconds before they are given up as never coming.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -38,6 +39,8 @@ _RUN_FIELDS = (
 )
 _CHUNK = 5000
 _MAX_GAPS = 10_000
+
+log = logging.getLogger(__name__)
 
 
 def event_of(row: Any) -> RunStatusEvent:
@@ -147,9 +150,37 @@ def current_runs(
     condition: ColumnElement[bool] = active
     if tree_since is not None:
         condition = or_(active, runs.c.LastSeen >= tree_since)
+    # Oldest change first: the run tracker's cap then keeps the most recently changed.
+    query = select(runs).where(condition).order_by(runs.c.LastSeen, runs.c.RunId)
     with store.engine.connect() as conn:
-        for row in conn.execute(select(runs).where(condition).execution_options(yield_per=_CHUNK)):
+        for row in conn.execute(query.execution_options(yield_per=_CHUNK)):
             yield run_event(row)
+
+
+def run_details(store: Store) -> Callable[[RunStatusEvent], RunStatusEvent]:
+    """For an alert about to fire on a run the tracker keeps cut down (consumers.rules.reads):
+    the run's tags, properties and message back from the `runs` table, so that the
+    notification, its routing and silences see them. Best effort: if the store cannot say,
+    the alert goes out with what the tracker kept rather than not at all."""
+
+    def describe(event: RunStatusEvent) -> RunStatusEvent:
+        query = select(runs.c.Tags, runs.c.Properties, runs.c.Message).where(
+            runs.c.RunId == event.RunId
+        )
+        try:
+            with store.engine.connect() as conn:
+                row = conn.execute(query).first()
+        except Exception as exc:  # an alert without its tags beats no alert
+            log.warning("run %s: details not read from the store: %s", event.RunId, exc)
+            return event
+        if row is None:
+            return event
+        update: dict[str, Any] = {"Tags": row.Tags or {}, "Properties": row.Properties or {}}
+        if event.Message is None:
+            update["Message"] = row.Message
+        return event.model_copy(update=update)
+
+    return describe
 
 
 def baseline_loader(

@@ -11,7 +11,7 @@ resolution reuses it with status "resolved", sent only to receivers that opted i
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,6 +22,8 @@ from consumers.rules.model import Rule
 from consumers.store.alert_states import InstanceState
 
 Key = tuple[str, str]  # (rule, group key)
+# The full event for an alert about to fire, when the one kept in memory was cut down.
+Describe = Callable[[RunStatusEvent], RunStatusEvent]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,19 +77,22 @@ class Instances:
         periods: int = 1,
         breaches: int = 1,
         resolve_after: int = 1,
+        describe: Describe | None = None,
     ) -> list[Alert]:
-        """Apply one evaluation of `rule`. Groups with no finding count as clear."""
+        """Apply one evaluation of `rule`. Groups with no finding count as clear. A breached
+        finding without an event keeps a firing instance firing and never fires one (a run
+        that can no longer be judged)."""
         alerts: list[Alert] = []
         seen: set[str] = set()
         for finding in findings:
             seen.add(finding.group_key)
-            alert = self._one(rule, finding, now, periods, breaches, resolve_after)
+            alert = self._one(rule, finding, now, periods, breaches, resolve_after, describe)
             if alert is not None:
                 alerts.append(alert)
         for group_key in list(self.by_rule.get(rule.name, {})):
             if group_key not in seen:
                 clear = Finding(group_key, False, None)
-                alert = self._one(rule, clear, now, periods, breaches, resolve_after)
+                alert = self._one(rule, clear, now, periods, breaches, resolve_after, None)
                 if alert is not None:
                     alerts.append(alert)
         return alerts
@@ -100,6 +105,7 @@ class Instances:
         periods: int,
         breaches: int,
         resolve_after: int,
+        describe: Describe | None,
     ) -> Alert | None:
         key = (rule.name, finding.group_key)
         mine = self.by_rule.setdefault(rule.name, {})
@@ -108,13 +114,16 @@ class Instances:
             if not finding.breached:
                 return None
             state = InstanceState()
-        state.history = (state.history + ("1" if finding.breached else "0"))[-periods:]
+        history = (state.history + ("1" if finding.breached else "0"))[-periods:]
+        state.history = history
         alert: Alert | None = None
         if not state.firing:
-            if state.history.count("1") >= breaches and finding.event is not None:
+            if history.count("1") >= breaches and finding.event is not None:
+                instance = _episode(rule.name, finding.group_key, now)
+                event = finding.event if describe is None else describe(finding.event)
+                alert = self._alert(rule, finding, event, instance)  # before any state changes
                 state.firing, state.clear, state.since = True, 0, now
-                state.instance = _episode(rule.name, finding.group_key, now)
-                alert = self._alert(rule, finding, state.instance)
+                state.instance = instance
                 state.alert = alert.model_dump(mode="json")
         elif finding.breached:
             state.clear = 0
@@ -132,8 +141,7 @@ class Instances:
             self.changed[key] = None
         return alert
 
-    def _alert(self, rule: Rule, finding: Finding, instance: str) -> Alert:
-        assert finding.event is not None
+    def _alert(self, rule: Rule, finding: Finding, event: RunStatusEvent, instance: str) -> Alert:
         return Alert(
             rule=rule.name,
             severity=rule.severity,
@@ -142,7 +150,7 @@ class Instances:
             receivers=rule.notify,
             throttle_key=finding.group_key,
             throttle_s=0.0,
-            event=finding.event,
+            event=event,
             kind=rule.kind,
             instance=instance,
             summary=finding.summary,

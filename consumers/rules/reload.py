@@ -19,6 +19,7 @@ from typing import Any
 from consumers.errors import RuleError
 from consumers.metrics import Metrics
 from consumers.rules.engine import RuleSet
+from consumers.rules.guard import RuleGuard
 from consumers.rules.loader import read_rules, rule_files
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ class RuleWatcher:
         self.directory = Path(directory)
         self.metrics = metrics
         self.receivers = frozenset(receivers) if receivers is not None else None
-        self.current = RuleSet.empty()
+        # One isolation boundary for every rule set loaded: counts and log rate survive a reload.
+        self.guard = RuleGuard(lambda rule: metrics.rule_errors.labels(rule=rule).inc())
+        self.current = RuleSet(guard=self.guard)
         self.last_errors: list[RuleError] = []
         self._signature: Snapshot = None
         self._lock = threading.Lock()  # one reload at a time (poller, SIGHUP, callers)
@@ -76,7 +79,7 @@ class RuleWatcher:
                         extra={"rule": error.rule},
                     )
                 return False
-            self.current = RuleSet(rules)
+            self.current = RuleSet(rules, guard=self.guard)
             self.metrics.rules_reloads.labels(result="ok").inc()
             self.metrics.rules_loaded.set(len(self.current))
             log.info("loaded %d alert rules from %s", len(self.current), self.directory)

@@ -28,7 +28,9 @@ from consumers.rules.feed import (
     current_runs,
     earliest_event,
     events_between,
+    run_details,
 )
+from consumers.rules.tracker import DEFAULT_MAX_RUNS
 from consumers.store.alert_states import load_states, save_states
 from consumers.store.engine import Store
 from consumers.store.outbox import insert_notifications
@@ -75,6 +77,8 @@ class Scheduler:
         clock: Callable[[], datetime] = _now,
         on_notified: Callable[[], None] | None = None,
         on_alert: Callable[[Alert], None] | None = None,
+        max_tracked_runs: int = DEFAULT_MAX_RUNS,
+        on_evict: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
         self._rules = rules
@@ -85,6 +89,8 @@ class Scheduler:
         self._clock = clock
         self._on_notified = on_notified
         self._on_alert = on_alert
+        self._max_runs = max_tracked_runs
+        self._on_evict = on_evict
         self._ruleset: RuleSet | None = None
         self._evaluation: Evaluation | None = None
         self._feed = EventFeed(store)
@@ -93,6 +99,13 @@ class Scheduler:
     @property
     def evaluation(self) -> Evaluation | None:
         return self._evaluation
+
+    def tracked_runs(self) -> int:
+        """Runs the run tracker holds now (active runs and tree children)."""
+        evaluation = self._evaluation
+        if evaluation is None:
+            return 0
+        return len(evaluation.runs.active) + evaluation.runs.tree_runs
 
     def run_once(self) -> Cycle:
         started = time.perf_counter()
@@ -142,6 +155,10 @@ class Scheduler:
             resolved_receivers=self._resolved,
             horizon_s=self._horizon,
             baseline=baseline_loader(self._store, lambda: self._feed_start),
+            guard=ruleset.guard,
+            describe=run_details(self._store),
+            max_runs=self._max_runs,
+            on_evict=self._on_evict,
         )
         window = evaluation.longest_window
         if window > 0:
@@ -150,14 +167,14 @@ class Scheduler:
             ):
                 evaluation.observe(event, runs=False)
         if evaluation.needs_runs:
-            tree_since = now - evaluation.tree_keep if evaluation.rollups else None
+            tree_since = now - evaluation.tree_keep if evaluation.runs.track_trees else None
             roots = []
             for event, started in current_runs(self._store, tree_since):
-                evaluation.runs.load_run(event, started)
-                if event.ParentRunId is None:
-                    roots.append(event)
+                evaluation.load_run(event, started)
+                if event.ParentRunId is None and evaluation.runs.track_trees:
+                    roots.append(evaluation.runs.keep.cut(event))
             for event in roots:
-                evaluation.runs.set_root(event)
+                evaluation.set_root(event)
         earliest = earliest_event(self._store)
         evaluation.start_watching(earliest or now)
         self._evaluation = evaluation

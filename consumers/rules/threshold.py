@@ -18,6 +18,7 @@ from typing import Any
 
 from consumers.events import RunStatusEvent
 from consumers.rules.engine import Matcher
+from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Finding
 from consumers.rules.model import Rule, ThresholdSpec
 
@@ -63,12 +64,14 @@ class _Group:
 class ThresholdCounter:
     """One threshold rule's sliding-window counts."""
 
-    def __init__(self, rule: Rule) -> None:
+    def __init__(self, rule: Rule, guard: RuleGuard) -> None:
         assert rule.threshold is not None
         self.rule = rule
         self.spec: ThresholdSpec = rule.threshold
-        self.numerator = Matcher.compile(rule)
-        self.denominator = Matcher.compile(rule, self.spec.of) if self.spec.of is not None else None
+        self.numerator = Matcher.compile(rule, guard=guard)
+        self.denominator = (
+            Matcher.compile(rule, self.spec.of, guard=guard) if self.spec.of is not None else None
+        )
         self.bucket_s = max(1.0, self.spec.window / 60)
         self.groups: dict[str, _Group] = {}
 

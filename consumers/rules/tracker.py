@@ -6,26 +6,36 @@ that have failing children. Keeping exactly that (and not every run ever seen) b
 memory by the active runs, and lets the live scheduler and `runwatch rules test` share one
 code path: the live one is warmed up from the store's `runs` table, the dry run from the
 replayed history.
+
+Two more bounds, because runs that never end (a producer that died) and tags of megabytes
+are both real: each run is kept as its latest event cut to what the rules read (`keep`,
+see consumers.rules.reads), and at most `max_runs` active runs and `max_runs` tree children
+are kept. Past that the least recently changed run (or tree) is evicted and counted: it is
+not judged until its next event brings it back, and a firing alert about it stays firing
+(it is not resolved for being forgotten) until then.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from consumers.events import STATUS_RANK, RunStatusEvent, Status
+from consumers.rules.reads import Reads
 
-# Runs that ended, remembered so that a late non-terminal event does not revive them.
+# Runs that ended (or were evicted), remembered so that a late non-terminal event does not
+# revive them (or, for evicted ones, so that their firing alerts are not resolved).
 _ENDED_MEMORY = 200_000
+DEFAULT_MAX_RUNS = 20_000  # about 40 MB: ~1.9 KB per run kept (cut down)
 
 BaselineLoader = Callable[[str, int], list[float]]
 
 
 @dataclass(slots=True)
 class ActiveRun:
-    event: RunStatusEvent  # the latest event: status, tags, experiment, ...
+    event: RunStatusEvent  # the latest event, cut to what the rules read
     since: datetime  # when the current status began
     started: datetime | None  # first Running
 
@@ -48,12 +58,33 @@ def _newer(a: RunStatusEvent, b: RunStatusEvent) -> bool:
     return STATUS_RANK[a.Status] > STATUS_RANK[b.Status]
 
 
+def _remember(memory: OrderedDict[str, None], run_id: str) -> None:
+    memory[run_id] = None
+    if len(memory) > _ENDED_MEMORY:
+        memory.popitem(last=False)
+
+
 class RunTracker:
-    def __init__(self, baseline: BaselineLoader | None = None, baseline_size: int = 20) -> None:
-        self.active: dict[str, ActiveRun] = {}
+    def __init__(
+        self,
+        baseline: BaselineLoader | None = None,
+        baseline_size: int = 20,
+        *,
+        keep: Reads | None = None,
+        max_runs: int = DEFAULT_MAX_RUNS,
+        on_evict: Callable[[str], None] | None = None,
+    ) -> None:
+        # Least recently changed first: what the cap evicts.
+        self.active: OrderedDict[str, ActiveRun] = OrderedDict()
         self.ended: OrderedDict[str, None] = OrderedDict()
-        self.trees: dict[str, Tree] = {}
+        self.evicted: OrderedDict[str, None] = OrderedDict()  # not judged until seen again
+        self.trees: OrderedDict[str, Tree] = OrderedDict()
+        self.tree_runs = 0  # children across all trees
         self.track_trees = False
+        self.keep = keep if keep is not None else Reads(everything=True)
+        self.max_runs = max_runs
+        self.evictions: Counter[str] = Counter()  # "run" / "tree" -> how many
+        self._on_evict = on_evict
         self._baseline_loader = baseline
         self.baseline_size = baseline_size
         self._baselines: dict[str, deque[float]] = {}
@@ -65,6 +96,8 @@ class RunTracker:
         if run_id in self.ended:
             return
         current = self.active.get(run_id)
+        if current is None:
+            self.evicted.pop(run_id, None)  # seen again: judged from this event on
         started = current.started if current is not None else None
         if event.Status == Status.Running and (started is None or event.TimeGenerated < started):
             started = event.TimeGenerated
@@ -73,16 +106,28 @@ class RunTracker:
             return
         if event.is_terminal:
             self.active.pop(run_id, None)
-            self.ended[run_id] = None
-            if len(self.ended) > _ENDED_MEMORY:
-                self.ended.popitem(last=False)
+            _remember(self.ended, run_id)
             if event.Status == Status.Completed and started is not None:
                 self._completed(event, (event.TimeGenerated - started).total_seconds())
             return
         since = event.TimeGenerated
         if current is not None and current.event.Status == event.Status:
             since = current.since
-        self.active[run_id] = ActiveRun(event, since, started)
+        self._track(ActiveRun(self.keep.cut(event), since, started))
+
+    def _track(self, run: ActiveRun) -> None:
+        run_id = run.event.RunId
+        self.active[run_id] = run
+        self.active.move_to_end(run_id)
+        while len(self.active) > self.max_runs:
+            oldest, _ = self.active.popitem(last=False)
+            _remember(self.evicted, oldest)
+            self._evicted("run")
+
+    def _evicted(self, what: str) -> None:
+        self.evictions[what] += 1
+        if self._on_evict is not None:
+            self._on_evict(what)
 
     def _tree(self, event: RunStatusEvent) -> None:
         if event.ParentRunId is None:
@@ -90,7 +135,7 @@ class RunTracker:
             if tree is None:
                 return  # a root matters once it has children
             if tree.root is None or _newer(event, tree.root):
-                tree.root = event
+                tree.root = self.keep.cut(event)
             if event.is_terminal and tree.ended is None:
                 tree.ended = event.TimeGenerated
             return
@@ -98,24 +143,37 @@ class RunTracker:
         tree = self.trees.get(root)
         if tree is None:
             tree = self.trees[root] = Tree()
+        self.trees.move_to_end(root)
         previous = tree.children.get(event.RunId)
         if previous is None or _newer(event, previous):
-            tree.children[event.RunId] = event
+            tree.children[event.RunId] = self.keep.cut(event)
+            if previous is None:
+                self.tree_runs += 1
+                while self.tree_runs > self.max_runs and len(self.trees) > 1:
+                    oldest = next(iter(self.trees))
+                    self.forget_tree(oldest)
+                    self._evicted("tree")
+
+    def forget_tree(self, root_id: str) -> None:
+        tree = self.trees.pop(root_id, None)
+        if tree is not None:
+            self.tree_runs -= len(tree.children)
 
     def load_run(self, event: RunStatusEvent, started: datetime | None) -> None:
-        """Warm-up from the store's runs table: the run's current state as one event."""
+        """Warm-up from the store's runs table: the run's current state as one event
+        (oldest first, so that the cap keeps the most recent)."""
         if self.track_trees and event.ParentRunId is not None:
             self._tree(event)
         if event.is_terminal:
-            self.ended[event.RunId] = None
+            _remember(self.ended, event.RunId)
             return
-        self.active[event.RunId] = ActiveRun(event, event.TimeGenerated, started)
+        self._track(ActiveRun(self.keep.cut(event), event.TimeGenerated, started))
 
     def set_root(self, event: RunStatusEvent) -> None:
         """Warm-up: a root's current state, for a tree whose children were loaded."""
         tree = self.trees.get(event.RunId)
         if tree is not None:
-            tree.root = event
+            tree.root = self.keep.cut(event)
             if event.is_terminal:
                 tree.ended = event.TimeGenerated
 

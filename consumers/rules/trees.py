@@ -13,10 +13,15 @@ from typing import Any
 
 from consumers.events import RunStatusEvent
 from consumers.rules.engine import Matcher
+from consumers.rules.guard import RuleGuard
 from consumers.rules.model import Rule
+from consumers.rules.reads import Reads
 from consumers.rules.tracker import RunTracker
 
 _NAMES_IN_SUMMARY = 5
+
+# What a roll-up reads of each child beyond its conditions: its name and its message.
+READS = Reads(columns=frozenset({"Message"}), keys={"Tags": frozenset({"step"})})
 
 
 def child_name(event: RunStatusEvent) -> str:
@@ -30,16 +35,16 @@ def _detail(event: RunStatusEvent) -> dict[str, Any]:
         "status": event.Status,
         "time": event.TimeGenerated.isoformat(),
         "message": event.Message,
-        "tags": dict(event.Tags),
+        "tags": dict(event.Tags),  # those the rules read (the tracker keeps no others)
     }
 
 
 class Rollup:
-    def __init__(self, rule: Rule) -> None:
+    def __init__(self, rule: Rule, guard: RuleGuard) -> None:
         assert rule.tree is not None
         self.rule = rule
         self.wait = timedelta(seconds=rule.tree.wait)
-        self.matcher = Matcher.compile(rule)
+        self.matcher = Matcher.compile(rule, guard=guard)
 
     def evaluate(
         self, runs: RunTracker, now: datetime
@@ -84,4 +89,4 @@ def evict_finished(runs: RunTracker, now: datetime, keep: timedelta) -> None:
         if (t.ended is not None and t.ended + keep < now)
         or (t.ended is None and max(c.TimeGenerated for c in t.children.values()) < silent)
     ]:
-        del runs.trees[root_id]
+        runs.forget_tree(root_id)
