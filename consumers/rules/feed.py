@@ -38,6 +38,7 @@ _RUN_FIELDS = (
     "Properties",
 )
 _CHUNK = 5000
+_RUN_CHUNK = 25
 _MAX_GAPS = 10_000
 
 log = logging.getLogger(__name__)
@@ -152,8 +153,10 @@ def current_runs(
         condition = or_(active, runs.c.LastSeen >= tree_since)
     # Oldest change first: the run tracker's cap then keeps the most recently changed.
     query = select(runs).where(condition).order_by(runs.c.LastSeen, runs.c.RunId)
+    # Small chunks: a run row carries its tags and properties, which may be large, and the
+    # tracker keeps only what its rules read of them.
     with store.engine.connect() as conn:
-        for row in conn.execute(query.execution_options(yield_per=_CHUNK)):
+        for row in conn.execute(query.execution_options(yield_per=_RUN_CHUNK)):
             yield run_event(row)
 
 
