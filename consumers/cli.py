@@ -259,6 +259,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
             "alerts": [a.as_json() for a in result.alerts],
             "notifications": result.sent,
             "throttled": result.throttled,
+            "rule_errors": result.rule_errors,
         }
         print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
     else:

@@ -120,6 +120,39 @@ def test_dry_run_json_and_unknown_receivers(
     assert by_rule[("failures", "firing")]["group"] == {"WorkspaceName": "ws1"}
 
 
+def test_dry_run_reports_rules_that_fail_on_events(
+    store: Store, store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    at = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+    store.write_batch(
+        [
+            _event(at, "poison", "Failed", Properties={"loss": "1e999"}),
+            _event(at + timedelta(seconds=1), "big", "Failed", Properties={"loss": "7"}),
+        ]
+    )
+    rule_file = tmp_path / "loss.yaml"
+    rule_file.write_text(
+        "rules:\n"
+        "  - name: big-loss\n"
+        '    when: {where: "floor(to_number(properties.loss)) > `5`"}\n'
+        "    notify: [oncall]\n"
+        "  - name: failed\n"
+        "    when: {status: [Failed]}\n"
+        "    notify: [oncall]\n"
+    )
+    args = ["rules", "test", str(rule_file), "--since", "1d", "--store", store_url]
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len([line for line in out if "FIRING   failed" in line]) == 2
+    assert len([line for line in out if "FIRING   big-loss  Failed: big" in line]) == 1
+    assert out[-2] == (
+        "rule big-loss failed on 1 event(s) or evaluation(s) and was skipped for them "
+        "(the log says why)"
+    )
+    assert main([*args, "-o", "json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["rule_errors"] == {"big-loss": 1}
+
+
 def test_dry_run_bad_rule_file(
     tmp_path: Path, store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

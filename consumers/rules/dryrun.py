@@ -67,6 +67,7 @@ class DryRun:
     until: datetime
     events: int = 0
     alerts: list[WouldAlert] = field(default_factory=list)
+    rule_errors: dict[str, int] = field(default_factory=dict)  # rule -> events/ticks it failed
 
     @property
     def sent(self) -> int:
@@ -143,6 +144,7 @@ def dry_run(
     while evaluation and clock <= until:
         record(evaluation.evaluate(clock), clock)
         clock += tick
+    result.rule_errors = dict(sorted(per_event.guard.errors.items()))
     return result
 
 
@@ -157,6 +159,11 @@ def render(result: DryRun) -> str:
             lines.append(f"    -> {note.receiver}: {note.outcome}")
         if not would.notifications:
             lines.append("    -> no receiver (resolved notifications are opt-in)")
+    for rule, count in result.rule_errors.items():
+        lines.append(
+            f"rule {rule} failed on {count} event(s) or evaluation(s) and was skipped for them "
+            "(the log says why)"
+        )
     lines.append(
         f"{len(result.alerts)} alert(s); {result.sent} notification(s) would have been sent, "
         f"{result.throttled} throttled"
