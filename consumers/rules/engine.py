@@ -75,7 +75,7 @@ def _key_text(value: Any) -> str:
     return str(value)
 
 
-class _EventData:
+class EventData:
     """An event's JMESPath data, built on first use and shared by the rules evaluating it."""
 
     __slots__ = ("_data", "event")
@@ -130,18 +130,29 @@ class _Matcher:
         if self.statuses is not None and event.Status not in self.statuses:
             return False
         try:
-            return self.check(event, _EventData(event)) is not None
+            return self.holds(event, EventData(event))
         except Exception as exc:  # inside the guard's boundary: counted there
             self.guard.failed(self.rule.name, exc)
             return False
 
-    def check(self, event: RunStatusEvent, data: _EventData) -> Alert | None:
-        """The alert if the conditions other than status hold; raises what they raise."""
+    def accepts(self, event: RunStatusEvent, data: EventData) -> bool:
+        """Every condition, status included; raises what they raise (for callers inside the
+        guard's boundary, which count it)."""
+        if self.statuses is not None and event.Status not in self.statuses:
+            return False
+        if not self.columns_match(event):  # inlined `holds`: every scheduled event passes here
+            return False
+        return self.where is None or _truthy(_INTERPRETER.visit(self.where, data.get()))
+
+    def holds(self, event: RunStatusEvent, data: EventData) -> bool:
+        """The conditions other than status; raises what they raise."""
         if not self.columns_match(event):
-            return None
-        if self.where is not None and not _truthy(_INTERPRETER.visit(self.where, data.get())):
-            return None
-        return self.alert(event)
+            return False
+        return self.where is None or _truthy(_INTERPRETER.visit(self.where, data.get()))
+
+    def check(self, event: RunStatusEvent, data: EventData) -> Alert | None:
+        """The alert if the conditions other than status hold; raises what they raise."""
+        return self.alert(event) if self.holds(event, data) else None
 
     def columns_match(self, event: RunStatusEvent) -> bool:
         """The glob conditions. A glob needs its column: a run without an experiment
@@ -236,10 +247,13 @@ class RuleSet:
         if candidates is None:
             return []
         alerts: list[Alert] = []
-        data = _EventData(event)
-        call = self.guard.call
+        data = EventData(event)
         for matcher in candidates:
-            alert = call(matcher.rule.name, matcher.check, event, data)
+            try:  # the isolation boundary (consumers.rules.guard), inline: the hot path
+                alert = matcher.check(event, data)
+            except Exception as exc:
+                self.guard.failed(matcher.rule.name, exc)
+                continue
             if alert is not None:
                 alerts.append(alert)
         return alerts

@@ -15,7 +15,7 @@ from consumers.alerts import Alert
 from consumers.events import RunStatusEvent, Status
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Describe, Instances, Key
-from consumers.rules.kinds import Context, Groups, ScheduledRule, build
+from consumers.rules.kinds import Context, ScheduledRule, Seen, build
 from consumers.rules.model import Rule
 from consumers.rules.reads import union
 from consumers.rules.tracker import DEFAULT_MAX_RUNS, BaselineLoader, RunTracker
@@ -91,9 +91,12 @@ class Evaluation:
             guard.call(self._run_rules, self.runs.observe, event)
         if not counts:
             return
-        groups: Groups = {}  # many rules share one
+        seen = Seen(event)
         for kind in self._observers.get(event.Status, ()):
-            guard.call(kind.rule.name, kind.observe, event, groups)
+            try:  # the isolation boundary (consumers.rules.guard), inline: the hot path
+                kind.observe(seen)
+            except Exception as exc:
+                guard.failed(kind.rule.name, exc)
 
     def load_run(self, event: RunStatusEvent, started: datetime | None) -> None:
         """Warm-up: a run's current state from the store."""

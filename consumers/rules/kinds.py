@@ -15,6 +15,7 @@ from consumers.alerts import Alert
 from consumers.events import RunStatusEvent
 from consumers.rules.absence import Flatline, StuckRuns
 from consumers.rules.durations import LongRuns
+from consumers.rules.engine import EventData
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Describe, Finding, Instances
 from consumers.rules.model import Rule
@@ -24,8 +25,18 @@ from consumers.rules.tracker import RunTracker
 from consumers.rules.trees import READS as TREE_READS
 from consumers.rules.trees import Rollup
 
-# Group keys computed for one event, shared by the rules grouping by the same columns.
-Groups = dict[tuple[str, ...], tuple[str, dict[str, str]]]
+
+class Seen:
+    """One event as the rules observing it share it: its JMESPath data, built once, and
+    its group keys, computed once per set of group-by columns."""
+
+    __slots__ = ("data", "event", "groups")
+
+    def __init__(self, event: RunStatusEvent) -> None:
+        self.event = event
+        self.data = EventData(event)
+        self.groups: dict[tuple[str, ...], tuple[str, dict[str, str]]] = {}
+
 
 NOTHING: frozenset[str] = frozenset()
 
@@ -49,7 +60,9 @@ class ScheduledRule(Protocol):
     # What it reads of the runs it gets from the tracker; None: it does not use the tracker.
     run_reads: Reads | None
 
-    def observe(self, event: RunStatusEvent, groups: Groups) -> None: ...
+    def observe(self, seen: Seen) -> None:
+        """Count the event if it matters to the rule; may raise (the caller's guard counts)."""
+        ...
 
     def evaluate(self, now: datetime) -> list[Alert]: ...
 
@@ -61,6 +74,7 @@ class _Threshold:
         self.rule = rule
         self.counter = ThresholdCounter(rule, context.guard)
         self.instances = context.instances
+        self.numerator, self.denominator = self.counter.numerator, self.counter.denominator
         matchers = [self.counter.numerator]
         if self.counter.denominator is not None:
             matchers.append(self.counter.denominator)
@@ -71,17 +85,17 @@ class _Threshold:
             else:
                 self.observes |= matcher.statuses
 
-    def observe(self, event: RunStatusEvent, groups: Groups) -> None:
-        counter = self.counter
-        num = counter.numerator.matches(event)
-        den = counter.denominator is not None and counter.denominator.matches(event)
+    def observe(self, seen: Seen) -> None:
+        counter, event = self.counter, seen.event
+        num = self.numerator.accepts(event, seen.data)
+        den = self.denominator is not None and self.denominator.accepts(event, seen.data)
         if not (num or den):
             return
         by = counter.spec.group_by
-        grouped = groups.get(by)
+        grouped = seen.groups.get(by)
         if grouped is None:
             values = group_values(event, by)
-            grouped = groups[by] = (group_key(values), values)
+            grouped = seen.groups[by] = (group_key(values), values)
         counter.observe(event, num, den, grouped)
 
     def evaluate(self, now: datetime) -> list[Alert]:
@@ -106,9 +120,9 @@ class _Flatline:
         self.observes = self.flatline.matcher.statuses
         self.context = context
 
-    def observe(self, event: RunStatusEvent, groups: Groups) -> None:
-        if self.flatline.matcher.matches(event):
-            self.flatline.observe(event)
+    def observe(self, seen: Seen) -> None:
+        if self.flatline.matcher.accepts(seen.event, seen.data):
+            self.flatline.observe(seen.event)
 
     def evaluate(self, now: datetime) -> list[Alert]:
         self.flatline.watching_since = self.context.watching_since
@@ -127,7 +141,7 @@ class _PerRun:
         self.context = context
         self.judge = judge
 
-    def observe(self, event: RunStatusEvent, groups: Groups) -> None:
+    def observe(self, seen: Seen) -> None:
         return None
 
     def evaluate(self, now: datetime) -> list[Alert]:
@@ -168,7 +182,7 @@ class _Rollup:
         self.run_reads = self.rollup.matcher.reads | TREE_READS
         self.context = context
 
-    def observe(self, event: RunStatusEvent, groups: Groups) -> None:
+    def observe(self, seen: Seen) -> None:
         return None
 
     def evaluate(self, now: datetime) -> list[Alert]:
