@@ -40,6 +40,10 @@ rules:
     when: {{status: [Failed]}}
     threshold: {{value: 2, window: 15m, every: 1s}}
     notify: [am]
+  - name: stuck
+    when: {{experiment: train}}
+    absence: {{limits: {{Running: 1h}}, every: 1s}}
+    notify: [am]
 """
 
 
@@ -70,8 +74,8 @@ def _metric(port: int, name: str, **labels: str) -> float:
     assert status == 200
     wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in body.decode().splitlines():
-        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
-        if match and ",".join(sorted(match.group(1).split(","))) == wanted:
+        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
+        if match and ",".join(sorted((match.group(1) or "").split(","))) == wanted:
             return float(match.group(2))
     return 0.0
 
@@ -99,7 +103,7 @@ def test_a_rule_that_raises_is_counted_and_stops_nothing(
                     "oncall": {"email": {"to": ["oncall@example.com"]}},
                     "am": {"webhook": {"url": http.url("/am"), "format": "alertmanager"}},
                 },
-                "evaluation": {"tick_s": 0.2},
+                "evaluation": {"tick_s": 0.2, "max_tracked_runs": 1},
             }
         )
     )
@@ -108,17 +112,19 @@ def test_a_rule_that_raises_is_counted_and_stops_nothing(
             _event("poison", "Failed", 0, loss="1e999"),
             _event("big", "Failed", 1, loss="7"),
             _event("quiet", "Running", 2, loss="2"),
+            _event("quiet2", "Running", 2.5, loss="1"),
         ]
     )
     process = serve(config)
     log = tmp_path / "serve.log"
     try:
         wait_for(
-            lambda: _stored(db) >= {"poison", "big", "quiet"} or process.poll() is not None,
+            lambda: (
+                _stored(db) >= {"poison", "big", "quiet", "quiet2"} or process.poll() is not None
+            ),
             timeout=60,
         )
         assert process.poll() is None, log.read_text()
-        assert _stored(db) >= {"poison", "big", "quiet"}
 
         def alertnames() -> list[str]:
             bodies = [orjson.loads(hit.body) for hit in http.on("/am")]
@@ -133,6 +139,9 @@ def test_a_rule_that_raises_is_counted_and_stops_nothing(
         )
         assert sorted(m.message["Subject"] for m in smtp.mails)[0].startswith("[runwatch]")
         wait_for(lambda: _metric(port, "runwatch_rule_errors_total", rule="loss-spikes") >= 1)
+        # Two Running runs, a cap of one: the tracker keeps one and counts the other evicted.
+        wait_for(lambda: _metric(port, "runwatch_rule_tracked_runs_evicted_total", what="run") == 1)
+        assert _metric(port, "runwatch_rule_tracked_runs") == 1
         assert _metric(port, "runwatch_rule_errors_total", rule="big-loss") == 1
         assert _metric(port, "runwatch_rule_errors_total", rule="run-failed") == 0
         # Still consuming: a later event is stored, and the process has not restarted.

@@ -7,11 +7,13 @@ is that rule's error on that event (or that tick), never the service's: it is co
 every event must not flood the log), the rule is skipped for that event, the event is still
 stored and every other rule is still evaluated.
 
-The boundary sits where rules are dispatched, not in each kind: `RuleSet.evaluate` calls
-each per-event rule through `RuleGuard.call`, `Evaluation` each scheduled rule's observe and
-evaluate (and the run tracker those rules share), and the compiled conditions of the kinds
-(`engine.Matcher`) cannot be built without a guard. A new kind plugged into those dispatch
-loops is inside the boundary without doing anything.
+The boundary sits where rules are dispatched, not in each kind: `RuleSet.evaluate` runs each
+per-event rule inside it, `Evaluation` each scheduled rule's observe and evaluate (and the
+run tracker those rules share), either through `RuleGuard.call` or, on the per-event hot
+paths, an inline `try` that hands the exception to `RuleGuard.failed`. The compiled
+conditions the kinds judge runs with (`engine.Matcher`) cannot be built without a guard, so
+one run that makes a condition raise cannot stop a rule judging the others. A new kind
+plugged into `kinds.BUILDERS` is inside the boundary without doing anything.
 """
 
 from __future__ import annotations
