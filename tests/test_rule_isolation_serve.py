@@ -140,7 +140,7 @@ def test_a_rule_that_raises_is_counted_and_stops_nothing(
         assert sorted(m.message["Subject"] for m in smtp.mails)[0].startswith("[runwatch]")
         wait_for(lambda: _metric(port, "runwatch_rule_errors_total", rule="loss-spikes") >= 1)
         # Two Running runs, a cap of one: the tracker keeps one and counts the other evicted.
-        wait_for(lambda: _metric(port, "runwatch_rule_tracked_runs_evicted_total", what="run") == 1)
+        wait_for(lambda: _metric(port, "runwatch_rule_tracked_runs_evicted_total", what="run") >= 1)
         assert _metric(port, "runwatch_rule_tracked_runs") == 1
         assert _metric(port, "runwatch_rule_errors_total", rule="big-loss") == 1
         assert _metric(port, "runwatch_rule_errors_total", rule="run-failed") == 0
