@@ -131,7 +131,7 @@ class _Matcher:
             return False
         try:
             return self.holds(event, EventData(event))
-        except Exception as exc:  # inside the guard's boundary: counted there
+        except Exception as exc:  # the boundary, per run: counted by the guard
             self.guard.failed(self.rule.name, exc)
             return False
 
