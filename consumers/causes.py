@@ -146,11 +146,29 @@ class Cause:
 
 
 @dataclass(frozen=True, slots=True)
+class _Pattern:
+    """A compiled pattern and a literal every match must contain (lower case), tested with
+    `in` first: a substring scan is far cheaper than a case-insensitive regex search."""
+
+    regex: re.Pattern[str]
+    literal: str | None
+
+    @classmethod
+    def of(cls, pattern: str, flags: int) -> _Pattern:
+        return cls(re.compile(pattern, flags), _required_literal(pattern))
+
+    def search(self, text: str, lowered: str) -> bool:
+        if self.literal is not None and self.literal not in lowered:
+            return False
+        return self.regex.search(text) is not None
+
+
+@dataclass(frozen=True, slots=True)
 class _Compiled:
     rule: CauseRule
-    message: tuple[re.Pattern[str], ...]
-    result_type: tuple[re.Pattern[str], ...]
-    result_signature: tuple[re.Pattern[str], ...]
+    message: tuple[_Pattern, ...]
+    result_type: tuple[_Pattern, ...]
+    result_signature: tuple[_Pattern, ...]
 
     @classmethod
     def of(cls, rule: CauseRule) -> _Compiled:
@@ -158,29 +176,93 @@ class _Compiled:
         match = rule.match
         return cls(
             rule,
-            _alternation(match.message, flags),
-            _alternation(match.result_type, flags),
-            _alternation(match.result_signature, flags),
+            tuple(_Pattern.of(p, flags) for p in match.message),
+            tuple(_Pattern.of(p, flags) for p in match.result_type),
+            tuple(_Pattern.of(p, flags) for p in match.result_signature),
         )
 
-    def hits(self, text: str, result_type: str, signature: str, traceback: bool) -> bool:
+    def hits(self, text: str, lowered: str, kind: str, signature: str, traceback: bool) -> bool:
         return (
             (traceback and self.rule.match.python_traceback)
-            or any(p.search(text) for p in self.message)
-            or bool(result_type and any(p.search(result_type) for p in self.result_type))
-            or bool(signature and any(p.search(signature) for p in self.result_signature))
+            or any(p.search(text, lowered) for p in self.message)
+            or _any(self.result_type, kind)
+            or _any(self.result_signature, signature)
         )
 
 
-def _alternation(patterns: Sequence[str], flags: int) -> tuple[re.Pattern[str], ...]:
-    """One pass per cause instead of one per pattern; patterns with global inline flags
-    (which cannot be joined) are kept apart."""
-    if not patterns:
-        return ()
-    try:
-        return (re.compile("|".join(f"(?:{p})" for p in patterns), flags),)
-    except re.error:
-        return tuple(re.compile(p, flags) for p in patterns)
+def _any(patterns: tuple[_Pattern, ...], value: str) -> bool:
+    return bool(value) and any(p.search(value, value.lower()) for p in patterns)
+
+
+_SPECIAL_ESCAPES = frozenset("AbBdDsSwWZ0123456789afnrtvxuUNgk")
+
+
+def _required_literal(pattern: str) -> str | None:
+    """The longest run of plain characters outside groups, classes and alternations: text
+    every match contains. None when there is no run of 3 or more (the regex then always
+    runs). Lower case, so that case-insensitive patterns can use it too."""
+    runs: list[str] = []
+    run: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        char = pattern[i]
+        step = 1
+        if char == "|":
+            return None  # an alternation at the top: no single literal is required
+        if char in "([":
+            runs.append("".join(run))
+            run.clear()
+            step = _skip(pattern, i) - i
+        elif char == "\\":
+            escaped = pattern[i + 1 : i + 2]
+            if escaped in _SPECIAL_ESCAPES or not escaped:
+                runs.append("".join(run))
+                run.clear()
+            else:
+                run.append(escaped)
+            step = 2
+        elif char in "?*+" or _is_counted(pattern, i):
+            if run:
+                run.pop()  # the repeated character may be absent, or repeated
+            runs.append("".join(run))
+            run.clear()
+            if char == "{":
+                step = pattern.index("}", i) + 1 - i
+        elif char in ".^$":
+            runs.append("".join(run))
+            run.clear()
+        else:
+            run.append(char)
+        i += step
+    runs.append("".join(run))
+    best = max(runs, key=len)
+    return best.lower() if len(best) >= 3 and best.isascii() else None
+
+
+def _skip(pattern: str, at: int) -> int:
+    """The index just after the group or character class that opens at `at`."""
+    depth, i, n = 0, at, len(pattern)
+    class_start: int | None = None
+    while i < n:
+        char = pattern[i]
+        if char == "\\":
+            i += 2
+            continue
+        if class_start is not None:
+            if char == "]" and i > class_start + 1 and pattern[class_start + 1 : i] != "^":
+                class_start = None
+                if depth == 0:
+                    return i + 1
+        elif char == "[":
+            class_start = i
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return n
 
 
 @dataclass(frozen=True)
@@ -223,10 +305,12 @@ class CauseTable:
     ) -> Cause:
         """The first cause whose matchers hit, `unknown` otherwise."""
         text = _window(message or "")
+        lowered = text.lower()
         frames = parse_traceback(text)
         name = UNKNOWN
         for cause in self._compiled:
-            if cause.hits(text, result_type or "", result_signature or "", frames is not None):
+            hit = cause.hits(text, lowered, result_type or "", result_signature or "", bool(frames))
+            if hit:
                 name = cause.rule.name
                 break
         if frames is None:
