@@ -78,7 +78,7 @@ def _no_nested_quantifier(pattern: str) -> str:
 
 
 def _is_counted(pattern: str, at: int) -> bool:
-    return bool(re.match(r"\{\d*,?\d*\}", pattern[at : at + 24]))
+    return bool(re.match(r"\{(?:\d+,?\d*|,\d+)\}", pattern[at : at + 24]))
 
 
 def _compiles(pattern: str) -> str:
@@ -147,8 +147,9 @@ class Cause:
 
 @dataclass(frozen=True, slots=True)
 class _Pattern:
-    """A compiled pattern and a literal every match must contain (lower case), tested with
-    `in` first: a substring scan is far cheaper than a case-insensitive regex search."""
+    """A compiled pattern and a literal every match must contain (case-folded), tested with
+    `in` first: a substring scan is far cheaper than a case-insensitive regex search. The
+    text is case-folded too, so the test only ever lets through more than the regex would."""
 
     regex: re.Pattern[str]
     literal: str | None
@@ -191,7 +192,7 @@ class _Compiled:
 
 
 def _any(patterns: tuple[_Pattern, ...], value: str) -> bool:
-    return bool(value) and any(p.search(value, value.lower()) for p in patterns)
+    return bool(value) and any(p.search(value, value.casefold()) for p in patterns)
 
 
 _SPECIAL_ESCAPES = frozenset("AbBdDsSwWZ0123456789afnrtvxuUNgk")
@@ -200,7 +201,7 @@ _SPECIAL_ESCAPES = frozenset("AbBdDsSwWZ0123456789afnrtvxuUNgk")
 def _required_literal(pattern: str) -> str | None:
     """The longest run of plain characters outside groups, classes and alternations: text
     every match contains. None when there is no run of 3 or more (the regex then always
-    runs). Lower case, so that case-insensitive patterns can use it too."""
+    runs). Case-folded, so that case-insensitive patterns can use it too."""
     runs: list[str] = []
     run: list[str] = []
     i, n = 0, len(pattern)
@@ -236,7 +237,7 @@ def _required_literal(pattern: str) -> str | None:
         i += step
     runs.append("".join(run))
     best = max(runs, key=len)
-    return best.lower() if len(best) >= 3 and best.isascii() else None
+    return best.casefold() if len(best) >= 3 and best.isascii() else None
 
 
 def _skip(pattern: str, at: int) -> int:
@@ -305,7 +306,7 @@ class CauseTable:
     ) -> Cause:
         """The first cause whose matchers hit, `unknown` otherwise."""
         text = _window(message or "")
-        lowered = text.lower()
+        lowered = text.casefold()
         frames = parse_traceback(text)
         name = UNKNOWN
         for cause in self._compiled:

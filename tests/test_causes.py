@@ -312,3 +312,15 @@ def test_classify_speed(table: CauseTable, capsys: pytest.CaptureFixture[str]) -
     with capsys.disabled():
         print(f"\nclassify: {per:.1f} µs per message over {len(messages)} samples")
     assert per < 2000
+
+
+def test_literal_prefilter_never_changes_a_verdict(table: CauseTable) -> None:
+    """The substring test in front of each regex may only skip searches that would fail."""
+    texts = [_message(c) for c in CASES]
+    texts += [t.upper() for t in texts] + [t.swapcase() for t in texts]
+    texts += ["received \u017fIGTERM", "\u212aILLED", "OUT OF MEMORY: KILLED PROCESS 7"]
+    for compiled in table._compiled:
+        for pattern in compiled.message:
+            for text in texts:
+                expected = pattern.regex.search(text) is not None
+                assert pattern.search(text, text.casefold()) == expected, (pattern, text[:80])
