@@ -20,6 +20,8 @@ from typing import Protocol
 
 from consumers.alerts import Alert
 from consumers.errors import RunwatchError
+from consumers.noise.policy import NoisePolicy
+from consumers.outbox.recorder import Recorder
 from consumers.rules.engine import RuleSet
 from consumers.rules.evaluation import Evaluation
 from consumers.rules.feed import (
@@ -31,7 +33,7 @@ from consumers.rules.feed import (
 )
 from consumers.store.alert_states import load_states, save_states
 from consumers.store.engine import Store
-from consumers.store.outbox import insert_notifications
+from consumers.store.outbox_state import SqlOutboxState
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class Scheduler:
         clock: Callable[[], datetime] = _now,
         on_notified: Callable[[], None] | None = None,
         on_alert: Callable[[Alert], None] | None = None,
+        noise: NoisePolicy | None = None,
     ) -> None:
         self._store = store
         self._rules = rules
@@ -85,6 +88,8 @@ class Scheduler:
         self._clock = clock
         self._on_notified = on_notified
         self._on_alert = on_alert
+        # the same recorder and noise policy as the ingest path (consumers/outbox)
+        self._recorder = Recorder(self._kinds, noise, resolved_receivers=resolved_receivers)
         self._ruleset: RuleSet | None = None
         self._evaluation: Evaluation | None = None
         self._feed = EventFeed(store)
@@ -116,7 +121,7 @@ class Scheduler:
         written = 0
         if alerts or changes:
             with self._store.write_lock, self._store.engine.begin() as conn:
-                written = insert_notifications(conn, alerts, self._kinds, now)
+                written = self._recorder.record(SqlOutboxState(conn), alerts, now)
                 save_states(conn, changes, now)
         if written and self._on_notified is not None:
             self._on_notified()

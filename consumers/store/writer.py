@@ -35,8 +35,9 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from consumers.alerts import Alert
 from consumers.events import STATUS_RANK, TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
+from consumers.outbox.recorder import Recorder
 from consumers.store.listen import notify_outbox
-from consumers.store.outbox import insert_notifications
+from consumers.store.outbox_state import SqlOutboxState
 from consumers.store.schema import dead_letters, events, runs
 from consumers.updates import RunUpdate, apply_update
 
@@ -311,7 +312,9 @@ def write_batch(
         letter_count = _execute(
             conn, "dead_letters", _insert_dead_letters, dead_letters, letter_rows
         )
-    created = insert_notifications(conn, alerts, receiver_kinds or {}, now, noise) if alerts else 0
+    # the one recorder (consumers/outbox), the same as the scheduler's, in this transaction
+    recorder = Recorder(receiver_kinds or {}, noise)
+    created = recorder.record(SqlOutboxState(conn), alerts, now)
     if created:
         notify_outbox(conn)  # wakes the dispatchers of every replica once this commits
     return WriteResult(
