@@ -9,7 +9,10 @@ from consumers.model.labels import LABEL_ALIASES
 
 def alert_labels(alert: Alert) -> dict[str, str]:
     """`rule` (also `alertname`), `severity`, the event's columns (as `workspace` and as
-    `WorkspaceName`), `tags.<name>`, then the rule's own labels (which win)."""
+    `WorkspaceName`), `tags.<name>`, a scheduled alert's group values under their names
+    (`WorkspaceName`, `Tags.team`; a roll-up's `RootRunId` is its root, so an inhibition
+    rule with `equal: [RootRunId]` reaches the root's children), then the rule's own labels
+    (which win)."""
     event = alert.event
     labels = {"rule": alert.rule, "alertname": alert.rule, "severity": str(alert.severity)}
     for alias, column in LABEL_ALIASES.items():
@@ -18,5 +21,6 @@ def alert_labels(alert: Alert) -> dict[str, str]:
             labels[alias] = labels[column] = str(value)
     for key, value in event.Tags.items():
         labels[f"tags.{key}"] = "" if value is None else str(value)
+    labels.update(alert.group)
     labels.update(alert.labels)
     return labels
