@@ -17,8 +17,8 @@ from consumers.alerts import Alert
 from consumers.events import RunStatusEvent
 from consumers.noise.config import NoiseSettings
 from consumers.noise.policy import NoisePolicy
-from consumers.noise.silences import add_silence
 from consumers.store import open_store
+from consumers.store.silences import add_silence
 
 KINDS = {"mail": "email", "hook": "webhook", "pager": "webhook"}
 SETUPS: dict[str, dict[str, Any] | None] = {

@@ -35,7 +35,7 @@ from consumers.events import RunStatusEvent
 from consumers.ingest import Ingestor
 from consumers.kafka_loop import KafkaLoop
 from consumers.metrics import Metrics
-from consumers.noise.config import OWNER
+from consumers.model.receivers import OWNER
 from consumers.noise.policy import NoisePolicy
 from consumers.producer import DeadLetterPublisher
 from consumers.rules.evaluation import mark_stale
@@ -120,6 +120,7 @@ class Service:
             on_alert=self._count_alert,
             max_tracked_runs=evaluation.max_tracked_runs,
             on_evict=lambda what: self.metrics.tracked_runs_evicted.labels(what=what).inc(),
+            noise=self.noise,  # the same policy as ingest: silences, routing, grouping, ...
         )
 
     def _count_alert(self, alert: Alert) -> None:

@@ -21,6 +21,8 @@ from pydantic import ValidationError
 from consumers.decoding import EventFormat
 from consumers.errors import ConfigError, RunwatchError
 from consumers.events import RunStatusEvent, parse_status
+from consumers.model.notifications import NotificationState
+from consumers.model.receivers import OWNER
 from consumers.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -213,7 +215,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config) if args.config else None
     directory = args.dir or (settings.rules_dir if settings else Settings().rules_dir)
-    receivers = {*settings.receivers, "owner"} if settings else None  # owner: noise.owners
+    receivers = {*settings.receivers, OWNER} if settings else None  # owner: noise.owners
     errors = check_rules(directory, receivers=receivers)
     for error in errors:
         print(error, file=sys.stderr)
@@ -459,10 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, store=True)
     p.add_argument(
         "--state",
-        choices=[
-            *("pending", "sending", "sent", "dead", "throttled"),
-            *("inhibited", "silenced", "muted", "repeat", "storm", "suppressed"),
-        ],
+        choices=[state.value for state in NotificationState],
     )
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--output", "-o", choices=["table", "json"], default="table")

@@ -31,15 +31,18 @@ import aiohttp
 from consumers.alerts import Alert
 from consumers.errors import SendError
 from consumers.metrics import Metrics
+from consumers.model.notifications import NotificationKind
 from consumers.noise import digest
 from consumers.noise.policy import NoisePolicy
-from consumers.noise.recheck import recheck
 from consumers.notify.email import EmailSender, build_message
 from consumers.notify.webhook import WebhookSender
+from consumers.outbox.recheck import recheck
 from consumers.settings import ReceiverSettings, Settings
 from consumers.store import Store
+from consumers.store.digests import group_labels, stormed
 from consumers.store.listen import OutboxListener
 from consumers.store.outbox import Notification, Outbox
+from consumers.store.outbox_state import open_state
 from consumers.store.queries import RunDetail, get_run
 from consumers.templating import Renderer
 
@@ -208,9 +211,7 @@ class Dispatcher:
     async def deliver(self, notification: Notification) -> None:
         kind = notification.receiver_type
         if notification.members:
-            rechecked = await asyncio.to_thread(
-                recheck, self._store, self._noise, notification, self._clock()
-            )
+            rechecked = await asyncio.to_thread(self._recheck, notification)
             if rechecked is None:
                 return  # every alert of the digest was silenced or inhibited meanwhile
             notification = rechecked
@@ -251,6 +252,10 @@ class Dispatcher:
             notification.receiver,
             extra=extra,
         )
+
+    def _recheck(self, digest: Notification) -> Notification | None:
+        with open_state(self._store) as state:
+            return recheck(state, self._noise, digest, self._clock())
 
     async def _send(
         self, notification: Notification, receiver: ReceiverSettings, context: dict[str, Any]
@@ -404,9 +409,12 @@ class Dispatcher:
         }
 
     def _noise_context(self, notification: Notification) -> dict[str, Any]:
-        if notification.kind == "storm":
-            return digest.storm_context(self._store, notification)
-        return digest.digest_context(self._store, notification, self._run_url)
+        if notification.kind == NotificationKind.STORM:
+            start, end = digest.storm_window(notification)
+            held = stormed(self._store, notification.receiver, start, end)
+            return digest.storm_context(notification, held)
+        labels = group_labels(self._store, notification.group_key)
+        return digest.digest_context(notification, labels, self._run_url)
 
     def _prefetch(self, claimed: list[Notification]) -> None:
         for run_id in dict.fromkeys(n.run_id for n in claimed):

@@ -14,6 +14,8 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from consumers.model.notifications import NotificationState
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 _BATCH_BUCKETS = (1, 5, 10, 50, 100, 500, 1000, 2500, 5000, 10000)
@@ -29,7 +31,7 @@ DEAD_LETTER_REASONS = (
     "no_valid_records",
     "store_rejected",
 )
-OUTBOX_STATES = ("pending", "sending", "sent", "dead", "throttled")
+OUTBOX_STATES = tuple(state.value for state in NotificationState)
 OTHER_EXPERIMENTS = "_other"
 
 

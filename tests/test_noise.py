@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from consumers.noise.silences import add_silence, expire_silence, list_silences
 from consumers.store import Store
+from consumers.store.silences import add_silence, expire_silence, list_silences
 from tests.conftest import wait_for
 from tests.noise_harness import Bench, Clock, body
 from tests.servers import HttpServer, SmtpServer

@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from consumers.errors import ConfigError
+from consumers.model.matchers import Matcher
 from consumers.noise.config import NoiseSettings, OwnerSettings
-from consumers.noise.matchers import Matcher
 from consumers.noise.policy import NoisePolicy
 from consumers.noise.routing import Router
 from consumers.noise.timeintervals import TimeEntry, active

@@ -3,6 +3,7 @@ store lease, notifications out through real SMTP and HTTP receivers."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from consumers.decoding import EventFormat
 from consumers.encoding import encode
 from consumers.events import RunStatusEvent
 from consumers.settings import Settings, shipped
+from consumers.store import open_store
+from consumers.store.outbox import Notification, Outbox
+from consumers.store.silences import add_silence
 from tests.conftest import RunningService, Topics, wait_for
 from tests.servers import HttpServer, SmtpServer
 
@@ -92,3 +96,52 @@ def test_serve_rolls_up_a_pipeline_and_counts_failures(
         assert "Details (3)" in text and "s2 broke" in text
         assert running.metric("runwatch_alerts_total", rule="pipeline-failed", severity="3") == 1
     assert len(http.on("/am")) == 2  # once each, however many ticks ran
+
+
+def test_serve_applies_silences_to_scheduled_alerts(
+    topics: Topics, store_url: str, tmp_path: Path, http: HttpServer
+) -> None:
+    """`serve` gives its scheduler the noise policy: a silence holds a threshold alert back
+    (issue 13: scheduled alerts skipped noise control)."""
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    (rules_dir / "rules.yaml").write_text(RULES)
+    settings = Settings.model_validate(
+        {
+            "kafka": topics.kafka_settings().model_dump(),
+            "store": {"url": store_url},
+            "metrics": {"listen": "127.0.0.1:0"},
+            "rules_dir": str(rules_dir),
+            "templates_dir": str(shipped("templates")),
+            "receivers": {
+                "oncall": {"webhook": {"url": http.url("/oncall")}},
+                "am": {"webhook": {"url": http.url("/am"), "format": "alertmanager"}},
+            },
+            "evaluation": {"tick_s": 0.2},
+        }
+    )
+    store = open_store(store_url, migrate=True)
+    try:
+        silence = add_silence(
+            store, ["alertname=many-failures"], duration_s=3600, comment="", now=datetime.now(UTC)
+        )
+    finally:
+        store.dispose()
+    topics.produce([encode(e, EventFormat.NATIVE) for e in _pipeline("pipe-8")])
+    with RunningService(settings) as running:
+        outbox = Outbox(running.service.store)
+
+        def held() -> list[Notification]:
+            return outbox.list(state="silenced")
+
+        wait_for(lambda: held() and len(http.on("/am")) >= 1, timeout=60)
+        [row] = held()
+        assert (row.rule, row.receiver, row.reason) == (
+            "many-failures",
+            "am",
+            f"silence:{silence.id}",
+        )
+        assert running.metric("runwatch_notifications_suppressed_total", reason="silenced") == 1
+        time.sleep(1.5)  # more ticks: still nothing of it sent
+    bodies = [orjson.loads(hit.body) for hit in http.on("/am")]
+    assert [b["commonLabels"]["alertname"] for b in bodies] == ["pipeline-failed"]

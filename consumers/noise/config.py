@@ -8,11 +8,10 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from consumers.noise.matchers import parse_all
+from consumers.model.matchers import parse_all
 from consumers.noise.timeintervals import TimeEntry
 from consumers.rules.model import parse_duration
 
-OWNER = "owner"  # the receiver name that means "the run's TriggeringUserName"
 _ADDRESS = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9._%+-]+$")
 

@@ -1,6 +1,8 @@
 """What the dispatcher does differently for noise control: a group's claimed rows become one
-digest, storm summaries read the rows they summarise, and `owner:<address>` receivers are
-built on the fly. Template contexts (in addition to `notification`):
+digest, storm summaries list the rows they summarise, and `owner:<address>` receivers are
+built on the fly. Values in, template contexts out: the dispatcher reads the group's labels
+and the stormed rows from the store and hands them in. Template contexts (in addition to
+`notification`):
 
     digest  group     {key, receiver, labels: {group_by label: value}, count}
             alerts    [{alert, event, run_url}] by event time, then run id (alert and
@@ -14,20 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-
 from consumers.alerts import Alert
 from consumers.events import to_utc
-from consumers.noise.policy import OWNER_PREFIX
-from consumers.noise.tables import notification_groups as g
+from consumers.model.notifications import Notification, NotificationKind
+from consumers.model.receivers import owner_address
 from consumers.settings import EmailReceiver, ReceiverSettings, Settings
-from consumers.store import Store
-from consumers.store.outbox import Notification
-from consumers.store.schema import notifications as n
 
 _STORM_LISTED = 50
 
@@ -57,7 +54,7 @@ def bundle(claimed: Sequence[Notification]) -> list[Notification]:
 
 def variant(notification: Notification) -> str:
     """The template set: "" (one alert), "digest" or "storm"."""
-    if notification.kind == "storm":
+    if notification.kind == NotificationKind.STORM:
         return "storm"
     return "digest" if notification.group_key is not None else ""
 
@@ -68,8 +65,9 @@ def thread_key(notification: Notification) -> str:
 
 
 def resolve_receiver(settings: Settings, name: str) -> ReceiverSettings | None:
-    if name.startswith(OWNER_PREFIX) and len(name) > len(OWNER_PREFIX):
-        return ReceiverSettings(email=EmailReceiver(to=[name[len(OWNER_PREFIX) :]]))
+    address = owner_address(name)
+    if address is not None:
+        return ReceiverSettings(email=EmailReceiver(to=[address]))
     return settings.receivers.get(name)
 
 
@@ -83,11 +81,12 @@ def _header(notification: Notification) -> dict[str, Any]:
 
 
 def digest_context(
-    store: Store, notification: Notification, run_url: Callable[[dict[str, Any]], str | None]
+    notification: Notification,
+    labels: Mapping[str, str],
+    run_url: Callable[[dict[str, Any]], str | None],
 ) -> dict[str, Any]:
+    """`labels`: the group's group_by values (consumers.store.noise_state.group_labels)."""
     members = notification.members or (notification,)
-    with store.engine.connect() as conn:
-        labels = conn.execute(select(g.c.labels).where(g.c.key == notification.group_key)).scalar()
     alerts = []
     for member in members:
         alert = Alert.model_validate(member.alert)
@@ -98,30 +97,27 @@ def digest_context(
         "group": {
             "key": notification.group_key,
             "receiver": notification.receiver,
-            "labels": dict(labels or {}),
+            "labels": dict(labels),
             "count": len(alerts),
         },
         "alerts": alerts,
     }
 
 
-def storm_context(store: Store, notification: Notification) -> dict[str, Any]:
-    start = to_utc_text(notification.alert["window_start"])
-    end = to_utc_text(notification.alert["window_end"])
-    query = (
-        select(n.c.rule, n.c.severity, n.c.run_id, n.c.status, n.c.alert, n.c.event_time)
-        .where(
-            n.c.receiver == notification.receiver,
-            n.c.state == "storm",
-            n.c.created_at >= start,
-            n.c.created_at < end,
-        )
-        .order_by(n.c.event_time, n.c.run_id, n.c.id)
+def storm_window(notification: Notification) -> tuple[datetime, datetime]:
+    """The minute a storm summary covers."""
+    return (
+        to_utc_text(notification.alert["window_start"]),
+        to_utc_text(notification.alert["window_end"]),
     )
-    with store.engine.connect() as conn:
-        rows = list(conn.execute(query))
+
+
+def storm_context(notification: Notification, stormed: Sequence[Notification]) -> dict[str, Any]:
+    """`stormed`: the rows held back in the window, by event time then run id
+    (consumers.store.noise_state.stormed)."""
+    start, end = storm_window(notification)
     listed = []
-    for row in rows[:_STORM_LISTED]:
+    for row in stormed[:_STORM_LISTED]:
         event = row.alert.get("event", {})
         listed.append(
             {
@@ -131,7 +127,7 @@ def storm_context(store: Store, notification: Notification) -> dict[str, Any]:
                 "status": row.status,
                 "experiment": event.get("ExperimentName"),
                 "workspace": event.get("WorkspaceName"),
-                "time": to_utc(row.event_time).isoformat(),
+                "time": row.event_time.isoformat(),
             }
         )
     return {
@@ -140,8 +136,8 @@ def storm_context(store: Store, notification: Notification) -> dict[str, Any]:
             "receiver": notification.receiver,
             "window_start": start.isoformat(),
             "window_end": end.isoformat(),
-            "count": len(rows),
-            "by_rule": dict(Counter(row.rule for row in rows)),
+            "count": len(stormed),
+            "by_rule": dict(Counter(row.rule for row in stormed)),
             "alerts": listed,
         },
     }

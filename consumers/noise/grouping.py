@@ -7,30 +7,27 @@ together, as one digest. The timing follows Alertmanager's:
   after that digest; the next digest lists only them.
 - repeat_interval: an alert (same rule and throttle key, i.e. fingerprint) already notified in
   the group within this long is recorded as `repeat` and not listed again. A group quiet for
-  longer than repeat_interval starts afresh (waits group_wait again).
+  longer than repeat_interval starts afresh (waits group_wait again). A resolution is never
+  a repeat of its firing.
 
-Alertmanager also re-sends a group's still-firing alerts every repeat_interval; runwatch's
-per-event alerts have no "still firing" state, so nothing is re-sent by itself.
+Alertmanager also re-sends a group's still-firing alerts every repeat_interval; runwatch does
+not re-send anything by itself.
 
 A group's rows share a `group_key` and its flush time as `next_attempt_at`; the dispatcher
-claims them together (`claim_members`) and sends one digest.
+claims them together and sends one digest.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import orjson
-from sqlalchemy import Connection, and_, exists, select, update
 
-from consumers.events import to_utc
+from consumers.model.notifications import NotificationGroup, NotificationState
+from consumers.noise.decision import Candidate, Decision
 from consumers.noise.routing import Target
-from consumers.noise.tables import notification_groups as g
-from consumers.store.schema import notifications as n
-
-LIVE = ("pending", "sending", "sent")
+from consumers.noise.state import NoiseState
 
 
 def group_labels(target: Target, labels: dict[str, str]) -> dict[str, str] | None:
@@ -45,70 +42,51 @@ def group_key(target: Target, receiver: str, values: dict[str, str]) -> str:
     return hashlib.blake2b(text, digest_size=12).hexdigest()
 
 
-def is_repeat(conn: Connection, key: str, fingerprint: str, repeat_s: float, now: datetime) -> bool:
-    return bool(
-        conn.execute(
-            select(
-                exists().where(
-                    n.c.group_key == key,
-                    n.c.fingerprint == fingerprint,
-                    n.c.state.in_(LIVE),
-                    n.c.created_at >= now - timedelta(seconds=repeat_s),
-                )
-            )
-        ).scalar()
-    )
-
-
-def schedule(
-    conn: Connection,
-    key: str,
-    receiver: str,
-    target: Target,
-    values: dict[str, str],
-    now: datetime,
-) -> datetime:
-    """When the group's next digest goes out; creates the group or schedules its flush."""
-    row = conn.execute(select(g).where(g.c.key == key)).first()
-    if row is None:
-        flush = now + timedelta(seconds=target.group_wait)
-        conn.execute(
-            g.insert().values(
-                key=key,
-                receiver=receiver,
-                route=target.route,
-                labels=values,
-                next_flush_at=flush,
-                last_flush_at=None,
-            )
-        )
-        return flush
-    if row.next_flush_at is not None:
-        return to_utc(row.next_flush_at)
-    last = None if row.last_flush_at is None else to_utc(row.last_flush_at)
+def next_flush(group: NotificationGroup | None, target: Target, now: datetime) -> datetime:
+    """When the group's next digest goes out, given its state."""
+    if group is None:
+        return now + timedelta(seconds=target.group_wait)
+    if group.next_flush_at is not None:
+        return group.next_flush_at
+    last = group.last_flush_at
     if last is None or now - last >= timedelta(seconds=target.repeat_interval):
-        flush = now + timedelta(seconds=target.group_wait)
-    else:
-        flush = max(now, last + timedelta(seconds=target.group_interval))
-    conn.execute(update(g).where(g.c.key == key).values(next_flush_at=flush))
-    return flush
+        return now + timedelta(seconds=target.group_wait)
+    return max(now, last + timedelta(seconds=target.group_interval))
 
 
-def claim_members(conn: Connection, ids: Sequence[str], now: datetime) -> list[str]:
-    """The claimed rows plus the other due pending rows of their groups (a claim limit must
-    not split a digest); marks those groups flushed now."""
-    keys = [
-        key
-        for key in conn.execute(
-            select(n.c.group_key).where(n.c.id.in_(ids), n.c.group_key.is_not(None)).distinct()
-        ).scalars()
-    ]
-    if not keys:
-        return list(ids)
-    more = conn.execute(
-        select(n.c.id).where(
-            and_(n.c.group_key.in_(keys), n.c.state == "pending", n.c.next_attempt_at <= now)
-        )
-    ).scalars()
-    conn.execute(update(g).where(g.c.key.in_(keys)).values(next_flush_at=None, last_flush_at=now))
-    return list(dict.fromkeys([*ids, *more]))
+class Grouper:
+    """The grouping stage of one batch: each group is scheduled once per batch. Ungrouped
+    targets pass on (to storm control)."""
+
+    def __init__(self) -> None:
+        self._flushes: dict[str, datetime] = {}
+
+    def decide(self, candidate: Candidate, state: NoiseState, now: datetime) -> Decision | None:
+        target = candidate.target
+        values = group_labels(target, candidate.labels)
+        if values is None:
+            return None
+        if state.is_recorded(candidate.dedup_key):
+            return Decision()  # a replay (the insert keeps the row): leave the group be
+        key = group_key(target, candidate.receiver, values)
+        alert = candidate.alert
+        since = now - timedelta(seconds=target.repeat_interval)
+        if alert.status == "firing" and state.notified_in_group(key, alert.fingerprint, since):
+            return Decision(NotificationState.REPEAT, "repeat", group_key=key)
+        due = self._flushes.get(key)
+        if due is None:
+            group = state.group(key)
+            due = next_flush(group, target, now)
+            if group is None or group.next_flush_at is None:
+                state.schedule_group(
+                    NotificationGroup(
+                        key=key,
+                        receiver=candidate.receiver,
+                        route=target.route,
+                        labels=values,
+                        next_flush_at=due,
+                        last_flush_at=None if group is None else group.last_flush_at,
+                    )
+                )
+            self._flushes[key] = due
+        return Decision(due=due, group_key=key)

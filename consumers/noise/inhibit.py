@@ -1,23 +1,23 @@
 """Inhibition: an alert matching an inhibition rule's source matchers keeps, for `for`,
 alerts matching its target matchers (with the same `equal` label values) from being sent;
 they are recorded as `inhibited`. The classic use: one workspace-wide alert replaces the
-per-run alerts of the same workspace. Sources are recorded in the store (table
-`inhibitions`), so they hold across batches, restarts and replicas. An alert never
-inhibits itself.
+per-run alerts of the same workspace. Sources go to the state port (the store's
+`inhibitions` table), so they hold across batches, restarts and replicas. An alert never
+inhibits itself, and only a firing alert is a source: a resolution starts no inhibition.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, select
-from sqlalchemy.dialects import postgresql, sqlite
-
 from consumers.alerts import Alert
+from consumers.model.matchers import Matcher, match_all, parse_all
+from consumers.model.notifications import NotificationState
 from consumers.noise.config import InhibitRule
-from consumers.noise.matchers import Matcher, match_all, parse_all
-from consumers.noise.tables import inhibitions as t
+from consumers.noise.decision import Candidate, Decision
+from consumers.noise.state import NoiseState
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,42 +45,27 @@ class Inhibitor:
         return bool(self._rules)
 
     def record(
-        self, conn: Connection, labelled: list[tuple[Alert, dict[str, str]]], now: datetime
+        self, state: NoiseState, labelled: Sequence[tuple[Alert, dict[str, str]]], now: datetime
     ) -> None:
         """Sources first, for the whole batch: a workspace alert inhibits the per-run alerts
         that arrived in the same batch too."""
-        module = postgresql if conn.dialect.name == "postgresql" else sqlite
         for rule in self._rules:
             until = now + timedelta(seconds=rule.for_s)
             for alert, labels in labelled:
-                if not match_all(rule.source, labels):
-                    continue
-                values = {
-                    "name": rule.name,
-                    "equal_key": rule.key(labels),
-                    "fingerprint": alert.fingerprint,
-                    "until": until,
-                }
-                statement = module.insert(t).values(**values)
-                conn.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=["name", "equal_key"],
-                        set_={"fingerprint": alert.fingerprint, "until": until},
-                    )
-                )
+                if alert.status == "firing" and match_all(rule.source, labels):
+                    state.record_inhibition(rule.name, rule.key(labels), alert.fingerprint, until)
 
-    def inhibited_by(
-        self, conn: Connection, alert: Alert, labels: dict[str, str], now: datetime
-    ) -> str | None:
-        """The name of the first rule inhibiting `alert`, or None."""
+    def check(
+        self, state: NoiseState, fingerprint: str, labels: dict[str, str], now: datetime
+    ) -> Decision | None:
+        """`inhibited` by the first rule with a live source other than the alert itself."""
         for rule in self._rules:
             if not match_all(rule.target, labels):
                 continue
-            source = conn.execute(
-                select(t.c.fingerprint).where(
-                    t.c.name == rule.name, t.c.equal_key == rule.key(labels), t.c.until > now
-                )
-            ).scalar()
-            if source is not None and source != alert.fingerprint:
-                return rule.name
+            source = state.inhibition_source(rule.name, rule.key(labels), now)
+            if source is not None and source != fingerprint:
+                return Decision(NotificationState.INHIBITED, f"inhibited:{rule.name}")
         return None
+
+    def decide(self, candidate: Candidate, state: NoiseState, now: datetime) -> Decision | None:
+        return self.check(state, candidate.alert.fingerprint, candidate.labels, now)

@@ -1,90 +1,26 @@
-"""Label matchers (`k=v`, `k!=v`, `k=~regex`, `k!~regex`) and the labels an alert carries.
-
-One syntax for silences, routes and inhibition rules, as in Alertmanager: regexes are anchored
-(they must match the whole value) and a label the alert does not have has the value "".
-"""
+"""The labels an alert carries, which silences, routes and inhibition rules match
+(consumers/model/matchers.py has the matcher syntax)."""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 from consumers.alerts import Alert
-
-_MATCHER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.:-]*)\s*(=~|!~|!=|=)\s*(.*?)\s*$", re.S)
-
-# Event columns, under their column name and the short alias rules already use.
-_COLUMNS = {
-    "run_id": "RunId",
-    "status": "Status",
-    "experiment": "ExperimentName",
-    "workspace": "WorkspaceName",
-    "run_type": "RunType",
-    "user": "TriggeringUserName",
-    "parent_run_id": "ParentRunId",
-    "root_run_id": "RootRunId",
-}
+from consumers.model.labels import LABEL_ALIASES
 
 
 def alert_labels(alert: Alert) -> dict[str, str]:
     """`rule` (also `alertname`), `severity`, the event's columns (as `workspace` and as
-    `WorkspaceName`), `tags.<name>`, then the rule's own labels (which win)."""
+    `WorkspaceName`), `tags.<name>`, a scheduled alert's group values under their names
+    (`WorkspaceName`, `Tags.team`; a roll-up's `RootRunId` is its root, so an inhibition
+    rule with `equal: [RootRunId]` reaches the root's children), then the rule's own labels
+    (which win)."""
     event = alert.event
     labels = {"rule": alert.rule, "alertname": alert.rule, "severity": str(alert.severity)}
-    for alias, column in _COLUMNS.items():
+    for alias, column in LABEL_ALIASES.items():
         value = getattr(event, column)
         if value is not None:
             labels[alias] = labels[column] = str(value)
     for key, value in event.Tags.items():
         labels[f"tags.{key}"] = "" if value is None else str(value)
+    labels.update(alert.group)
     labels.update(alert.labels)
     return labels
-
-
-@dataclass(frozen=True, slots=True)
-class Matcher:
-    name: str
-    op: str
-    value: str
-    regex: re.Pattern[str] | None
-
-    @classmethod
-    def parse(cls, text: str) -> Matcher:
-        """Raises ValueError with the expected syntax; a quoted value is unquoted."""
-        found = _MATCHER.match(text)
-        if found is None:
-            raise ValueError(
-                f"bad matcher {text!r}: expected name=value, name!=value, name=~regex "
-                "or name!~regex"
-            )
-        name, op, value = found.groups()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        regex = None
-        if op in ("=~", "!~"):
-            try:
-                regex = re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"bad regex in matcher {text!r}: {exc}") from None
-        return cls(name, op, value, regex)
-
-    def matches(self, labels: dict[str, str]) -> bool:
-        actual = labels.get(self.name, "")
-        if self.op == "=":
-            return actual == self.value
-        if self.op == "!=":
-            return actual != self.value
-        assert self.regex is not None
-        found = self.regex.fullmatch(actual) is not None
-        return found if self.op == "=~" else not found
-
-    def __str__(self) -> str:
-        return f"{self.name}{self.op}{self.value}"
-
-
-def parse_all(texts: tuple[str, ...] | list[str]) -> tuple[Matcher, ...]:
-    return tuple(Matcher.parse(text) for text in texts)
-
-
-def match_all(matchers: tuple[Matcher, ...], labels: dict[str, str]) -> bool:
-    return all(m.matches(labels) for m in matchers)

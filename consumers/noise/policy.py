@@ -1,63 +1,55 @@
-"""The noise-control decisions for one ingest transaction, in Alertmanager's order:
-routing (which receivers), then per receiver: inhibited, silenced, muted (time intervals),
-then grouped (digest later, or `repeat`) or storm-limited. Every suppressed notification is
-still a row (state `inhibited`, `silenced`, `muted`, `repeat` or `storm`, the reason naming
-the silence, rule or interval) and counted in runwatch_notifications_suppressed_total.
+"""Noise control's decisions, in Alertmanager's order: routing (which receivers), then per
+receiver the stages inhibition, silences, time intervals, grouping (a digest later, or
+`repeat`) and storm control (ungrouped only); the first stage that decides wins. Every
+suppressed notification is still a row (state `inhibited`, `silenced`, `muted`, `repeat` or
+`storm`, the reason naming the silence, rule or interval) and counted in
+runwatch_notifications_suppressed_total.
+
+Pure: the stages read and write only the state port (consumers/noise/state.py), so the
+ingest path, the scheduler and the dispatcher's re-check share one policy whatever holds the
+state, and each stage is tested without a database.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Protocol
 
 from prometheus_client import Counter
-from sqlalchemy import Connection, exists, select
 
 from consumers.alerts import Alert
 from consumers.errors import ConfigError
-from consumers.noise import grouping, storm
-from consumers.noise.config import OWNER, NoiseSettings
-from consumers.noise.decision import SUPPRESSED, Decision
+from consumers.model.notifications import NOISE_SUPPRESSED
+from consumers.model.receivers import OWNER, owner_receiver
+from consumers.noise.config import NoiseSettings
+from consumers.noise.decision import Candidate, Decision
+from consumers.noise.grouping import Grouper
 from consumers.noise.inhibit import Inhibitor
 from consumers.noise.matchers import alert_labels
+from consumers.noise.muting import Muting
 from consumers.noise.routing import Router, Target
-from consumers.noise.silences import active_silences, silenced_by
-from consumers.noise.timeintervals import active
-from consumers.store.schema import notifications as n
-
-OWNER_PREFIX = f"{OWNER}:"
+from consumers.noise.silences import Silencer
+from consumers.noise.state import NoiseState
+from consumers.noise.storm import StormLimit
 
 
-class _Kinds(Mapping[str, str]):
-    """The configured receivers' kinds, plus `owner:<address>` (an email)."""
-
-    def __init__(self, kinds: Mapping[str, str]) -> None:
-        self._kinds = kinds
-
-    def __getitem__(self, name: str) -> str:
-        if name.startswith(OWNER_PREFIX) and len(name) > len(OWNER_PREFIX):
-            return "email"
-        return self._kinds[name]
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (
-            (name.startswith(OWNER_PREFIX) and len(name) > len(OWNER_PREFIX)) or name in self._kinds
-        )
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._kinds)
-
-    def __len__(self) -> int:
-        return len(self._kinds)
+class Stage(Protocol):
+    def decide(self, candidate: Candidate, state: NoiseState, now: datetime) -> Decision | None:
+        """A decision, or None to let the next stage decide."""
+        ...
 
 
 class NoisePolicy:
-    """Built once from the config; `begin` makes the per-transaction `Plan`."""
+    """Built once from the config; `begin` makes the per-batch `Plan`."""
 
     def __init__(self, settings: NoiseSettings, suppressed: Counter | None = None) -> None:
         self.settings = settings
         self.router = Router(settings.route, settings.defaults)
         self.inhibitor = Inhibitor(settings.inhibit_rules)
+        self.muting = Muting(settings.time_intervals)
+        limit = settings.storm.max_per_minute
+        self.storm = None if limit is None else StormLimit(limit)
         self._suppressed = suppressed
 
     def check_receivers(self, configured: set[str]) -> None:
@@ -65,35 +57,54 @@ class NoisePolicy:
         if unknown:
             raise ConfigError("noise.route", f"routes name unknown receivers: {unknown}")
 
-    def begin(
-        self, conn: Connection, alerts: Sequence[Alert], kinds: Mapping[str, str], now: datetime
-    ) -> Plan:
-        return Plan(self, conn, alerts, _Kinds(kinds), now)
+    def begin(self, state: NoiseState, alerts: Sequence[Alert], now: datetime) -> Plan:
+        return Plan(self, state, alerts, now)
 
     def count(self, state: str) -> None:
-        if self._suppressed is not None and state in SUPPRESSED:
+        if self._suppressed is not None and state in NOISE_SUPPRESSED:
             self._suppressed.labels(reason=state).inc()
+
+    def recheck(
+        self, state: NoiseState, alerts: Sequence[Alert], now: datetime
+    ) -> list[Decision | None]:
+        """At send time, as Alertmanager does: per alert, a Decision when it is inhibited or
+        silenced now (a silence added while its group waited), else None."""
+        silencer = Silencer.load(state, now)
+        out: list[Decision | None] = []
+        for alert in alerts:
+            labels = alert_labels(alert)
+            decision = None
+            if self.inhibitor:
+                decision = self.inhibitor.check(state, alert.fingerprint, labels, now)
+            if decision is None:
+                decision = silencer.check(labels)
+            out.append(decision)
+        return out
 
 
 class Plan:
+    """One batch's decisions: inhibition sources recorded and silences read once, groups
+    scheduled once."""
+
     def __init__(
-        self,
-        policy: NoisePolicy,
-        conn: Connection,
-        alerts: Sequence[Alert],
-        kinds: _Kinds,
-        now: datetime,
+        self, policy: NoisePolicy, state: NoiseState, alerts: Sequence[Alert], now: datetime
     ) -> None:
         self.policy = policy
-        self.kinds = kinds
-        self._conn = conn
+        self._state = state
         self._now = now
         self._labels = {id(alert): alert_labels(alert) for alert in alerts}
-        self._silences = active_silences(conn, now)
-        self._flushes: dict[str, datetime] = {}
+        stages: list[Stage] = []
         if policy.inhibitor:
             labelled = [(alert, self._labels[id(alert)]) for alert in alerts]
-            policy.inhibitor.record(conn, labelled, now)
+            policy.inhibitor.record(state, labelled, now)
+            stages.append(policy.inhibitor)
+        silencer = Silencer.load(state, now)
+        if silencer:
+            stages.append(silencer)
+        stages += [policy.muting, Grouper()]
+        if policy.storm is not None:
+            stages.append(policy.storm)
+        self._stages = tuple(stages)
 
     def labels(self, alert: Alert) -> dict[str, str]:
         labels = self._labels.get(id(alert))
@@ -109,38 +120,16 @@ class Plan:
             name = target.receiver
             if name == OWNER:
                 address = self.policy.settings.owners.address(alert.event.TriggeringUserName)
-                name = OWNER_PREFIX + address if address else OWNER
+                name = owner_receiver(address)
             out.append((name, target))
         return out
 
-    def decide(self, alert: Alert, receiver: str, target: Target, dedup_key: str) -> Decision:
-        conn, now = self._conn, self._now
-        labels = self.labels(alert)
-        inhibitor = self.policy.inhibitor
-        if inhibitor and (rule := inhibitor.inhibited_by(conn, alert, labels, now)) is not None:
-            return Decision("inhibited", f"inhibited:{rule}")
-        if (silence := silenced_by(self._silences, labels)) is not None:
-            return Decision("silenced", f"silence:{silence}")
-        intervals = self.policy.settings.time_intervals
-        for name in target.mute:
-            if active(intervals[name], now):
-                return Decision("muted", f"muted:{name}")
-        if target.active and not any(active(intervals[name], now) for name in target.active):
-            return Decision("muted", "inactive:" + ",".join(target.active))
-        values = grouping.group_labels(target, labels)
-        if values is not None:
-            if conn.execute(select(exists().where(n.c.dedup_key == dedup_key))).scalar():
-                return Decision()  # a replay (the insert keeps the row): leave the group be
-            key = grouping.group_key(target, receiver, values)
-            if grouping.is_repeat(conn, key, alert.fingerprint, target.repeat_interval, now):
-                return Decision("repeat", "repeat", group_key=key)
-            due = self._flushes.get(key)
-            if due is None:  # once per group and batch
-                due = grouping.schedule(conn, key, receiver, target, values, now)
-                self._flushes[key] = due
-            return Decision(due=due, group_key=key)
-        limit = self.policy.settings.storm.max_per_minute
-        if limit is not None and storm.over_limit(conn, receiver, limit, now):
-            storm.ensure_summary(conn, receiver, self.kinds[receiver], now)
-            return Decision("storm", "storm")
+    def decide(
+        self, alert: Alert, receiver: str, receiver_kind: str, target: Target, dedup_key: str
+    ) -> Decision:
+        candidate = Candidate(alert, self.labels(alert), receiver, receiver_kind, target, dedup_key)
+        for stage in self._stages:
+            decision = stage.decide(candidate, self._state, self._now)
+            if decision is not None:
+                return decision
         return Decision()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from consumers.model.matchers import Matcher, match_all, parse_all
 from consumers.noise.config import (
     DEFAULT_GROUP_INTERVAL,
     DEFAULT_GROUP_WAIT,
@@ -19,7 +20,6 @@ from consumers.noise.config import (
     Route,
     Timing,
 )
-from consumers.noise.matchers import Matcher, match_all, parse_all
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,13 +4,12 @@
 alerts, `RuleWatcher` keeps the rules in force current while the service runs.
 """
 
-from consumers.rules.engine import ALIASES, RuleSet, event_data
+from consumers.rules.engine import RuleSet, event_data
 from consumers.rules.loader import check_rules, load_rules, read_rules, rule_files
 from consumers.rules.model import Rule, RuleFile, Throttle, When, parse_duration
 from consumers.rules.reload import RuleWatcher
 
 __all__ = [
-    "ALIASES",
     "Rule",
     "RuleFile",
     "RuleSet",

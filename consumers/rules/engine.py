@@ -18,6 +18,7 @@ from jmespath.visitor import TreeInterpreter
 
 from consumers.alerts import Alert
 from consumers.events import RunStatusEvent, Status
+from consumers.model.labels import ALIASES
 from consumers.rules.guard import RuleGuard
 from consumers.rules.model import Rule, When
 from consumers.rules.reads import Reads, reads_of
@@ -25,21 +26,10 @@ from consumers.rules.reads import Reads, reads_of
 if TYPE_CHECKING:
     from jmespath.visitor import _TreeNode  # the stubs' name for a syntax tree
 
-# Lower-case names for the columns that run queries spell that way
-# (`tags.quality == 'fantastic run' && properties.author == 'azureml-user'`).
-ALIASES = {
-    "tags": "Tags",
-    "properties": "Properties",
-    "status": "Status",
-    "experiment": "ExperimentName",
-    "workspace": "WorkspaceName",
-    "run_type": "RunType",
-    "run_id": "RunId",
-}
-
 
 def event_data(event: RunStatusEvent) -> dict[str, Any]:
-    """What a `where:` expression sees: the event's columns as JSON plus `ALIASES`."""
+    """What a `where:` expression sees: the event's columns as JSON plus their lower-case
+    aliases (consumers/model/labels.py: `tags`, `workspace`, `user`, ...)."""
     data = event.model_dump(mode="json")
     for alias, column in ALIASES.items():
         data[alias] = data[column]

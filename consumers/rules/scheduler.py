@@ -20,6 +20,8 @@ from typing import Protocol
 
 from consumers.alerts import Alert
 from consumers.errors import RunwatchError
+from consumers.noise.policy import NoisePolicy
+from consumers.outbox.recorder import Recorder
 from consumers.rules.engine import RuleSet
 from consumers.rules.evaluation import Evaluation
 from consumers.rules.feed import (
@@ -33,7 +35,7 @@ from consumers.rules.feed import (
 from consumers.rules.tracker import DEFAULT_MAX_RUNS
 from consumers.store.alert_states import load_states, save_states
 from consumers.store.engine import Store
-from consumers.store.outbox import insert_notifications
+from consumers.store.outbox_state import SqlOutboxState
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class Scheduler:
         on_alert: Callable[[Alert], None] | None = None,
         max_tracked_runs: int = DEFAULT_MAX_RUNS,
         on_evict: Callable[[str], None] | None = None,
+        noise: NoisePolicy | None = None,
     ) -> None:
         self._store = store
         self._rules = rules
@@ -91,6 +94,8 @@ class Scheduler:
         self._on_alert = on_alert
         self._max_runs = max_tracked_runs
         self._on_evict = on_evict
+        # the same recorder and noise policy as the ingest path (consumers/outbox)
+        self._recorder = Recorder(self._kinds, noise, resolved_receivers=resolved_receivers)
         self._ruleset: RuleSet | None = None
         self._evaluation: Evaluation | None = None
         self._feed = EventFeed(store)
@@ -129,7 +134,7 @@ class Scheduler:
         written = 0
         if alerts or changes:
             with self._store.write_lock, self._store.engine.begin() as conn:
-                written = insert_notifications(conn, alerts, self._kinds, now)
+                written = self._recorder.record(SqlOutboxState(conn), alerts, now)
                 save_states(conn, changes, now)
         if written and self._on_notified is not None:
             self._on_notified()

@@ -126,7 +126,8 @@ notifications = Table(
     Column("receiver", String(), nullable=False),
     Column("receiver_type", String(), nullable=False),
     Column("followup", Boolean, nullable=False),
-    # pending -> sending -> sent | pending (retry) | dead; throttled is recorded, never sent
+    # consumers.model.notifications.NotificationState: pending -> sending -> sent |
+    # pending (retry) | dead; the not-sent states are recorded, never sent
     Column("state", String(), nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("run_id", String(), nullable=False),
@@ -140,7 +141,7 @@ notifications = Table(
     Column("sent_at", Time),
     Column("reason", String()),
     Column("last_error", Text),
-    # noise control (consumers/noise): "alert", or "storm" (a storm summary); grouped rows
+    # noise control (consumers/noise): kind "alert", or "storm" (a storm summary); grouped rows
     # share a group_key and are sent together as one digest
     Column("kind", String(), nullable=False, server_default="alert"),
     Column("group_key", String()),
@@ -151,6 +152,48 @@ notifications = Table(
     Index("ix_notifications_group", "group_key", "fingerprint", "created_at"),
     Index("ix_notifications_storm", "kind", "receiver", "created_at"),  # leads with kind: the
     # per-receiver follow-up lookup must keep using the fingerprint index
+)
+
+# Noise control's state (migration 0006_noise; consumers/store/outbox_state.py reads and
+# writes it for consumers/noise).
+
+# `runwatch silence add`: alerts whose labels match every matcher are not sent while
+# starts_at <= now < ends_at; `expire` sets ends_at to now.
+silences = Table(
+    "silences",
+    metadata,
+    Column("id", String(), primary_key=True),
+    Column("matchers", JSON, nullable=False),
+    Column("starts_at", Time, nullable=False),
+    Column("ends_at", Time, nullable=False),
+    Column("created_by", String(), nullable=False),
+    Column("comment", Text, nullable=False),
+    Column("created_at", Time, nullable=False),
+    Index("ix_silences_ends", "ends_at"),
+)
+
+# One row per (route, receiver, group_by values): when its next digest goes out and when the
+# last one did (for group_interval and repeat_interval).
+notification_groups = Table(
+    "notification_groups",
+    metadata,
+    Column("key", String(), primary_key=True),
+    Column("receiver", String(), nullable=False),
+    Column("route", String(), nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("next_flush_at", Time),
+    Column("last_flush_at", Time),
+)
+
+# Source alerts of inhibition rules, by (rule name, values of the `equal` labels): targets
+# with the same values are inhibited until `until`.
+inhibitions = Table(
+    "inhibitions",
+    metadata,
+    Column("name", String(), primary_key=True),
+    Column("equal_key", String(), primary_key=True),
+    Column("fingerprint", String(), nullable=False),
+    Column("until", Time, nullable=False),
 )
 
 # Stateful alert instances of the scheduled rule kinds (threshold, absence, flatline,

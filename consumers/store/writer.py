@@ -36,7 +36,6 @@ from sqlalchemy.sql.elements import ColumnElement
 from consumers.alerts import Alert
 from consumers.events import STATUS_RANK, TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
 from consumers.store.listen import notify_outbox
-from consumers.store.outbox import insert_notifications
 from consumers.store.schema import dead_letters, events, runs
 from consumers.updates import RunUpdate, apply_update
 
@@ -311,7 +310,7 @@ def write_batch(
         letter_count = _execute(
             conn, "dead_letters", _insert_dead_letters, dead_letters, letter_rows
         )
-    created = insert_notifications(conn, alerts, receiver_kinds or {}, now, noise) if alerts else 0
+    created = _record(conn, alerts, receiver_kinds or {}, now, noise) if alerts else 0
     if created:
         notify_outbox(conn)  # wakes the dispatchers of every replica once this commits
     return WriteResult(
@@ -322,6 +321,23 @@ def write_batch(
         notifications=created,
         updates=len(updates),
     )
+
+
+def _record(
+    conn: Connection,
+    alerts: Sequence[Alert],
+    receiver_kinds: Mapping[str, str],
+    now: datetime,
+    noise: NoisePolicy | None,
+) -> int:
+    """The one recorder (consumers/outbox), the scheduler's too, in this transaction.
+    Imported here: the client library imports the store and must not load the recorder and
+    noise control (issue 13, its import cost). Once the ingest layer owns the transaction,
+    it calls the recorder itself and this goes."""
+    from consumers.outbox.recorder import Recorder
+    from consumers.store.outbox_state import SqlOutboxState
+
+    return Recorder(receiver_kinds, noise).record(SqlOutboxState(conn), alerts, now)
 
 
 def _upsert_runs(conn: Connection, batch: Sequence[RunStatusEvent]) -> int:

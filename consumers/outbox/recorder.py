@@ -1,0 +1,107 @@
+"""The recorder: one row per (alert, receiver), each with its state decided here in order --
+stale (older than the replay horizon: `suppressed`), receiver not configured (`dead`),
+within the rule's throttle (`throttled`), then noise control (consumers/noise) -- and marked
+as a follow-up when an earlier row of the same alert fingerprint went to that receiver.
+
+Row by row, through the state port: a throttle or a follow-up can be decided by a row
+written earlier in the same batch. A replayed batch inserts nothing (the dedup key), so it
+is recorded exactly once whoever calls: the ingest write (per-event rules) or the scheduler
+(the scheduled kinds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime, timedelta
+
+from consumers.alerts import Alert
+from consumers.model.notifications import NotificationState
+from consumers.model.receivers import owner_address
+from consumers.noise.decision import Decision
+from consumers.noise.policy import NoisePolicy, Plan
+from consumers.noise.routing import Target
+from consumers.outbox.rows import alert_row, storm_row
+from consumers.outbox.state import OutboxState
+
+_STALE = Decision(NotificationState.SUPPRESSED, "stale")
+_UNKNOWN = Decision(NotificationState.DEAD, "unknown_receiver")
+_THROTTLED = Decision(NotificationState.THROTTLED, "throttled")
+_PENDING = Decision()
+
+
+class Recorder:
+    """`receiver_kinds`: the configured receivers and their kinds (email, webhook);
+    `noise`: the service's policy (None: each rule's receivers, nothing suppressed);
+    `resolved_receivers`: those with send_resolved, the only ones a routed resolution
+    goes to (a rule's own receivers are already chosen that way when it resolves)."""
+
+    def __init__(
+        self,
+        receiver_kinds: Mapping[str, str],
+        noise: NoisePolicy | None = None,
+        *,
+        resolved_receivers: Collection[str] = (),
+    ) -> None:
+        self._kinds = receiver_kinds
+        self._noise = noise
+        self._resolved = frozenset(resolved_receivers)
+
+    def record(self, state: OutboxState, alerts: Sequence[Alert], now: datetime) -> int:
+        """Rows written (a replay writes none)."""
+        if not alerts:
+            return 0
+        plan = self._noise.begin(state, alerts, now) if self._noise is not None else None
+        created = 0
+        for alert in alerts:
+            alert_json = alert.model_dump(mode="json")
+            for receiver, target in self._targets(plan, alert):
+                key = alert.dedup_key(receiver)
+                kind = self.kind(receiver)
+                decision = self._decide(state, plan, alert, receiver, kind, target, key, now)
+                if decision.storm is not None:
+                    state.insert(storm_row(decision.storm, now))
+                followup = state.is_followup(alert.fingerprint, receiver, key)
+                row = alert_row(alert, alert_json, receiver, kind, key, decision, followup, now)
+                if state.insert(row):
+                    created += 1
+                    if self._noise is not None:
+                        self._noise.count(decision.state)
+        return created
+
+    def kind(self, receiver: str) -> str | None:
+        """email or webhook; None for a receiver not configured."""
+        if owner_address(receiver) is not None:
+            return "email"
+        return self._kinds.get(receiver)
+
+    def _targets(self, plan: Plan | None, alert: Alert) -> list[tuple[str, Target | None]]:
+        if plan is None:
+            return [(receiver, None) for receiver in alert.receivers]
+        targets = plan.targets(alert)
+        if alert.status == "resolved":
+            chosen = set(alert.receivers) | self._resolved
+            targets = [(name, t) for name, t in targets if t.receiver in chosen]
+        return list(targets)
+
+    def _decide(
+        self,
+        state: OutboxState,
+        plan: Plan | None,
+        alert: Alert,
+        receiver: str,
+        kind: str | None,
+        target: Target | None,
+        key: str,
+        now: datetime,
+    ) -> Decision:
+        if alert.stale:
+            return _STALE
+        if kind is None:
+            return _UNKNOWN
+        if alert.throttle_s > 0:
+            since = now - timedelta(seconds=alert.throttle_s)
+            if state.is_throttled(alert.rule, alert.throttle_key, receiver, key, since):
+                return _THROTTLED
+        if plan is None or target is None:
+            return _PENDING
+        return plan.decide(alert, receiver, kind, target, key)
