@@ -63,8 +63,12 @@ def test_every_format_ends_up_in_the_store(
     )
     with service() as running:
         wait_for(lambda: count(store, events) == 54)
-        assert (
-            running.metric("runwatch_events_total", format="resource-log", status="Running") == 50
+        # counted right after the store commit, so a moment after the rows are visible
+        wait_for(
+            lambda: (
+                running.metric("runwatch_events_total", format="resource-log", status="Running")
+                == 50
+            )
         )
         assert running.metric("runwatch_events_total", format="native", status="Failed") == 1
         assert running.metric("runwatch_events_total", format="event-grid", status="Canceled") == 1
