@@ -128,4 +128,5 @@ def test_poison_then_valid_events_serve_keeps_running(topics: Topics, tmp_path: 
         capture_output=True,
         check=True,
     )
-    assert json.loads(shown.stdout)["run"]["Status"] == "Failed"
+    run = json.loads(shown.stdout)["run"]
+    assert (run["status"], run["message"]) == ("Failed", "real failure")
