@@ -96,8 +96,10 @@ def to_utc(value: datetime) -> datetime:
 def _utc(value: datetime) -> datetime:
     """to_utc for a validated field: a time UTC cannot hold (0001-01-01T00:00+01:00) is a
     validation error of its own kind, not an OverflowError out of the decoder."""
+    if value.tzinfo is None:  # to_utc, inlined: it runs for every event
+        return value.replace(tzinfo=UTC)
     try:
-        return to_utc(value)
+        return value.astimezone(UTC)
     except OverflowError:
         raise PydanticCustomError(
             TIME_OUT_OF_RANGE, "{time} cannot be represented in UTC", {"time": value.isoformat()}

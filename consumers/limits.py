@@ -60,8 +60,8 @@ class IngestLimits(BaseModel):
             latest = now + timedelta(seconds=self.max_future_skew_s)
         except OverflowError:
             latest = datetime.max.replace(tzinfo=UTC)
-        shortest = min(self.max_key_chars, self.max_value_chars, self.max_text_chars)
-        return Bounds(self, self.earliest, latest, shortest)
+        values = min(self.max_value_chars, self.max_text_chars)
+        return Bounds(self, self.earliest, latest, self.max_key_chars, values)
 
 
 DEFAULT_LIMITS = IngestLimits()
@@ -75,8 +75,10 @@ class Bounds:
     limits: IngestLimits
     earliest: datetime
     latest: datetime
-    # The smallest length limit: no string in a message shorter than this can break one.
-    shortest: int
+    # No string is longer than the message it came in: keys are measured only in messages
+    # longer than the key limit, values and texts only in those longer than theirs.
+    keys_checked_over: int
+    values_checked_over: int
 
 
 def limits_of(context: Any) -> IngestLimits:
