@@ -10,6 +10,7 @@ what the limits are and holds the two checks that values need before they become
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -91,12 +92,15 @@ def json_text(value: Any, max_depth: int, max_chars: int) -> str:
     numbers and objects). Refused (PydanticCustomError, a validation error inside a model)
     when nested deeper than max_depth or longer than max_chars as text: the text of a nested
     value can be longer than its bytes on the wire (`1e9` -> `1000000000.0`)."""
-    if _deeper_than(value, max_depth):
+    problem = _nesting_problem(value, max_depth)
+    if problem == "deep":
         raise PydanticCustomError(
             TOO_DEEP,
             "nested more than {limit} levels deep (ingest.max_depth)",
             {"limit": max_depth},
         )
+    if problem == "number":  # 1e999 read as infinity: not JSON, as orjson says on the slow path
+        raise ValueError("a number out of the range of a double")
     try:
         text = orjson.dumps(value).decode()
     except orjson.JSONEncodeError:  # integers past 64 bits: the standard library writes them
@@ -110,11 +114,17 @@ def json_text(value: Any, max_depth: int, max_chars: int) -> str:
     return text
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Iterative, so that no depth can exhaust Python's stack while it is measured."""
+def _nesting_problem(value: Any, limit: int) -> str | None:
+    """ "deep" past `limit`, "number" for a non-finite float (pydantic's JSON parser reads 1e999
+    as infinity, which JSON text cannot hold), else None. Iterative, so that no depth can
+    exhaust Python's stack while it is measured."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return "number"
+            continue
         if isinstance(item, dict):
             children: Any = item.values()
         elif isinstance(item, list | tuple):
@@ -122,6 +132,9 @@ def _deeper_than(value: Any, limit: int) -> bool:
         else:
             continue
         if depth + 1 > limit:
-            return True
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list | tuple))
-    return False
+            return "deep"
+        stack.extend((c, depth + 1) for c in children if isinstance(c, _WALKED))
+    return None
+
+
+_WALKED = (dict, list, tuple, float)

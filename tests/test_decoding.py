@@ -531,6 +531,11 @@ def test_poison_catalogue_is_broad_and_distinct() -> None:
         "unknown_shape",
         "schema",
         "no_valid_records",
+        "time_out_of_range",
+        "too_deep",
+        "too_long",
+        "too_many_labels",
+        "too_many_records",
     }
 
 
