@@ -215,8 +215,12 @@ def test_an_event_from_year_9999_cannot_pin_a_run_state(
     )
     with service() as running:
         # Counted after the batch is stored and its letters published.
-        wait_for(lambda: running.metric("runwatch_dead_letters_total", reason=_TIME) == 1)
-        assert count(store, events) == 2
+        wait_for(
+            lambda: (
+                running.metric("runwatch_dead_letters_total", reason=_TIME) == 1
+                and count(store, events) == 2
+            )
+        )
         assert count(store, dead_letters) == 1
     with store.engine.connect() as conn:
         row = conn.execute(select(runs).where(runs.c.RunId == "pin")).one()
