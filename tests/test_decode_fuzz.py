@@ -11,6 +11,8 @@ coverage-guided target benchmarks/fuzz_decode.py.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import time
 from datetime import UTC, datetime, timedelta, timezone
@@ -232,17 +234,34 @@ def _encode(doc: Any) -> bytes:
 # --- the property ---------------------------------------------------------------------------------
 
 
-def check(value: bytes) -> None:
+def _cpu(value: bytes) -> float:
     started = time.process_time()
+    with contextlib.suppress(DecodeError):
+        decode(value, bounds=BOUNDS)
+    return time.process_time() - started
+
+
+def _check_cpu(value: bytes) -> None:
+    """The CPU one decode takes, measured again after a collection when over the bound: a
+    pause of the whole process (a garbage collection of hypothesis's own heap, once seen at
+    2 s on a loaded machine) is not the input's cost; a slow input is slow every time."""
+    spent = _cpu(value)
+    if spent >= MAX_CPU_S:
+        gc.collect()
+        spent = _cpu(value)
+    assert spent < MAX_CPU_S, f"{spent:.3f}s of CPU for {len(value)} bytes"
+
+
+def check(value: bytes) -> None:
     try:
         result = decode(value, bounds=BOUNDS)
     except DecodeError as exc:
         assert exc.reason != INTERNAL, exc.detail  # a bug the isolation boundary caught
         assert 0 < len(exc.detail) <= 500
+        result = None
+    _check_cpu(value)
+    if result is None:
         return
-    finally:
-        spent = time.process_time() - started
-        assert spent < MAX_CPU_S, f"{spent:.3f}s of CPU for {len(value)} bytes"
     assert isinstance(result, Decoded)
     for event in result.events:
         assert isinstance(event, RunStatusEvent)
