@@ -6,7 +6,8 @@
    waits in the writer's queue until the batch is stored).
 2. `runwatch serve` as its own process against the bundled broker: N such envelopes spread
    over P partitions, then one valid event per partition; time until those are stored and the
-   dead letters recorded, messages/s, and the process's peak RSS (VmHWM).
+   dead letters recorded, and the process's peak RSS (VmHWM), beside the same run without
+   envelopes (start-up, group join, baseline RSS).
 
     python benchmarks/envelope_cost.py [--messages 96] [--partitions 8] [--bootstrap H:P]
 """
@@ -107,7 +108,10 @@ def _vm(pid: int, field: str) -> int:
     return 0
 
 
-def against_serve(bootstrap: str, messages: int, partitions: int, work: Path) -> None:
+def against_serve(
+    bootstrap: str, messages: int, partitions: int, work: Path
+) -> tuple[float, int] | None:
+    """Seconds from start until everything is stored, and peak RSS; None if serve died."""
     suffix = uuid.uuid4().hex[:6]
     topic, dead = f"env-{suffix}", f"env-dead-{suffix}"
     create_topics(bootstrap, {topic: partitions, dead: 1})
@@ -151,7 +155,7 @@ def against_serve(bootstrap: str, messages: int, partitions: int, work: Path) ->
         while time.monotonic() - started < 600:
             if process.poll() is not None:
                 print(f"  serve exited with {process.returncode}; see {work / 'serve.log'}")
-                return
+                return None
             peak_rss = max(peak_rss, _vm(process.pid, "VmRSS"))
             after = _count(db, "events where \"RunId\" like 'after-%'")
             if after == partitions and _count(db, "dead_letters") >= messages:
@@ -163,16 +167,13 @@ def against_serve(bootstrap: str, messages: int, partitions: int, work: Path) ->
         process.terminate()
         process.wait(timeout=60)
         log.close()
-    total = messages + partitions
+    rss = max(hwm, peak_rss)
     print(
         f"serve, {messages} envelopes + {partitions} valid events on {partitions} partitions: "
-        f"{elapsed:.1f}s from start ({total / elapsed:.1f} msg/s incl. start-up and group join), "
-        f"peak RSS {max(hwm, peak_rss) / 1e6:.0f} MB"
+        f"{elapsed:.1f}s from start, peak RSS {rss / 1e6:.0f} MB; events stored "
+        f"{_count(db, 'events')}, dead letters {_count(db, 'dead_letters')}"
     )
-    print(
-        f"  events stored {_count(db, 'events')}, dead letters {_count(db, 'dead_letters')}, "
-        f"serve still running at the end: yes"
-    )
+    return elapsed, rss
 
 
 def main() -> int:
@@ -185,7 +186,15 @@ def main() -> int:
     broker = None if args.bootstrap else EmbeddedBroker().start()
     bootstrap: Any = args.bootstrap or (broker.bootstrap if broker else "")
     try:
-        against_serve(bootstrap, args.messages, args.partitions, Path(tempfile.mkdtemp()))
+        # First the same with no envelope: start-up, group join and the baseline RSS.
+        base = against_serve(bootstrap, 0, args.partitions, Path(tempfile.mkdtemp()))
+        run = against_serve(bootstrap, args.messages, args.partitions, Path(tempfile.mkdtemp()))
+        if base is not None and run is not None:
+            seconds = max(run[0] - base[0], 1e-3)
+            print(
+                f"the envelopes: {args.messages / seconds:.1f} msg/s beyond start-up, "
+                f"RSS +{(run[1] - base[1]) / 1e6:.0f} MB over serve with none"
+            )
     finally:
         if broker is not None:
             broker.stop()
