@@ -53,7 +53,10 @@ class IngestLimits(BaseModel):
     @field_validator("earliest")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        try:
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("cannot be represented in UTC") from None
 
     def at(self, now: datetime) -> Bounds:
         """The limits for a batch decoded at `now`: the time window computed once."""
