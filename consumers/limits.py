@@ -103,7 +103,7 @@ def json_text(value: Any, max_depth: int, max_chars: int) -> str:
             {"limit": max_depth},
         )
     if problem == "number":  # 1e999 read as infinity: not JSON, as orjson says on the slow path
-        raise ValueError("a number out of the range of a double")
+        raise PydanticCustomError("not_json", "a number out of the range of a double")
     try:
         text = orjson.dumps(value).decode()
     except orjson.JSONEncodeError:  # integers past 64 bits: the standard library writes them
