@@ -238,6 +238,7 @@ class Service:
             receiver_kinds={name: r.kind for name, r in self.settings.receivers.items()},
             on_notified=self.dispatcher.wake,
             noise=self.noise,
+            limits=self.settings.ingest,
         )
         loop = self._loop = KafkaLoop(kafka, ingestor.prepare, ingestor.write, self.metrics)
         self._start_metrics()

@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from consumers.errors import ConfigError
+from consumers.limits import IngestLimits
 from consumers.noise.config import NoiseSettings
 
 ENV_PREFIX = "RUNWATCH_"
@@ -310,6 +311,7 @@ class Settings(BaseSettings):
     notify: NotifySettings = NotifySettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     noise: NoiseSettings = NoiseSettings()  # grouping, silences, inhibition, routing
+    ingest: IngestLimits = IngestLimits()  # what one message may hold (consumers.limits)
 
     @model_validator(mode="after")
     def _receivers(self) -> Settings:
