@@ -54,7 +54,9 @@ def test_compose_has_the_whole_stack() -> None:
     assert not any("zookeeper" in name for name in services)
     for name in ("runwatch-1", "runwatch-2"):
         replica = services[name]
-        assert replica["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+        build = replica["build"]
+        assert (build["context"], build["dockerfile"]) == ("..", "deploy/Dockerfile")
+        assert replica["init"] is True  # PID 1 is an init that forwards SIGTERM
         assert replica["command"][:2] == ["serve", "--config"]
         assert "/readyz" in " ".join(replica["healthcheck"]["test"])
         assert replica["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -84,7 +86,10 @@ def test_dockerfile_is_multi_stage_and_runs_unprivileged() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     stages = re.findall(r"^FROM \S+ AS (\w+)$", text, re.MULTILINE)
     assert len(stages) >= 2
-    assert "COPY --from=build /opt/runwatch /opt/runwatch" in text
+    # Dependencies only from the lock, hash-checked; tests/test_image.py builds and runs it.
+    assert "pip install --require-hashes -r /src/requirements.lock" in text
+    assert "COPY --from=venv /opt/runwatch /opt/runwatch" in text
+    assert re.search(r"^HEALTHCHECK .*healthcheck\.py", text, re.MULTILINE | re.DOTALL)
     users = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
     assert users and users[-1].split(":")[0] not in {"root", "0"}
     assert text.index(users[-1]) > text.rindex("FROM ")
