@@ -8,6 +8,9 @@ import importlib.util
 import re
 import shutil
 import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +212,38 @@ def test_grafana_dashboard_and_provisioning_agree() -> None:
     path = provider["providers"][0]["options"]["path"]
     grafana = _yaml(DEPLOY / "docker-compose.yml")["services"]["grafana"]
     assert f"./grafana/dashboards:{path}:ro" in grafana["volumes"]
+
+
+def test_image_healthcheck_is_healthy_on_200_and_401_only() -> None:
+    """deploy/healthcheck.py (the image's HEALTHCHECK) against a real HTTP server; 401 means
+    the process answered but metrics.auth protects the probes."""
+
+    class Status(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(int(self.path.strip("/")))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Status)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        codes = {}
+        for status in (200, 401, 403, 500, 503):
+            url = f"http://127.0.0.1:{server.server_address[1]}/{status}"
+            done = subprocess.run(
+                [sys.executable, str(DEPLOY / "healthcheck.py")],
+                env={"HEALTHCHECK_URL": url},
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            codes[status] = done.returncode
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert codes == {200: 0, 401: 0, 403: 1, 500: 1, 503: 1}
