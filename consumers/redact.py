@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from urllib.parse import quote, urlsplit
 
 MASK = "***"
-MIN_SECRET_LENGTH = 4
+MIN_SECRET_LENGTH = 6
 _HASHED = "/…#"
 
 # Hosts whose webhook URLs carry the credential in the path (or the query).
