@@ -14,6 +14,7 @@ from email.utils import parsedate_to_datetime
 
 import aiohttp
 
+from consumers import redact
 from consumers.errors import SendError
 from consumers.settings import WebhookReceiver
 
@@ -90,6 +91,7 @@ class WebhookSender:
             headers[TIMESTAMP_HEADER] = str(timestamp)
             headers[SIGNATURE_HEADER] = f"t={timestamp},v1={sign(secret, timestamp, body)}"
         timeout = aiohttp.ClientTimeout(total=receiver.timeout_s)
+        where = redact.url(receiver.url)  # scheme, host and a hash: never the path
         try:
             async with self._session.post(
                 receiver.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
@@ -101,14 +103,17 @@ class WebhookSender:
                 wait = retry_after(response.headers.get("Retry-After"))
         except TimeoutError as exc:
             raise SendError(
-                "timeout", f"no answer within {receiver.timeout_s}s", retriable=True
+                "timeout", f"{where} gave no answer within {receiver.timeout_s}s", retriable=True
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise SendError("connection", f"{type(exc).__name__}: {exc}", retriable=True) from exc
+            # aiohttp's texts can carry the URL: masked (the path of a Slack or Teams
+            # webhook is its credential), and the receiver named by its hashed URL instead
+            text = redact.redact(f"{type(exc).__name__}: {exc}")
+            raise SendError("connection", f"{where}: {text}", retriable=True) from exc
         retriable = status in RETRIABLE_STATUSES or status >= 500
         raise SendError(
             f"http_{status}",
-            f"{receiver.url} answered {status}: {detail}",
+            f"{where} answered {status}: {redact.redact(detail)}",
             retriable=retriable,
             retry_after=wait,
         )

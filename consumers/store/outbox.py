@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from consumers.alerts import Alert
 from consumers.events import to_utc
 from consumers.noise.decision import SUPPRESSED, Decision
+from consumers.redact import redact
 from consumers.store.schema import notifications as n
 
 if TYPE_CHECKING:
@@ -274,7 +275,7 @@ class Outbox:
             lease_until=None,
             claim=None,
             reason=reason,
-            last_error=error[:4000],
+            last_error=redact(error)[:4000],  # no credential is stored
         )
 
     def mark_dead(self, notification_id: str, reason: str, error: str) -> None:
@@ -284,7 +285,7 @@ class Outbox:
             lease_until=None,
             claim=None,
             reason=reason,
-            last_error=error[:4000],
+            last_error=redact(error)[:4000],  # no credential is stored
         )
 
     def release_expired(self, now: datetime) -> int:
