@@ -128,12 +128,16 @@ def register_url(url: str | None) -> None:
         netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
         path = parts.path.rstrip("/")
         _registry.add_webhook(parts.scheme, netloc, path)
-        if len(path) >= 8:
-            register(path.lstrip("/"))
         last = path.rsplit("/", 1)[-1]
-        if len(last) >= 12:  # a token as the last segment, also when shown on its own
+        if _token_like(last):  # the credential, also when shown without its URL
             register(last)
         register(parts.query if len(parts.query) >= 8 else None)
+
+
+def _token_like(segment: str) -> bool:
+    """A path segment that is a credential (Slack's 24 characters, Teams' GUIDs, Discord's
+    tokens) rather than a word such as "alerts" that must stay readable everywhere."""
+    return len(segment) >= 16 and any(c.isdigit() for c in segment)
 
 
 def short_hash(text: str) -> str:

@@ -344,6 +344,10 @@ class EvaluationSettings(_Section):
     max_tracked_runs: int = Field(default=20_000, ge=1)
 
 
+# Webhook headers whose values are credentials (Authorization, X-Api-Key, ...).
+_SECRET_HEADER_WORDS = ("auth", "token", "key", "secret", "cookie", "signature", "password")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         frozen=True,
@@ -388,7 +392,11 @@ class Settings(BaseSettings):
             if receiver.webhook is not None:
                 hook = receiver.webhook
                 redact.register_url(hook.url)
-                values.extend(hook.headers.values())
+                values.extend(
+                    value
+                    for header, value in hook.headers.items()
+                    if any(word in header.lower() for word in _SECRET_HEADER_WORDS)
+                )
                 readers.append((f"receivers.{name}", hook.secret))
         for _, read in readers:
             try:
