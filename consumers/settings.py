@@ -259,6 +259,13 @@ class SmtpSettings(_Section):
     timeout_s: float = Field(default=10.0, gt=0)
     connections: int = Field(default=4, ge=1, le=64)
 
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _old_keys(cls, data: Any) -> Any:

@@ -205,3 +205,11 @@ def test_a_notification_that_would_send_the_password_in_cleartext_says_why(
         assert row.state == "pending" and row.reason == "plaintext_auth"
         assert row.last_error is not None and "allow_plaintext_auth" in row.last_error
         assert server.logins == [] and server.mails == []
+
+
+def test_a_missing_ca_file_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "runwatch.yaml"
+    config.write_text(f"smtp:\n  ca_file: {tmp_path / 'absent.pem'}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    assert caught.value.key == "smtp.ca_file" and "absent.pem" in str(caught.value)

@@ -196,7 +196,7 @@ class EmailSender:
         self._smtp = smtp
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(smtp.connections)
-        self._context = tls_context(smtp) if smtp.tls_mode != "none" else None
+        self._context: ssl.SSLContext | None = None  # made on first use (reads ca_file)
         if not smtp.validate_certs and smtp.tls_mode != "none":
             log.warning(
                 "smtp.validate_certs is false: the SMTP server's certificate is not checked"
@@ -207,6 +207,11 @@ class EmailSender:
         mode = smtp.tls_mode
         # start_tls None: aiosmtplib upgrades when the server offers STARTTLS (opportunistic)
         start_tls = {"starttls-required": True, "starttls-opportunistic": None}.get(mode, False)
+        if self._context is None and mode != "none":
+            try:
+                self._context = tls_context(smtp)
+            except ConfigError as exc:  # ca_file gone or broken since start-up
+                raise SendError("tls", str(exc), retriable=True) from exc
         client = aiosmtplib.SMTP(
             hostname=smtp.host,
             port=smtp.port,
