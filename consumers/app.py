@@ -75,6 +75,7 @@ class Service:
 
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
+        settings.secret_values()  # secret files checked now; every secret masked in the logs
         self.registry = registry or new_registry()
         self.metrics = Metrics(
             self.registry,
