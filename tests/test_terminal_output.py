@@ -16,9 +16,9 @@ from consumers.alerts import Alert
 from consumers.cli import main
 from consumers.console import SafeStream, guarded_output, sanitize
 from consumers.events import RunStatusEvent
-from consumers.noise.silences import add_silence
 from consumers.store import Store, open_store
 from consumers.store.outbox import Outbox
+from consumers.store.silences import add_silence
 from consumers.store.writer import DeadLetter
 from tests.conftest import Topics
 
