@@ -58,7 +58,7 @@ def label_name(column: str) -> str:
     return "_" + name if not name or name[0].isdigit() else name
 
 
-def labels(alert: Mapping[str, Any], event: Mapping[str, Any]) -> dict[str, str]:
+def alert_labels(alert: Mapping[str, Any], event: Mapping[str, Any]) -> dict[str, str]:
     """`alert` and `event` as in a template context."""
     out = {label_name(k): str(v) for k, v in alert["labels"].items()}
     if alert.get("kind", "event") == "event":
@@ -76,7 +76,7 @@ def labels(alert: Mapping[str, Any], event: Mapping[str, Any]) -> dict[str, str]
     return {k: v for k, v in sorted(out.items()) if v != ""}
 
 
-def annotations(
+def alert_annotations(
     alert: Mapping[str, Any], event: Mapping[str, Any], run_url: str | None = None
 ) -> dict[str, str]:
     out = {str(k): str(v) for k, v in alert["annotations"].items()}
@@ -91,6 +91,25 @@ def annotations(
     if run_url:
         out["run_url"] = run_url
     return {k: v for k, v in sorted(out.items()) if v != ""}
+
+
+def common(mappings: Sequence[Mapping[str, str]]) -> dict[str, str]:
+    """The pairs every mapping has (commonLabels, commonAnnotations of a group)."""
+    if not mappings:
+        return {}
+    first, *rest = mappings
+    return {k: v for k, v in first.items() if all(m.get(k) == v for m in rest)}
+
+
+def group_labels(values: Mapping[str, Any]) -> dict[str, str]:
+    """A group's group_by values as Alertmanager labels (empty values left out)."""
+    return {label_name(str(k)): str(v) for k, v in sorted(values.items()) if v not in (None, "")}
+
+
+def group_key(labels: Mapping[str, str]) -> str:
+    """As Alertmanager writes it: the route's matchers (none), then the group's labels."""
+    inner = ", ".join(f"{k}={orjson.dumps(v).decode()}" for k, v in sorted(labels.items()))
+    return "{}:{" + inner + "}"
 
 
 def _stamp(value: datetime) -> str:
@@ -110,8 +129,8 @@ def postable(
     resolution will follow (None: no endsAt, Alertmanager's resolve_timeout applies)."""
     starts = to_utc(datetime.fromisoformat(event["TimeGenerated"]))
     body: dict[str, Any] = {
-        "labels": labels(alert, event),
-        "annotations": annotations(alert, event, run_url),
+        "labels": alert_labels(alert, event),
+        "annotations": alert_annotations(alert, event, run_url),
         "startsAt": _stamp(starts),
     }
     recorded = to_utc(datetime.fromisoformat(created_at))
@@ -146,9 +165,7 @@ def postable_alerts(
                 "startsAt": _stamp(datetime.fromisoformat(storm["window_start"])),
             }
         ]
-    items: Sequence[Mapping[str, Any]] = (
-        context["alerts"] if variant == "digest" else [context]
-    )
+    items: Sequence[Mapping[str, Any]] = context["alerts"] if variant == "digest" else [context]
     return [
         postable(
             item["alert"],
