@@ -19,8 +19,8 @@ The context every template gets (built by dispatcher.Dispatcher.context):
 
 Digests and storm summaries get `notification` plus the context documented in
 consumers/noise/digest.py (`group` and `alerts`, or `storm`): email/digest/* and
-email/storm/*; for webhooks webhook/digest/<format>.json.j2 (webhook/storm/<format>.json.j2),
-else the format-neutral webhook/digest.json.j2 (webhook/storm.json.j2).
+email/storm/*; for webhooks webhook/<format>.digest.json.j2 (<format>.storm.json.j2), else
+the format-neutral webhook/digest.json.j2 (webhook/storm.json.j2).
 
 Receiver-specific helpers (one home each, used by the shipped templates):
 
@@ -177,10 +177,10 @@ class Renderer:
     def render_webhook(
         self, fmt: WebhookFormat, context: Mapping[str, Any], variant: str = ""
     ) -> bytes:
-        """Digests and storm summaries: webhook/<variant>/<format>.json.j2, else the
+        """Digests and storm summaries: webhook/<format>.<variant>.json.j2, else the
         format-neutral webhook/<variant>.json.j2."""
         if variant:
-            name = f"webhook/{variant}/{fmt}.json.j2"
+            name = f"webhook/{fmt}.{variant}.json.j2"
             text = self._render(name, context, f"webhook/{variant}.json.j2")
         else:
             name = f"webhook/{fmt}.json.j2"
