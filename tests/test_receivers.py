@@ -492,3 +492,16 @@ def test_pagerduty_resolution_resolves_the_same_incident(store: Store) -> None:
     ended = render("pagerduty", found["resolved"])
     check("pagerduty", ended)
     assert ended == {"event_action": "resolve", "dedup_key": fired["dedup_key"]}
+
+
+# --- e-mail (checked once in mutt; the text part kept a traceback's indentation) ----------
+
+
+def test_email_text_indents_every_line_of_a_traceback_under_error(store: Store) -> None:
+    message = 'Traceback (most recent call last):\n  File "train.py", line 42\nOutOfMemoryError'
+    (context,) = contexts(store, per_event(event(Message=message)))
+    text = Renderer.for_settings(settings()).render_email(context).text
+    assert (
+        'Error\n  Traceback (most recent call last):\n    File "train.py", line 42\n'
+        "  OutOfMemoryError\n"
+    ) in text
