@@ -185,18 +185,32 @@ def test_pagerduty_without_its_routing_key_is_dead_not_sent(
     assert http.on("/pd") == []
 
 
-def test_a_pagerduty_receiver_must_name_its_routing_key() -> None:
-    with pytest.raises(ValueError, match="routing_key"):
-        settings(
-            {
-                "pd": {
-                    "webhook": {
-                        "url": "https://events.pagerduty.com/v2/enqueue",
-                        "format": "pagerduty",
-                    }
-                }
-            }
-        )
+@pytest.mark.parametrize(
+    ("receiver", "message"),
+    [
+        (
+            {"webhook": {"url": "https://events.pagerduty.com/v2/enqueue", "format": "pagerduty"}},
+            "needs routing_key_env or routing_key_file",
+        ),
+        (
+            {"webhook": {"url": "http://hook", "routing_key_env": "K"}},
+            "for format pagerduty only",
+        ),
+        (
+            {"webhook": {"url": "http://hook"}, "alertmanager": {"url": "http://am:9093"}},
+            "exactly one of email, webhook or alertmanager",
+        ),
+        (
+            {"alertmanager": {"url": "http://am", "bearer_token_env": "T", "username": "u"}},
+            "either a bearer token or username/password",
+        ),
+        ({"alertmanager": {"url": "http://am", "username": "u"}}, "needs both username"),
+        ({"alertmanager": {"url": "am:9093"}}, "http:// or https://"),
+    ],
+)
+def test_receiver_settings_refuse_what_cannot_work(receiver: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        settings({"r": receiver})
 
 
 # --- alertmanager-push: credentials, against an HTTP endpoint ----------------------------------
