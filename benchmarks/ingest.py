@@ -41,6 +41,7 @@ from consumers.encoding import encode, encode_many
 from consumers.events import RunStatusEvent
 from consumers.ingest import Ingestor, Prepared
 from consumers.kafka_loop import KafkaLoop
+from consumers.limits import DEFAULT_LIMITS
 from consumers.metrics import Metrics
 from consumers.settings import KafkaSettings
 from consumers.simulator import Simulator
@@ -266,9 +267,10 @@ def main() -> int:
         del events, messages
         tune_gc()
 
+        bounds = DEFAULT_LIMITS.at(datetime.now(UTC))  # as the ingestor does, once per batch
         started = time.perf_counter()
         for value in sample:
-            decode(value)
+            decode(value, bounds=bounds)
         decode_rate = len(sample) / (time.perf_counter() - started)
 
         bare_s, size = bare_consume(bootstrap, topic, count)

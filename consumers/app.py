@@ -75,6 +75,7 @@ class Service:
 
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
+        settings.secret_values()  # secret files checked now; every secret masked in the logs
         self.registry = registry or new_registry()
         self.metrics = Metrics(
             self.registry,
@@ -238,6 +239,7 @@ class Service:
             receiver_kinds={name: r.kind for name, r in self.settings.receivers.items()},
             on_notified=self.dispatcher.wake,
             noise=self.noise,
+            limits=self.settings.ingest,
         )
         loop = self._loop = KafkaLoop(kafka, ingestor.prepare, ingestor.write, self.metrics)
         self._start_metrics()

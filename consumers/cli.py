@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import signal
 import sys
@@ -18,11 +17,13 @@ from typing import TYPE_CHECKING
 import orjson
 from pydantic import ValidationError
 
+from consumers.console import guarded_output
 from consumers.decoding import EventFormat
 from consumers.errors import ConfigError, RunwatchError
 from consumers.events import RunStatusEvent, parse_status
 from consumers.model.notifications import NotificationState
 from consumers.model.receivers import OWNER
+from consumers.redact import redact
 from consumers.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -32,6 +33,12 @@ log = logging.getLogger("runwatch")
 
 
 def _config(args: argparse.Namespace) -> Settings:
+    settings = _load(args)
+    settings.secret_values(strict=False)  # known secrets masked in whatever is printed
+    return settings
+
+
+def _load(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config)
     overrides: dict[str, dict[str, object]] = {}
     if getattr(args, "bootstrap", None):
@@ -270,6 +277,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 
 
 def cmd_notifications_list(args: argparse.Namespace) -> int:
+    from consumers.reports import format_notifications
     from consumers.store.outbox import Outbox
 
     store = _store(args)
@@ -277,22 +285,7 @@ def cmd_notifications_list(args: argparse.Namespace) -> int:
         rows = Outbox(store).list(state=args.state, limit=args.limit)
     finally:
         store.dispose()
-    if args.output == "json":
-        rows_json = [dataclasses.asdict(row) for row in rows]
-        print(orjson.dumps(rows_json, option=orjson.OPT_INDENT_2).decode())
-        return 0
-    if not rows:
-        print("No notifications.")
-        return 0
-    header = (
-        f"{'ID':32}  {'STATE':9}  {'TRIES':5}  {'RECEIVER':12}  {'RULE':18}  {'RUN':30}  REASON"
-    )
-    print(header)
-    for row in rows:
-        print(
-            f"{row.id:32}  {row.state:9}  {row.attempts:<5}  {row.receiver[:12]:12}  "
-            f"{row.rule[:18]:18}  {row.run_id[:30]:30}  {row.reason or ''}"
-        )
+    print(format_notifications(rows, args.output))
     return 0
 
 
@@ -313,8 +306,10 @@ def cmd_notifications_retry(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     settings = load_settings(args.file)
-    settings.kafka.client_options()  # secrets and SASL completeness
-    print(f"{args.file}: OK (kafka {settings.kafka.bootstrap_servers}, store {settings.store.url})")
+    settings.secret_values()  # every secret file readable, and private
+    settings.kafka.client_options()  # SASL completeness
+    store = redact(settings.store.url)  # never the password, also from RUNWATCH_STORE__URL
+    print(f"{args.file}: OK (kafka {settings.kafka.bootstrap_servers}, store {store})")
     return 0
 
 
@@ -494,6 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Everything a command prints (and its log lines) goes through consumers.console: no
+    control sequence from a run id reaches the terminal, no credential the screen."""
+    with guarded_output():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

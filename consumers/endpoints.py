@@ -1,31 +1,50 @@
 """The operations port: `/metrics` for Prometheus, `/healthz` (the process answers) and
 `/readyz` (Kafka connected, store reachable, rules loaded) for orchestrators.
 
-A small threading HTTP server of the standard library, so a slow store check or scrape never
-waits behind the asyncio dispatcher. Optional bearer or basic auth; the secret is compared in
-constant time and never logged (the access log is off).
+Bounded whatever the clients do: an aiohttp server on its own event loop thread (a slow
+store check or scrape never waits behind the asyncio dispatcher, and no thread per
+connection: 3,000 half-sent requests grew the old threading server to 850 threads), with
+- a header deadline: a connection that has not delivered a complete request within
+  `header_timeout_s` of connecting is closed (and between requests, aiohttp's keep-alive
+  timeout); request bodies are never read, and a request with an unread body ends its
+  connection;
+- a connection cap: past `max_connections`, the oldest connection with no request in
+  progress is closed to make room (so a flood of idle connections cannot lock a scrape
+  out), and a new connection is refused only when every slot is serving a request;
+- the blocking work (rendering the registry, the readiness checks, reading a secret file)
+  on a pool of two threads.
+
+Auth is optional: a bearer token or basic auth, compared in constant time, never logged
+(no access log). Without credentials the probes reveal nothing but status: /readyz names
+each check and whether it passed, and gives the details (servers, paths, errors) only to an
+authenticated request; the details of a failing check go to the log instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
+import ipaddress
 import logging
 import socket
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from consumers.errors import ConfigError
 from consumers.settings import EndpointAuth
 
 log = logging.getLogger(__name__)
+
+PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 
 
 @dataclass(frozen=True)
@@ -35,6 +54,14 @@ class Check:
 
 
 Readiness = Callable[[], Mapping[str, Check]]
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    content_type: str
+    challenge: str | None = None
 
 
 def authorized(auth: EndpointAuth | None, header: str | None) -> bool:
@@ -64,80 +91,261 @@ def authorized(auth: EndpointAuth | None, header: str | None) -> bool:
     return bool(sep) and same_user and same_password
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: OpsServer
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path not in {"/metrics", "/healthz", "/readyz"}:
-            self._send(404, b"not found\n", "text/plain; charset=utf-8")
-            return
-        ops = self.server
-        needs_auth = path == "/metrics" or (ops.auth is not None and ops.auth.protect_probes)
-        if needs_auth and not authorized(ops.auth, self.headers.get("Authorization")):
-            assert ops.auth is not None
-            realm = "Bearer" if ops.auth.scheme == "bearer" else 'Basic realm="runwatch"'
-            self._send(401, b"unauthorized\n", "text/plain; charset=utf-8", realm)
-            return
-        if path == "/metrics":
-            self._send(200, generate_latest(ops.registry), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            self._send(200, b'{"status":"ok"}\n', "application/json")
-        else:
-            checks = ops.readiness()
-            ready = all(check.ok for check in checks.values())
-            body: dict[str, Any] = {
-                "ready": ready,
-                "checks": {name: {"ok": c.ok, "detail": c.detail} for name, c in checks.items()},
-            }
-            self._send(200 if ready else 503, orjson.dumps(body) + b"\n", "application/json")
-
-    def _send(
-        self, status: int, body: bytes, content_type: str, challenge: str | None = None
-    ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        if challenge is not None:
-            self.send_header("WWW-Authenticate", challenge)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """No access log: scrapes every few seconds are noise, and headers hold secrets."""
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, or "" / 0.0.0.0 / :: (every interface)
 
 
-class OpsServer(ThreadingHTTPServer):
-    daemon_threads = True
+class _Connection(asyncio.Protocol):
+    """aiohttp's protocol for one connection, with what the cap and the deadline need: when
+    it connected, whether a request is in progress, whether one ever started."""
 
+    __slots__ = ("busy", "inner", "ops", "served", "transport")
+
+    def __init__(self, ops: OpsServer, inner: asyncio.Protocol) -> None:
+        self.ops, self.inner = ops, inner
+        self.transport: asyncio.Transport | None = None
+        self.busy = False
+        self.served = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.ops._opened(self)
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ops._closed(self)
+        self.inner.connection_lost(exc)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class _Refused(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class OpsServer:
     def __init__(
         self,
         address: tuple[str, int],
         registry: CollectorRegistry,
         readiness: Readiness,
         auth: EndpointAuth | None,
+        *,
+        max_connections: int = 64,
+        header_timeout_s: float = 10.0,
+        idle_timeout_s: float = 30.0,
     ) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
+        self.address = address
         self.registry = registry
         self.readiness = readiness
         self.auth = auth
-        self._thread: threading.Thread | None = None
+        self.max_connections = max_connections
+        self.header_timeout_s = header_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ops-http", daemon=True)
+        self._work = ThreadPoolExecutor(2, thread_name_prefix="ops-http-work")
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._live: dict[_Connection, None] = {}  # insertion order: oldest first
+        self._by_transport: dict[asyncio.BaseTransport, _Connection] = {}
+        self._failing: frozenset[str] = frozenset()
+        self._port = 0
 
     @property
     def port(self) -> int:
-        return int(self.server_address[1])
+        return self._port
+
+    @property
+    def connections(self) -> int:
+        return len(self._live)
+
+    # -- life cycle ----------------------------------------------------------------------
 
     def start(self) -> OpsServer:
-        self._thread = threading.Thread(target=self.serve_forever, name="ops-http", daemon=True)
         self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
+        except BaseException:
+            self._shutdown_loop()
+            raise
+        host = self.address[0]
+        if self.auth is None and not is_loopback(host):
+            log.warning(
+                "metrics endpoint on %s:%d has no auth: anyone who can reach it reads every "
+                "metric; set metrics.auth, or listen on 127.0.0.1 (README, Security)",
+                host or "0.0.0.0",
+                self._port,
+            )
         return self
 
+    async def _start(self) -> None:
+        app = web.Application(middlewares=[self._track])
+        for path in PATHS:
+            app.router.add_get(path, self._handle)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,  # scrapes every few seconds are noise, and headers hold secrets
+            keepalive_timeout=self.idle_timeout_s,
+            lingering_time=0,  # a body nobody reads ends the connection
+            max_line_size=8190,
+            max_field_size=8190,
+        )
+        await self._runner.setup()
+        host, port = self.address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            await self._runner.cleanup()
+            raise
+        self._port = int(sock.getsockname()[1])
+        self._server = await self._loop.create_server(self._protocol, sock=sock)
+
     def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-        if self._thread is not None:
+        if self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
+            except (TimeoutError, RuntimeError) as exc:
+                log.warning("metrics endpoint did not stop cleanly: %s", exc)
+        self._shutdown_loop()
+
+    async def _stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._live):
+            connection.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _shutdown_loop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()
+        self._work.shutdown(wait=False, cancel_futures=True)
+
+    # -- the bounds ----------------------------------------------------------------------
+
+    def _protocol(self) -> asyncio.Protocol:
+        if len(self._live) >= self.max_connections:
+            victim = next((c for c in self._live if not c.busy), None)
+            if victim is None:
+                return _Refused()  # every slot is serving a request: come back later
+            self._forget(victim)
+            victim.close()
+        assert self._runner is not None and self._runner.server is not None
+        connection = _Connection(self, self._runner.server())
+        self._live[connection] = None
+        return connection
+
+    def _opened(self, connection: _Connection) -> None:
+        if connection.transport is not None:
+            self._by_transport[connection.transport] = connection
+        self._loop.call_later(self.header_timeout_s, self._deadline, connection)
+
+    def _deadline(self, connection: _Connection) -> None:
+        if not connection.served and not connection.busy:
+            connection.close()  # no complete request in time: a slow or half-sent client
+
+    def _closed(self, connection: _Connection) -> None:
+        self._forget(connection)
+
+    def _forget(self, connection: _Connection) -> None:
+        self._live.pop(connection, None)
+        if connection.transport is not None:
+            self._by_transport.pop(connection.transport, None)
+
+    @web.middleware
+    async def _track(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        transport = request.transport
+        connection = self._by_transport.get(transport) if transport is not None else None
+        if connection is not None:
+            connection.busy = connection.served = True
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        finally:
+            if connection is not None:
+                connection.busy = False
+
+    # -- the answers ---------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.body_exists:
+            return web.Response(status=413, text="no request body expected\n")
+        header = request.headers.get("Authorization")
+        answer = await self._loop.run_in_executor(self._work, self.answer, request.path, header)
+        headers = {"Cache-Control": "no-store", "Content-Type": answer.content_type}
+        if answer.challenge is not None:
+            headers["WWW-Authenticate"] = answer.challenge
+        return web.Response(status=answer.status, body=answer.body, headers=headers)
+
+    def answer(self, path: str, header: str | None) -> Answer:
+        """The response to a GET of `path`: synchronous, on the worker pool."""
+        if path not in PATHS:
+            return Answer(404, b"not found\n", "text/plain; charset=utf-8")
+        auth = self.auth
+        probe = path != "/metrics"
+        needs_auth = auth is not None and (not probe or auth.protect_probes)
+        authenticated = auth is not None and authorized(auth, header)
+        if needs_auth and not authenticated:
+            assert auth is not None
+            realm = "Bearer" if auth.scheme == "bearer" else 'Basic realm="runwatch"'
+            return Answer(401, b"unauthorized\n", "text/plain; charset=utf-8", realm)
+        if path == "/metrics":
+            return Answer(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+        if path == "/healthz":
+            return Answer(200, b'{"status":"ok"}\n', "application/json")
+        checks = self.readiness()
+        ready = all(check.ok for check in checks.values())
+        self._log_readiness(checks)
+        body: dict[str, Any] = {
+            "ready": ready,
+            "checks": {
+                name: {"ok": c.ok, "detail": c.detail} if authenticated else {"ok": c.ok}
+                for name, c in checks.items()
+            },
+        }
+        return Answer(200 if ready else 503, orjson.dumps(body) + b"\n", "application/json")
+
+    def _log_readiness(self, checks: Mapping[str, Check]) -> None:
+        """What an unauthenticated /readyz no longer shows, the log says once per change."""
+        failing = frozenset(name for name, check in checks.items() if not check.ok)
+        if failing == self._failing:
+            return
+        self._failing = failing
+        if failing:
+            details = "; ".join(f"{name}: {checks[name].detail}" for name in sorted(failing))
+            log.warning("not ready: %s", details)
+        else:
+            log.info("ready")

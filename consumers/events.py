@@ -11,7 +11,10 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic_core import PydanticCustomError
+
+from consumers.limits import TIME_OUT_OF_RANGE, IngestLimits, json_text, limits_of
 
 StatusName = Literal[
     "NotStarted",
@@ -90,22 +93,48 @@ def to_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
+def _utc(value: datetime) -> datetime:
+    """to_utc for a validated field: a time UTC cannot hold (0001-01-01T00:00+01:00) is a
+    validation error of its own kind, not an OverflowError out of the decoder."""
+    if value.tzinfo is None:  # to_utc, inlined: it runs for every event
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError(
+            TIME_OUT_OF_RANGE, "{time} cannot be represented in UTC", {"time": value.isoformat()}
+        ) from None
 
 
-def _labels(value: Any) -> dict[str, str | None]:
+UtcTime = Annotated[datetime, AfterValidator(_utc)]
+
+
+def _labels(value: Any, info: ValidationInfo) -> dict[str, str | None]:
     """Tags and properties are strings in the run API: null means none, other JSON values
-    (numbers, nested objects) are kept as their JSON text rather than rejected."""
+    (numbers, nested objects) are kept as their JSON text rather than rejected, within the
+    depth and size limits of the validation context (consumers.limits)."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise ValueError("expected an object of key/value labels")
-    return {str(k): None if v is None else _text(v) for k, v in value.items()}
+    limits = limits_of(info.context)
+    return {
+        str(k): v if v is None or isinstance(v, str) else _nested(k, v, limits)
+        for k, v in value.items()
+    }
 
 
-def _properties(value: Any) -> dict[str, str]:
-    return {k: v for k, v in _labels(value).items() if v is not None}
+def _nested(key: Any, value: Any, limits: IngestLimits) -> str:
+    try:
+        return json_text(value, limits.max_depth, limits.max_value_chars)
+    except PydanticCustomError as exc:  # name the label: "deep: nested more than ..."
+        raise PydanticCustomError(
+            exc.type, "{key}: {detail}", {"key": str(key)[:80], "detail": exc.message()}
+        ) from None
+
+
+def _properties(value: Any, info: ValidationInfo) -> dict[str, str]:
+    return {k: v for k, v in _labels(value, info).items() if v is not None}
 
 
 # The exact spelling validates natively (fast); only a miss pays for the Python fallback.
@@ -139,7 +168,7 @@ class RunStatusEvent(BaseModel):
     # Unknown keys are ignored: log-analytics exports add TenantId, Type, _ResourceId, ...
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    TimeGenerated: Annotated[datetime, AfterValidator(to_utc)]
+    TimeGenerated: UtcTime
     RunId: Annotated[str, Field(min_length=1, max_length=256)]
     Status: StatusField
     ParentRunId: str | None = None
@@ -155,7 +184,7 @@ class RunStatusEvent(BaseModel):
     Identity: str | None = None
     TriggeringUserName: str | None = None
     CallerIpAddress: str | None = None
-    DurationMs: int | None = None
+    DurationMs: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None  # a BIGINT
     Location: str | None = None
     ResultType: str | None = None
     ResultSignature: str | None = None

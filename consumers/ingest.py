@@ -18,9 +18,10 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from consumers.alerts import Alert
-from consumers.decoding import Decoded, decode
+from consumers.decoding import INTERNAL, Decoded, decode
 from consumers.errors import DecodeError, StoreError
 from consumers.events import RunStatusEvent
+from consumers.limits import DEFAULT_LIMITS, Bounds, IngestLimits
 from consumers.metrics import Metrics
 from consumers.noise.policy import NoisePolicy
 from consumers.store import Store
@@ -28,6 +29,7 @@ from consumers.store.writer import DeadLetter, WriteResult
 from consumers.updates import RunUpdate
 
 log = logging.getLogger(__name__)
+_TRACEBACKS_PER_TYPE = 1  # an internal error's traceback is logged once per exception type
 
 _CRASH_AFTER_STORE_COMMIT = os.environ.get("RUNWATCH_CHAOS_KILL_AFTER_STORE_COMMIT") == "1"
 
@@ -90,6 +92,7 @@ class Ingestor:
         receiver_kinds: Mapping[str, str] | None = None,
         on_notified: Callable[[], None] | None = None,
         noise: NoisePolicy | None = None,
+        limits: IngestLimits = DEFAULT_LIMITS,
     ) -> None:
         self._store = store
         self._sink = sink
@@ -101,27 +104,64 @@ class Ingestor:
         self._kinds = dict(receiver_kinds or {})
         self._on_notified = on_notified
         self._noise = noise
+        self._limits = limits
+        self._traced: Counter[str] = Counter()
 
     def handle(self, records: Sequence[Record]) -> IngestResult:
         return self.write(self.prepare(records))
 
     def prepare(self, records: Sequence[Record]) -> Prepared:
         """The CPU-bound half (decoding); the Kafka loop runs it while the previous batch is
-        being written."""
+        being written. It never raises for what a message holds: each message is decoded in
+        its own isolation boundary (`_decode_one`)."""
+        bounds = self._limits.at(self._clock())  # the time window, once per batch
         decoded: list[tuple[Record, Decoded]] = []
         letters: list[DeadLetter] = []
         for record in records:
-            try:
-                result = decode(record.value, max_bytes=self._max_bytes)
-            except DecodeError as exc:
-                letters.append(_letter(record, exc.reason, exc.detail))
-                continue
-            decoded.append((record, result))
-            if result.rejected:
-                # The good records are stored; the whole message is kept for the bad ones.
-                error = "; ".join(result.rejected)[:4000]
-                letters.append(_letter(record, "schema", error))
+            result, letter = self._decode_one(record, bounds)
+            if result is not None:
+                decoded.append((record, result))
+            if letter is not None:
+                letters.append(letter)
         return Prepared(records, decoded, letters, self._alerts(decoded))
+
+    def _decode_one(
+        self, record: Record, bounds: Bounds
+    ) -> tuple[Decoded | None, DeadLetter | None]:
+        """One message: what it holds, and its dead letter if any of it was refused. Any
+        exception here, foreseen or not, is this message's dead letter and never the batch's
+        failure (only the store and the broker may fail a batch); decode() has the same
+        boundary inside, so this one also covers whatever per-message work comes after it."""
+        try:
+            result = decode(record.value, max_bytes=self._max_bytes, bounds=bounds)
+            if result.rejected is None:
+                return result, None
+            # The good records are stored; the whole message is kept for the bad ones.
+            rejected = result.rejected
+            return result, _letter(record, rejected.reason, rejected.summary())
+        except DecodeError as exc:
+            if exc.reason == INTERNAL:
+                self._log_internal(record, exc.__cause__ or exc)
+            return None, _letter(record, exc.reason, exc.detail)
+        except Exception as exc:
+            self._log_internal(record, exc)
+            return None, _letter(record, INTERNAL, f"{type(exc).__name__}: {exc}"[:500])
+
+    def _log_internal(self, record: Record, exc: BaseException) -> None:
+        """A bug, not bad input: the first of each exception type with its traceback, the
+        rest in one line (a flood of one poison must not flood the log)."""
+        kind = type(exc).__name__
+        self._traced[kind] += 1
+        log.error(
+            "internal error decoding %s/%d@%d (dead-lettered as %s): %s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            INTERNAL,
+            kind,
+            exc,
+            exc_info=exc if self._traced[kind] <= _TRACEBACKS_PER_TYPE else None,
+        )
 
     def _alerts(self, decoded: list[tuple[Record, Decoded]]) -> list[Alert]:
         if self._evaluate is None:

@@ -25,10 +25,17 @@ NOTIFICATION_RESULTS = ("sent", "retry", "dead")
 DEAD_LETTER_REASONS = (
     "empty",
     "too_large",
+    "not_utf8",
     "not_json",
     "unknown_shape",
     "schema",
     "no_valid_records",
+    "time_out_of_range",
+    "too_deep",
+    "too_long",
+    "too_many_labels",
+    "too_many_records",
+    "internal",
     "store_rejected",
 )
 OUTBOX_STATES = tuple(state.value for state in NotificationState)

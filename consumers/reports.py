@@ -2,11 +2,13 @@
 
 Everything printed here comes from producers (messages, tags, payload previews), so every
 cell is defensive: None, wrong types, wide or control characters must never crash or break
-the layout. JSON keeps values verbatim; only the tables clean them.
+the layout. JSON keeps values verbatim; only the tables clean them (the CLI's output stream
+then escapes control characters and masks credentials in both: consumers/console.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,6 +17,7 @@ from typing import Any, Literal
 
 import orjson
 
+from consumers.console import sanitize
 from consumers.events import to_utc
 from consumers.store.queries import RunDetail
 
@@ -35,8 +38,9 @@ def _check(output: str) -> None:
 
 
 def clean(value: Any, limit: int | None = _MAX_CELL) -> str:
-    """One table cell: control characters (newlines in error messages) become spaces, runs
-    of whitespace collapse, and long text is cut with an ellipsis."""
+    """One table cell: line breaks and tabs (newlines in error messages) become spaces, other
+    control and format characters are shown escaped (consumers.console.sanitize: a run id
+    cannot drive the terminal), runs of whitespace collapse, long text is cut with "…"."""
     if value is None:
         return "-"
     text = value if isinstance(value, str) else str(value)
@@ -44,8 +48,7 @@ def clean(value: Any, limit: int | None = _MAX_CELL) -> str:
     cut = limit is not None and len(text) > 4 * limit
     if limit is not None:
         text = text[: 4 * limit]
-    text = "".join(" " if unicodedata.category(c)[0] in "CZ" else c for c in text)
-    text = " ".join(text.split()) or "-"
+    text = " ".join(sanitize(text, cell=True).split()) or "-"
     if limit is None or not (cut or _width(text) > limit):
         return text
     kept, used = [], 0
@@ -234,3 +237,34 @@ def format_dead_letters(rows: Sequence[Mapping[str, Any]], output: Output = "tab
     )
     header = ("ID", "RECEIVED", "REASON", "SOURCE", "BYTES", "ERROR", "PAYLOAD")
     return _table(header, table_rows)
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Any list as an aligned table, every cell through `clean` (for the CLI's other lists)."""
+    return _table(header, ([clean(cell) for cell in row] for row in rows))
+
+
+_NOTIFICATION_COLUMNS = ("ID", "STATE", "TRIES", "RECEIVER", "RULE", "RUN", "REASON")
+
+
+def format_notifications(rows: Sequence[Any], output: Output = "table") -> str:
+    """The outbox (`runwatch notifications list`): rows are consumers.store.outbox's
+    Notification; the run id, rule and reason are producers' or receivers' text."""
+    _check(output)
+    if output == "json":
+        return _json([dataclasses.asdict(row) for row in rows])
+    if not rows:
+        return "No notifications."
+    table_rows = (
+        [
+            clean(row.id, None),
+            clean(row.state),
+            clean(row.attempts),
+            clean(row.receiver, 24),
+            clean(row.rule, 24),
+            clean(row.run_id, 40),
+            clean(row.reason, 40),
+        ]
+        for row in rows
+    )
+    return _table(_NOTIFICATION_COLUMNS, table_rows)

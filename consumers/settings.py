@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +25,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from consumers import redact
 from consumers.errors import ConfigError
+from consumers.limits import IngestLimits
 from consumers.noise.config import NoiseSettings
 
 ENV_PREFIX = "RUNWATCH_"
@@ -33,14 +37,37 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def check_private(file: Path, key: str) -> None:
+    """A secret file must not be readable by others: refused when world-readable, and when
+    group-readable unless the group is runwatch's own (Kubernetes with fsGroup, which turns
+    a Secret volume's defaultMode 0400 into 0440 for that group, runAsGroup here)."""
+    try:
+        info = file.stat()  # follows symlinks: a Kubernetes mount is a link to the data
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read secret file {file}: {exc.strerror}") from None
+    mode = stat.S_IMODE(info.st_mode)
+    own_group = hasattr(os, "getegid") and info.st_gid in {os.getegid(), *os.getgroups()}
+    if mode & stat.S_IROTH or (mode & stat.S_IRGRP and not own_group):
+        who = "everyone" if mode & stat.S_IROTH else f"group {info.st_gid}"
+        raise ConfigError(
+            key,
+            f"secret file {file} is readable by {who} (mode {mode:04o}): "
+            f"chmod 600 {file} (in Kubernetes: defaultMode: 0400 on the Secret volume)",
+        )
+
+
 def read_secret(value: SecretStr | None, file: Path | None, key: str) -> str | None:
     """A secret given inline (usually through the environment) or as a file (Kubernetes
-    Secret mounts); the file wins so that rotating it needs no restart of the config."""
+    Secret mounts); the file wins so that rotating it needs no restart of the config.
+    Every value read is registered for redaction, so it never reaches a log line."""
     if file is not None:
+        check_private(file, key)
         try:
-            return file.read_text().strip()
+            secret = file.read_text().strip()
         except OSError as exc:
             raise ConfigError(key, f"cannot read secret file {file}: {exc.strerror}") from None
+        redact.register(secret)
+        return secret
     return value.get_secret_value() if value is not None else None
 
 
@@ -75,6 +102,9 @@ class KafkaSettings(_Section):
                 raise ValueError(f"expected host:port[,host:port...], got {value!r}")
         return value
 
+    def sasl_password_value(self) -> str | None:
+        return read_secret(self.sasl_password, self.sasl_password_file, "kafka.sasl_password_file")
+
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments shared by kafka-python's consumer, producer and admin client."""
         options: dict[str, Any] = {
@@ -83,9 +113,7 @@ class KafkaSettings(_Section):
             "security_protocol": self.security_protocol,
         }
         if self.security_protocol.startswith("SASL"):
-            password = read_secret(
-                self.sasl_password, self.sasl_password_file, "kafka.sasl_password"
-            )
+            password = self.sasl_password_value()
             if not self.sasl_username or password is None:
                 raise ConfigError(
                     "kafka.sasl_username",
@@ -158,10 +186,10 @@ class EndpointAuth(_Section):
 
     def secret(self) -> str:
         if self.scheme == "basic":
-            value = read_secret(self.password, self.password_file, "metrics.auth.password")
+            value = read_secret(self.password, self.password_file, "metrics.auth.password_file")
         else:
             value = read_secret(
-                self.bearer_token, self.bearer_token_file, "metrics.auth.bearer_token"
+                self.bearer_token, self.bearer_token_file, "metrics.auth.bearer_token_file"
             )
         if not value:
             raise ConfigError("metrics.auth", "the configured secret is empty")
@@ -202,25 +230,57 @@ def shipped(name: str) -> Path:
     return REPO_ROOT / name
 
 
+TlsMode = Literal["starttls-required", "starttls-opportunistic", "implicit", "none"]
+_OLD_SMTP_KEYS = {
+    "starttls": "smtp.tls_mode: starttls-required (or starttls-opportunistic, the default)",
+    "tls": "smtp.tls_mode: implicit",
+}
+
+
 class SmtpSettings(_Section):
+    """How mail leaves: `tls_mode` starttls-opportunistic (default: upgrade whenever the
+    server offers STARTTLS), starttls-required (refuse a server that does not), implicit
+    (TLS from the first byte, port 465) or none. Certificates are verified (against
+    `ca_file` when given); AUTH is never sent over a connection without TLS unless
+    `allow_plaintext_auth` says so."""
+
     model_config = ConfigDict(
         frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True
     )
 
     host: str = "127.0.0.1"
     port: int = Field(default=25, ge=1, le=65535)
-    starttls: bool = False
-    tls: bool = False  # implicit TLS (port 465)
+    tls_mode: TlsMode = "starttls-opportunistic"
+    ca_file: Path | None = None
+    validate_certs: bool = True
+    allow_plaintext_auth: bool = False
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
     sender: str = Field(default="runwatch <runwatch@localhost>", alias="from")
     timeout_s: float = Field(default=10.0, gt=0)
-    validate_certs: bool = True
     connections: int = Field(default=4, ge=1, le=64)
 
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in _OLD_SMTP_KEYS.items():
+                if old in data:
+                    raise ConfigError(
+                        f"smtp.{old}", f"no longer supported: use {new} (see README, SMTP)"
+                    )
+        return data
+
     def secret(self) -> str | None:
-        return read_secret(self.password, self.password_file, "smtp.password")
+        return read_secret(self.password, self.password_file, "smtp.password_file")
 
 
 class EmailReceiver(_Section):
@@ -263,15 +323,20 @@ class WebhookReceiver(_Section):
         if self.secret_file is not None:
             return read_secret(None, self.secret_file, "webhook.secret_file")
         if self.secret_env:
-            return os.environ.get(self.secret_env)
+            value = os.environ.get(self.secret_env)
+            redact.register(value)
+            return value
         return None
 
     def routing_key(self) -> str | None:
-        """PagerDuty's routing key, read at send time like the secret."""
+        """PagerDuty's routing key, read at send time like the secret (and registered for
+        redaction likewise)."""
         if self.routing_key_file is not None:
             return read_secret(None, self.routing_key_file, "webhook.routing_key_file")
         if self.routing_key_env:
-            return os.environ.get(self.routing_key_env)
+            value = os.environ.get(self.routing_key_env)
+            redact.register(value)
+            return value
         return None
 
 
@@ -312,18 +377,29 @@ class AlertmanagerReceiver(_Section):
     def alerts_url(self) -> str:
         return self.url.rstrip("/") + "/api/v2/alerts"
 
-    def authorization(self) -> str | None:
-        """The Authorization header, read now (a rotated secret needs no restart)."""
+    def secret(self) -> str | None:
+        """The password or bearer token, read now (a rotated secret needs no restart) and
+        registered for redaction."""
         if self.username is not None:
-            password = read_secret(None, self.password_file, "alertmanager.password_file")
-            if password is None and self.password_env:
-                password = os.environ.get(self.password_env)
-            token = base64.b64encode(f"{self.username}:{password or ''}".encode()).decode()
+            value = read_secret(None, self.password_file, "alertmanager.password_file")
+            env = self.password_env
+        else:
+            value = read_secret(None, self.bearer_token_file, "alertmanager.bearer_token_file")
+            env = self.bearer_token_env
+        if value is None and env:
+            value = os.environ.get(env)
+            redact.register(value)
+        return value
+
+    def authorization(self) -> str | None:
+        """The Authorization header: basic auth (Alertmanager's own web.config) or a bearer
+        token (a proxy in front of it); None without credentials."""
+        secret = self.secret()
+        if self.username is not None:
+            token = base64.b64encode(f"{self.username}:{secret or ''}".encode()).decode()
+            redact.register(token)
             return f"Basic {token}"
-        bearer = read_secret(None, self.bearer_token_file, "alertmanager.bearer_token_file")
-        if bearer is None and self.bearer_token_env:
-            bearer = os.environ.get(self.bearer_token_env)
-        return f"Bearer {bearer}" if bearer else None
+        return f"Bearer {secret}" if secret else None
 
 
 def _http_url(value: str) -> str:
@@ -376,6 +452,10 @@ class EvaluationSettings(_Section):
     max_tracked_runs: int = Field(default=20_000, ge=1)
 
 
+# Webhook headers whose values are credentials (Authorization, X-Api-Key, ...).
+_SECRET_HEADER_WORDS = ("auth", "token", "key", "secret", "cookie", "signature", "password")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         frozen=True,
@@ -400,6 +480,7 @@ class Settings(BaseSettings):
     notify: NotifySettings = NotifySettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     noise: NoiseSettings = NoiseSettings()  # grouping, silences, inhibition, routing
+    ingest: IngestLimits = IngestLimits()  # what one message may hold (consumers.limits)
 
     @model_validator(mode="after")
     def _receivers(self) -> Settings:
@@ -409,6 +490,50 @@ class Settings(BaseSettings):
                     f"receivers.{name}: give exactly one of email, webhook or alertmanager"
                 )
         return self
+
+    def secret_values(self, *, strict: bool = True) -> list[str]:
+        """Every configured secret, read now (files included) and registered for redaction.
+        `strict` (serve, config check): a bad secret file is a ConfigError at start-up rather
+        than at the first send; otherwise (other commands) it is skipped."""
+        values: list[str] = []
+        redact.register_url(self.store.url)
+        readers: list[tuple[str, Callable[[], str | None]]] = [
+            ("smtp", self.smtp.secret),
+            ("kafka", self.kafka.sasl_password_value),
+        ]
+        if self.metrics.auth is not None:
+            readers.append(("metrics", self.metrics.auth.secret))
+        for name, receiver in self.receivers.items():
+            if receiver.webhook is not None:
+                hook = receiver.webhook
+                redact.register_url(hook.url)
+                values.extend(
+                    value
+                    for header, value in hook.headers.items()
+                    if any(word in header.lower() for word in _SECRET_HEADER_WORDS)
+                )
+                readers.append((f"receivers.{name}", hook.secret))
+                readers.append((f"receivers.{name}", hook.routing_key))
+            if receiver.alertmanager is not None:
+                push = receiver.alertmanager
+                redact.register_url(push.url)
+                values.extend(
+                    value
+                    for header, value in push.headers.items()
+                    if any(word in header.lower() for word in _SECRET_HEADER_WORDS)
+                )
+                readers.append((f"receivers.{name}", push.secret))
+        for _, read in readers:
+            try:
+                value = read()
+            except ConfigError:
+                if strict:
+                    raise
+                continue
+            if value:
+                values.append(value)
+        redact.register(*values)
+        return values
 
     @classmethod
     def settings_customise_sources(

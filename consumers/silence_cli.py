@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from consumers.reports import table
 from consumers.rules.model import parse_duration
 from consumers.store.silences import add_silence, expire_silence, list_silences
 
@@ -78,13 +79,19 @@ def cmd_list(args: argparse.Namespace, open_store: StoreOpener) -> int:
     if not rows:
         print("No silences." if args.all else "No active silences.")
         return 0
-    print(f"{'ID':16}  {'STATE':8}  {'ENDS':20}  {'SILENCED':8}  {'BY':10}  MATCHERS / COMMENT")
-    for row in rows:
-        state = "active" if row.active(now) else ("pending" if row.starts_at > now else "expired")
-        print(
-            f"{row.id:16}  {state:8}  {_when(row.ends_at):20}  {row.silenced:<8}  "
-            f"{row.created_by[:10]:10}  {' '.join(row.matchers)}  # {row.comment}"
+    header = ("ID", "STATE", "ENDS", "SILENCED", "BY", "MATCHERS / COMMENT")
+    cells = (
+        (
+            row.id,
+            "active" if row.active(now) else ("pending" if row.starts_at > now else "expired"),
+            _when(row.ends_at),
+            row.silenced,
+            row.created_by,
+            f"{' '.join(row.matchers)}  # {row.comment}",
         )
+        for row in rows
+    )
+    print(table(header, cells))  # every cell cleaned: no control sequence reaches the terminal
     return 0
 
 

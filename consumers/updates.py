@@ -12,13 +12,12 @@ already there), so a Kafka replay of a batch leaves the same state.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from consumers.events import to_utc
+from consumers.events import UtcTime
 
 UPDATE_KEY = "RunUpdate"
 
@@ -29,7 +28,7 @@ class RunUpdate(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    TimeGenerated: Annotated[datetime, AfterValidator(to_utc)]
+    TimeGenerated: UtcTime
     RunId: Annotated[str, Field(min_length=1, max_length=256)]
     ParentRunId: str | None = None
     RootRunId: str | None = None

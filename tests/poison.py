@@ -90,7 +90,13 @@ def _oversized() -> bytes:
     return value
 
 
+def _nested(depth: int) -> bytes:
+    """JSON nested `depth` arrays deep: past what orjson writes (255) or reads (1024)."""
+    return b"[" * depth + b'"v"' + b"]" * depth
+
+
 _GOOD = _json(_native())
+_TIME = "time_out_of_range"
 _CLOUD_EVENT = {
     "specversion": "1.0",
     "id": "831e1650-001e-001b-66ab-eeb76e069631",
@@ -141,4 +147,38 @@ POISON: list[tuple[str, bytes, str]] = [
     ("cloudevent_bad_time", _json(_CLOUD_EVENT), "schema"),
     ("eventgrid_array_all_invalid", _json([_grid(runStatus="Exploded"), 7]), "no_valid_records"),
     ("oversized", _oversized(), "too_large"),
+    # Issue 12: each of these stopped, stalled or misled a running consumer.
+    ("time_before_utc", _json(_native(TimeGenerated="0001-01-01T00:00:00+01:00")), _TIME),
+    ("time_after_utc", _json(_native(TimeGenerated="9999-12-31T23:30:00-01:00")), _TIME),
+    (
+        "run_update_time_after_utc",
+        _json({"RunUpdate": {"TimeGenerated": "9999-12-31T23:30:00-01:00", "RunId": "r"}}),
+        _TIME,
+    ),
+    ("completed_in_year_9999", _json(_native(TimeGenerated="9999-12-31T00:00:00Z")), _TIME),
+    ("epoch_zero", _json(_native(TimeGenerated="1970-01-01T00:00:00Z")), _TIME),
+    ("grid_time_before_utc", _json({**_grid(), "eventTime": "0001-01-01T00:00:00+01:00"}), _TIME),
+    ("tag_nested_300_deep", _GOOD[:-1] + b',"Tags":{"t":' + _nested(300) + b"}}", "too_deep"),
+    ("json_nested_2000_deep", b'{"records":' + _nested(2000) + b"}", "too_deep"),
+    (
+        "tag_number_past_a_double",
+        _GOOD[:-1] + b',"Tags":{"t":[[[1e999999]]]}}',
+        "not_json",
+    ),
+    (
+        "six_hundred_tags",
+        _json(_native(Tags={f"t{i}": "v" for i in range(600)})),
+        "too_many_labels",
+    ),
+    ("tag_key_of_2000_chars", _json(_native(Tags={"k" * 2000: "v"})), "too_long"),
+    (
+        "envelope_of_empty_records",
+        _json({"records": [_record()] + [{}] * 5001}),
+        "too_many_records",
+    ),
+    (
+        "duration_past_64_bits",
+        _GOOD[:-1] + b',"DurationMs":123456789012345678901234567890}',
+        "schema",
+    ),
 ]

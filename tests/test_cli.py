@@ -105,6 +105,53 @@ def test_config_check_of_event_hubs_needs_the_password(tmp_path: Path) -> None:
     assert "TopSecretKey123" not in result.stdout + result.stderr
 
 
+INGEST_YAML = """\
+ingest:
+  max_future_skew_s: 3600
+  earliest: "2020-01-01T00:00:00Z"
+  max_depth: 8
+  max_labels: 100
+  max_key_chars: 256
+  max_value_chars: 4096
+  max_text_chars: 16384
+  max_records: 1000
+"""
+
+
+def test_config_check_accepts_the_ingest_limits_and_the_example_file(tmp_path: Path) -> None:
+    path = tmp_path / "runwatch.yaml"
+    path.write_text(GOOD_YAML + INGEST_YAML)
+    ok(runwatch("config", "check", str(path)))
+    example = Path(__file__).resolve().parent.parent / "deploy" / "runwatch.example.yaml"
+    assert "ingest:" in example.read_text()
+    ok(runwatch("config", "check", str(example)))
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "words"),
+    [
+        (("max_depth: 8", "max_dept: 8"), "ingest.max_dept", "unknown key"),
+        (("max_depth: 8", "max_depth: 500"), "ingest.max_depth", "less than or equal to 200"),
+        (("max_records: 1000", "max_records: 0"), "ingest.max_records", "greater than"),
+        (('earliest: "2020-01-01T00:00:00Z"', "earliest: soon"), "ingest.earliest", "datetime"),
+    ],
+)
+def test_config_check_names_a_bad_ingest_limit(
+    tmp_path: Path, change: tuple[str, str], key: str, words: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD_YAML + INGEST_YAML.replace(*change))
+    failed(runwatch("config", "check", str(path)), key, words)
+
+
+def test_an_ingest_limit_from_the_environment_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "runwatch.yaml"
+    path.write_text(GOOD_YAML)
+    ok(runwatch("config", "check", str(path), env={"RUNWATCH_INGEST__MAX_LABELS": "10"}))
+    result = runwatch("config", "check", str(path), env={"RUNWATCH_INGEST__MAX_LABELS": "-1"})
+    failed(result, "ingest.max_labels", "RUNWATCH_INGEST__MAX_LABELS")
+
+
 def test_config_check_of_a_missing_file(tmp_path: Path) -> None:
     failed(runwatch("config", "check", str(tmp_path / "nope.yaml")), "cannot read")
 

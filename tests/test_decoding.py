@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from consumers.decoding import Decoded, EventFormat, decode
+from consumers.decoding import Decoded, EventFormat, Rejected, decode
 from consumers.encoding import ROUND_TRIP, RUN_STATUS_OPERATION, encode, encode_many
 from consumers.errors import DecodeError
 from consumers.events import RunStatusEvent
@@ -147,7 +147,7 @@ def test_native_log_analytics_row_decodes_and_extra_columns_are_ignored() -> Non
     }
     decoded = decode(dumps(row))
     assert decoded.format is EventFormat.NATIVE
-    assert (decoded.skipped, decoded.rejected) == (0, ())
+    assert (decoded.skipped, decoded.rejected) == (0, None)
     event = only(decoded)
     assert (event.RunId, event.Status, event.Level) == ("train_1", "Failed", "Error")
     assert event.TimeGenerated == datetime(2024, 5, 1, 12, 34, 56, 123456, tzinfo=UTC)
@@ -155,7 +155,7 @@ def test_native_log_analytics_row_decodes_and_extra_columns_are_ignored() -> Non
 
 def test_native_fast_path_result_equals_a_constructed_decoded() -> None:
     event = full_event()
-    assert decode(event.to_json()) == Decoded(EventFormat.NATIVE, (event,), 0, ())
+    assert decode(event.to_json()) == Decoded(EventFormat.NATIVE, (event,))
 
 
 @pytest.mark.parametrize(
@@ -212,7 +212,7 @@ def test_fifty_record_envelope_gives_fifty_events_in_order() -> None:
     decoded = decode(dumps({"records": records}))
     assert len(decoded.events) == 50
     assert [e.RunId for e in decoded.events] == [f"run_{i}" for i in range(50)]
-    assert (decoded.skipped, decoded.rejected) == (0, ())
+    assert (decoded.skipped, decoded.rejected) == (0, None)
 
 
 def test_resource_log_keys_match_case_insensitively() -> None:
@@ -244,7 +244,7 @@ def test_other_categories_are_skipped_and_counted() -> None:
     ]
     decoded = decode(dumps({"records": [others[0], record(), *others[1:]]}))
     assert [e.RunId for e in decoded.events] == ["train_1"]
-    assert (decoded.skipped, decoded.rejected) == (3, ())
+    assert (decoded.skipped, decoded.rejected) == (3, None)
 
 
 def test_envelope_of_only_other_categories_is_not_an_error() -> None:
@@ -309,13 +309,18 @@ def test_partial_rejection_keeps_the_good_records() -> None:
     ]
     decoded = decode(dumps({"records": records}))
     assert [e.RunId for e in decoded.events] == ["train_1", "good_2"]
-    assert decoded.rejected == (
-        "records[1]: Status: unknown status 'Boom'",
-        "records[2]: RunId: Field required",
-        "records[3]: not an object but a JSON number",
-        "records[4]: TimeGenerated: Input should be a valid datetime or date, input is too short",
-        "records[5]: Level: unknown level 'Verbose'",
-        "records[7]: category: missing or not a string",
+    # Six bad records: counted, the first five kept (never one text per record).
+    assert decoded.rejected == Rejected(
+        6,
+        "schema",
+        (
+            "records[1]: Status: unknown status 'Boom'",
+            "records[2]: RunId: Field required",
+            "records[3]: not an object but a JSON number",
+            "records[4]: TimeGenerated: Input should be a valid datetime or date, input is too "
+            "short",
+            "records[5]: Level: unknown level 'Verbose'",
+        ),
     )
 
 
@@ -360,7 +365,7 @@ def test_event_grid_array_with_validation_and_other_types_skipped() -> None:
     decoded = decode(dumps(events))
     assert decoded.format is EventFormat.EVENT_GRID
     assert [e.RunId for e in decoded.events] == ["AutoML_ad912b2d_5", "second"]
-    assert (decoded.skipped, decoded.rejected) == (3, ())
+    assert (decoded.skipped, decoded.rejected) == (3, None)
 
 
 def test_single_event_of_another_type_is_skipped() -> None:
@@ -400,7 +405,8 @@ def test_array_mixing_formats_rejects_the_odd_entries() -> None:
     )
     assert decoded.format is EventFormat.EVENT_GRID
     assert len(decoded.events) == 1
-    assert decoded.rejected == (
+    assert decoded.rejected is not None
+    assert decoded.rejected.first == (
         "[1]: a CloudEvent among event-grid events",
         "[2]: a JSON number that is not an event",
         "[3]: a JSON object that is not an event",
@@ -525,6 +531,11 @@ def test_poison_catalogue_is_broad_and_distinct() -> None:
         "unknown_shape",
         "schema",
         "no_valid_records",
+        "time_out_of_range",
+        "too_deep",
+        "too_long",
+        "too_many_labels",
+        "too_many_records",
     }
 
 

@@ -8,6 +8,9 @@ import importlib.util
 import re
 import shutil
 import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +57,9 @@ def test_compose_has_the_whole_stack() -> None:
     assert not any("zookeeper" in name for name in services)
     for name in ("runwatch-1", "runwatch-2"):
         replica = services[name]
-        assert replica["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+        build = replica["build"]
+        assert (build["context"], build["dockerfile"]) == ("..", "deploy/Dockerfile")
+        assert replica["init"] is True  # PID 1 is an init that forwards SIGTERM
         assert replica["command"][:2] == ["serve", "--config"]
         assert "/readyz" in " ".join(replica["healthcheck"]["test"])
         assert replica["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -84,7 +89,10 @@ def test_dockerfile_is_multi_stage_and_runs_unprivileged() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     stages = re.findall(r"^FROM \S+ AS (\w+)$", text, re.MULTILINE)
     assert len(stages) >= 2
-    assert "COPY --from=build /opt/runwatch /opt/runwatch" in text
+    # Dependencies only from the lock, hash-checked; tests/test_image.py builds and runs it.
+    assert "pip install --require-hashes -r /src/requirements.lock" in text
+    assert "COPY --from=venv /opt/runwatch /opt/runwatch" in text
+    assert re.search(r"^HEALTHCHECK .*healthcheck\.py", text, re.MULTILINE | re.DOTALL)
     users = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
     assert users and users[-1].split(":")[0] not in {"root", "0"}
     assert text.index(users[-1]) > text.rindex("FROM ")
@@ -204,3 +212,38 @@ def test_grafana_dashboard_and_provisioning_agree() -> None:
     path = provider["providers"][0]["options"]["path"]
     grafana = _yaml(DEPLOY / "docker-compose.yml")["services"]["grafana"]
     assert f"./grafana/dashboards:{path}:ro" in grafana["volumes"]
+
+
+def test_image_healthcheck_is_healthy_on_200_and_401_only() -> None:
+    """deploy/healthcheck.py (the image's HEALTHCHECK) against a real HTTP server; 401 means
+    the process answered but metrics.auth protects the probes."""
+
+    class Status(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(int(self.path.strip("/")))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Status)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        codes = {}
+        for status in (200, 401, 403, 500, 503):
+            url = f"http://127.0.0.1:{server.server_address[1]}/{status}"
+            done = subprocess.run(
+                [sys.executable, str(DEPLOY / "healthcheck.py")],
+                env={"HEALTHCHECK_URL": url},
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            codes[status] = done.returncode
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert codes == {200: 0, 401: 0, 403: 1, 500: 1, 503: 1}

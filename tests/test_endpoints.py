@@ -48,6 +48,7 @@ def _ops(auth: EndpointAuth | None, ready: bool = True) -> OpsServer:
 def token_file(tmp_path: Path) -> Path:
     path = tmp_path / "token"
     path.write_text("first-token\n")
+    path.chmod(0o600)  # a secret file others can read is refused
     return path
 
 
@@ -68,9 +69,9 @@ def test_without_auth_everything_answers() -> None:
         assert http_get(f"{base}/healthz")[:3:2] == (200, b'{"status":"ok"}\n')
         status, _, body = http_get(f"{base}/readyz")
         assert status == 503
-        assert orjson.loads(body) == {
+        assert orjson.loads(body) == {  # status only: details need credentials
             "ready": False,
-            "checks": {"kafka": {"ok": False, "detail": "not connected"}},
+            "checks": {"kafka": {"ok": False}},
         }
         assert http_get(f"{base}/other")[0] == 404
     finally:
@@ -86,7 +87,7 @@ def test_bearer_token_is_required_and_rotating_the_file_takes_effect(
         assert http_get(bearer + path, token="wrong")[0] == 401
         assert http_get(bearer + path, basic=("x", "first-token"))[0] == 401
         assert http_get(bearer + path, token="first-token")[0] == 200
-    token_file.write_text("second-token")
+    token_file.write_text("second-token")  # rewritten in place: still 0600
     assert http_get(bearer + "/metrics", token="first-token")[0] == 401
     assert http_get(bearer + "/metrics", token="second-token")[0] == 200
 
@@ -108,7 +109,12 @@ def test_basic_auth_and_open_probes(monkeypatch: pytest.MonkeyPatch) -> None:
         assert http_get(f"{base}/metrics", basic=("prometheus", "pa:ss"))[0] == 200
         # kubelet probes carry no credentials
         assert http_get(f"{base}/healthz")[0] == 200
-        assert http_get(f"{base}/readyz")[0] == 200
+        status, _, body = http_get(f"{base}/readyz")
+        assert status == 200 and orjson.loads(body)["checks"] == {"kafka": {"ok": True}}
+        _, _, body = http_get(f"{base}/readyz", basic=("prometheus", "pa:ss"))
+        assert orjson.loads(body)["checks"] == {"kafka": {"ok": True, "detail": "connected"}}
+        _, _, body = http_get(f"{base}/readyz", basic=("prometheus", "wrong"))
+        assert orjson.loads(body)["checks"] == {"kafka": {"ok": True}}  # status, no detail
     finally:
         server.stop()
 
@@ -148,7 +154,10 @@ def test_readiness_follows_the_broker_down_and_back(tmp_path: Path) -> None:
                     "heartbeat_interval_ms": 300,
                 },
                 "store": {"url": f"sqlite:///{tmp_path / 'runwatch.db'}"},
-                "metrics": {"listen": f"127.0.0.1:{port}"},
+                "metrics": {
+                    "listen": f"127.0.0.1:{port}",
+                    "auth": {"bearer_token": "ready-token-1", "protect_probes": False},
+                },
             }
         )
     )
@@ -156,9 +165,12 @@ def test_readiness_follows_the_broker_down_and_back(tmp_path: Path) -> None:
 
     def checks() -> tuple[int, dict[str, dict[str, object]]]:
         try:
-            status, _, body = http_get(f"{base}/readyz")
+            status, _, body = http_get(f"{base}/readyz", token="ready-token-1")
+            _, _, anonymous = http_get(f"{base}/readyz")
         except OSError:
             return 0, {}
+        # without credentials: each check's status, never its detail
+        assert all(set(c) == {"ok"} for c in orjson.loads(anonymous)["checks"].values())
         return status, orjson.loads(body)["checks"]
 
     process = None

@@ -25,6 +25,7 @@ from tests.conftest import RunningService, Topics, wait_for
 from tests.poison import POISON, POISON_MAX_BYTES
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+_TIME = "time_out_of_range"
 
 
 def event(run_id: str, status: str, seconds: float = 0, **extra: object) -> RunStatusEvent:
@@ -63,8 +64,12 @@ def test_every_format_ends_up_in_the_store(
     )
     with service() as running:
         wait_for(lambda: count(store, events) == 54)
-        assert (
-            running.metric("runwatch_events_total", format="resource-log", status="Running") == 50
+        # counted right after the store commit, so a moment after the rows are visible
+        wait_for(
+            lambda: (
+                running.metric("runwatch_events_total", format="resource-log", status="Running")
+                == 50
+            )
         )
         assert running.metric("runwatch_events_total", format="native", status="Failed") == 1
         assert running.metric("runwatch_events_total", format="event-grid", status="Canceled") == 1
@@ -185,3 +190,46 @@ def test_out_of_order_arrival_keeps_the_latest_status(
     assert row.EndTime.replace(tzinfo=UTC) == T0 + timedelta(seconds=30)
     assert row.FirstSeen.replace(tzinfo=UTC) == T0
     assert row.Tags == {}
+
+
+def test_an_event_from_year_9999_cannot_pin_a_run_state(
+    topics: Topics, service: Callable[..., RunningService], store: Store
+) -> None:
+    """Issue 12 case 7: a Completed stamped 9999-12-31 kept `runs` at Completed whatever came
+    later, and retention (by LastSeen) never removed the run."""
+    now = datetime.now(UTC)
+    pinned = RunStatusEvent.model_validate(
+        {"TimeGenerated": datetime(9999, 12, 31, tzinfo=UTC), "RunId": "pin", "Status": "Completed"}
+    )
+    topics.produce(
+        [
+            encode(
+                event("pin", "Running").model_copy(update={"TimeGenerated": now}),
+                EventFormat.NATIVE,
+            ),
+            encode(pinned, EventFormat.NATIVE),
+            encode(
+                event("pin", "Failed").model_copy(
+                    update={"TimeGenerated": now + timedelta(seconds=1)}
+                ),
+                EventFormat.NATIVE,
+            ),
+        ],
+        keys=[b"pin"] * 3,
+    )
+    with service() as running:
+        # Counted after the batch is stored and its letters published.
+        wait_for(
+            lambda: (
+                running.metric("runwatch_dead_letters_total", reason=_TIME) == 1
+                and count(store, events) == 2
+            )
+        )
+        assert count(store, dead_letters) == 1
+    with store.engine.connect() as conn:
+        row = conn.execute(select(runs).where(runs.c.RunId == "pin")).one()
+        letter = conn.execute(select(dead_letters)).one()
+    assert row.Status == "Failed"
+    assert row.LastSeen.replace(tzinfo=UTC) < now + timedelta(days=1)
+    assert letter.Reason == "time_out_of_range"
+    assert "9999" in letter.Error

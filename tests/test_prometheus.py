@@ -83,6 +83,7 @@ def test_dashboard_and_alert_queries_return_data_from_a_live_runwatch(
 ) -> None:
     token_file = tmp_path / "metrics-token"
     token_file.write_text("s3cr3t-scrape-token\n")
+    token_file.chmod(0o600)  # runwatch refuses a secret file others can read
     smtp = SmtpServer().start()
     # The chat endpoint refuses the first delivery (a retry), then accepts.
     hook = HttpServer(responses={"/chat": lambda n: (503, {}, 0.0) if n == 0 else (200, {}, 0.0)})

@@ -285,7 +285,8 @@ def test_format_odd_content() -> None:
     table = format_runs([odd, {}, weird], "table")
     assert "\x00" not in table and "\t" not in table and "\r" not in table
     assert len(table.splitlines()) == 4
-    assert "a b c d" in table and "k=v w, ключ" in table and "-5s" in table
+    # line breaks and tabs become spaces; other controls are shown escaped (never obeyed)
+    assert "a b c\\u0000d" in table and "k=v w, ключ" in table and "-5s" in table
     assert orjson.loads(format_runs([odd, weird], "json"))[1]["experimentName"] == "a\nb\tc\x00d"
     long = {"runId": "x", "experimentName": "e" * 500}
     assert max(len(line) for line in format_runs([long], "table").splitlines()) < 120

@@ -200,6 +200,7 @@ def test_event_hubs_with_the_password_from_a_file(
 ) -> None:
     secret = tmp_path / "eventhubs-connection-string"
     secret.write_text(PASSWORD + "\n")  # as Kubernetes Secret mounts often end
+    secret.chmod(0o600)  # a secret file others can read is refused (tests/test_file_modes.py)
     monkeypatch.setenv("RUNWATCH_KAFKA__SASL_PASSWORD", "stale-password-from-env")
     path = config(tmp_path, EVENT_HUBS_YAML + f"  sasl_password_file: {secret}\n")
     settings = load_settings(path)
@@ -217,7 +218,7 @@ def test_an_unreadable_password_file_names_the_key(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError) as caught:
         settings.kafka.client_options()
-    assert caught.value.key == "kafka.sasl_password"
+    assert caught.value.key == "kafka.sasl_password_file"
     assert str(missing) in str(caught.value)
 
 

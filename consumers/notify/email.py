@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import logging
 import re
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,8 +31,10 @@ from email.utils import format_datetime, formataddr, parseaddr
 
 import aiosmtplib
 
-from consumers.errors import SendError
+from consumers.errors import ConfigError, SendError
 from consumers.settings import SmtpSettings
+
+log = logging.getLogger(__name__)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]+")
 
@@ -145,6 +149,45 @@ def _classify(exc: Exception) -> SendError:
     return SendError("connection", f"{type(exc).__name__}: {exc}", retriable=True)
 
 
+def _tls_failure(exc: BaseException, smtp: SmtpSettings) -> SendError | None:
+    """A connect error that is about TLS (aiosmtplib wraps the ssl error it met): said as
+    such, so the notification's reason tells what to fix."""
+    where = f"{smtp.host}:{smtp.port}"
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            if isinstance(seen, ssl.SSLCertVerificationError):
+                detail = f"certificate verify failed: {seen.verify_message}"
+            else:
+                detail = seen.reason or str(seen)
+            hint = "" if smtp.ca_file else " (a private CA: set smtp.ca_file)"
+            return SendError("tls", f"TLS with {where} failed: {detail}{hint}", retriable=True)
+        seen = seen.__cause__ or seen.__context__
+    if smtp.tls_mode == "starttls-required" and "STARTTLS" in str(exc).upper():
+        return SendError(
+            "tls",
+            f"{where} does not offer STARTTLS and smtp.tls_mode is starttls-required: "
+            "nothing was sent",
+            retriable=True,
+        )
+    return None
+
+
+def tls_context(smtp: SmtpSettings) -> ssl.SSLContext:
+    """Verification on by default: the system's CAs, or `ca_file` (a private CA or a
+    self-signed server). `validate_certs: false` is the explicit, logged way out."""
+    try:
+        context = ssl.create_default_context(
+            cafile=str(smtp.ca_file) if smtp.ca_file is not None else None
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("smtp.ca_file", f"cannot load {smtp.ca_file}: {exc}") from None
+    if not smtp.validate_certs:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class EmailSender:
     """Up to `smtp.connections` SMTP connections, reused between mails (a new connection per
     mail measured ~25% slower) and replaced when a server drops them."""
@@ -153,21 +196,56 @@ class EmailSender:
         self._smtp = smtp
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(smtp.connections)
+        self._context: ssl.SSLContext | None = None  # made on first use (reads ca_file)
+        if not smtp.validate_certs and smtp.tls_mode != "none":
+            log.warning(
+                "smtp.validate_certs is false: the SMTP server's certificate is not checked"
+            )
 
     async def _connect(self) -> aiosmtplib.SMTP:
         smtp = self._smtp
+        mode = smtp.tls_mode
+        # start_tls None: aiosmtplib upgrades when the server offers STARTTLS (opportunistic)
+        start_tls = {"starttls-required": True, "starttls-opportunistic": None}.get(mode, False)
+        if self._context is None and mode != "none":
+            try:
+                self._context = tls_context(smtp)
+            except ConfigError as exc:  # ca_file gone or broken since start-up
+                raise SendError("tls", str(exc), retriable=True) from exc
         client = aiosmtplib.SMTP(
             hostname=smtp.host,
             port=smtp.port,
-            use_tls=smtp.tls,
-            start_tls=smtp.starttls if not smtp.tls else False,
+            use_tls=mode == "implicit",
+            start_tls=start_tls,
             validate_certs=smtp.validate_certs,
+            tls_context=self._context,
             timeout=smtp.timeout_s,
         )
-        await client.connect()
-        password = smtp.secret()
-        if smtp.username and password is not None:
-            await client.login(smtp.username, password)
+        try:
+            await client.connect()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            failure = _tls_failure(exc, smtp)
+            if failure is not None:
+                raise failure from exc
+            raise
+        if smtp.username:
+            encrypted = client.get_transport_info("ssl_object") is not None
+            if not encrypted and not smtp.allow_plaintext_auth:
+                client.close()
+                raise SendError(
+                    "plaintext_auth",
+                    f"{smtp.host}:{smtp.port} offers no TLS (smtp.tls_mode {mode}), so the "
+                    "password was not sent: use a server with STARTTLS or implicit TLS, or "
+                    "set smtp.allow_plaintext_auth: true",
+                    retriable=True,
+                )
+            try:
+                password = smtp.secret()
+            except ConfigError as exc:
+                client.close()
+                raise SendError("config", str(exc), retriable=True) from exc
+            if password is not None:
+                await client.login(smtp.username, password)
         return client
 
     async def send(self, mail: Mail) -> None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from email.utils import parsedate_to_datetime
 
 import aiohttp
 
+from consumers import redact
 from consumers.errors import SendError
 from consumers.notify.pagerduty import with_routing_key
 from consumers.settings import WebhookReceiver
@@ -20,6 +22,8 @@ from consumers.settings import WebhookReceiver
 SIGNATURE_HEADER = "X-Runwatch-Signature"
 TIMESTAMP_HEADER = "X-Runwatch-Timestamp"
 RETRIABLE_STATUSES = frozenset({408, 425, 429})
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_DIGITS = re.compile(r"[0-9]{1,15}")
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -30,16 +34,31 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 def verify(
     secret: str, header: str, body: bytes, *, tolerance_s: float = 300, now: float | None = None
 ) -> bool:
-    """The receiver's side: constant-time compare, and refuse stale timestamps."""
-    try:
-        parts = dict(item.split("=", 1) for item in header.split(","))
-        timestamp = int(parts["t"])
-        given = parts["v1"]
-    except (KeyError, ValueError):
+    """The receiver's side: constant-time compare, and refuse stale timestamps.
+
+    Whatever the header holds (it comes from whoever can reach the receiver), the answer is
+    True or False, never an exception: `t` must be ASCII digits, each `v1` 64 lowercase hex
+    digits (several `v1` are allowed, for a secret being rotated), other parts are ignored."""
+    if not isinstance(header, str):
         return False
+    timestamps: list[str] = []
+    given: list[bytes] = []
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep:
+            continue
+        if key == "t":
+            timestamps.append(value)
+        elif key == "v1" and _HEX64.fullmatch(value):
+            given.append(value.encode("ascii"))
+    if len(timestamps) != 1 or not given or not _DIGITS.fullmatch(timestamps[0]):
+        return False
+    timestamp = int(timestamps[0])
     if abs((now if now is not None else time.time()) - timestamp) > tolerance_s:
         return False
-    return hmac.compare_digest(sign(secret, timestamp, body), given)
+    expected = sign(secret, timestamp, body).encode("ascii")
+    matches = [hmac.compare_digest(expected, value) for value in given]  # no early exit
+    return any(matches)
 
 
 def retry_after(value: str | None) -> float | None:
@@ -85,8 +104,11 @@ async def post(
     timeout_s: float,
 ) -> None:
     """One POST, its failure classified: 2xx is done; 408, 425, 429 and 5xx, timeouts and
-    connection errors are retriable (honouring Retry-After); any other status is final."""
+    connection errors are retriable (honouring Retry-After); any other status is final.
+    Failures name the endpoint by scheme, host and a hash, never the path (the path of a
+    Slack or Teams webhook is its credential)."""
     timeout = aiohttp.ClientTimeout(total=timeout_s)
+    where = redact.url(url)
     try:
         async with session.post(
             url, data=body, headers=headers, timeout=timeout, allow_redirects=False
@@ -97,13 +119,17 @@ async def post(
             detail = (await response.text(errors="replace"))[:300]
             wait = retry_after(response.headers.get("Retry-After"))
     except TimeoutError as exc:
-        raise SendError("timeout", f"no answer within {timeout_s}s", retriable=True) from exc
+        raise SendError(
+            "timeout", f"{where} gave no answer within {timeout_s}s", retriable=True
+        ) from exc
     except (aiohttp.ClientError, OSError) as exc:
-        raise SendError("connection", f"{type(exc).__name__}: {exc}", retriable=True) from exc
+        # aiohttp's texts can carry the URL: masked, and the endpoint named by its hash instead
+        text = redact.redact(f"{type(exc).__name__}: {exc}")
+        raise SendError("connection", f"{where}: {text}", retriable=True) from exc
     retriable = status in RETRIABLE_STATUSES or status >= 500
     raise SendError(
         f"http_{status}",
-        f"{url} answered {status}: {detail}",
+        f"{where} answered {status}: {redact.redact(detail)}",
         retriable=retriable,
         retry_after=wait,
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,13 +46,41 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _create_private(database: Path) -> None:
+    """The database holds run data, error texts and who triggered what: created 0600 (and
+    its folder 0700) before SQLite touches it. SQLite gives the -wal and -shm files it makes
+    later the database file's own mode, so they are 0600 too (checked on each connection)."""
+    database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # an existing database keeps the mode its owner gave it
+    os.close(fd)
+
+
+def _private_sidecars(database: Path) -> Callable[[Any, Any], None]:
+    def check(_dbapi_connection: Any, _record: Any) -> None:
+        for suffix in ("-wal", "-shm", "-journal"):
+            sidecar = database.with_name(database.name + suffix)
+            try:
+                mode = stat.S_IMODE(sidecar.stat().st_mode)
+                if mode & 0o077 and database.stat().st_mode & 0o077 == 0:
+                    sidecar.chmod(0o600)
+            except OSError:
+                continue  # not there (yet), or not ours
+
+    return check
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     parsed = make_url(url)
     if parsed.drivername in {"postgresql", "postgres"}:
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite":
+        database = None
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            database = Path(parsed.database).expanduser()
+            _create_private(database)
         # Enough pooled connections for the dispatcher's threads: opening a new one costs
         # the PRAGMAs below each time (measured as a third of the dispatch time).
         engine = create_engine(
@@ -61,6 +91,8 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             max_overflow=8,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        if database is not None:
+            event.listen(engine, "connect", _private_sidecars(database))
         return engine
     # psycopg 3 connections in SQLAlchemy's pool (one pool, not two): ingest writer, the
     # dispatcher's threads and retention share pool_size, with as many again on overflow.

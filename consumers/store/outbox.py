@@ -19,6 +19,7 @@ from sqlalchemy import func, select, update
 
 from consumers.events import to_utc
 from consumers.model.notifications import RETRYABLE, Notification, NotificationState
+from consumers.redact import redact
 from consumers.store.digests import claim_members
 from consumers.store.schema import notifications as n
 
@@ -92,7 +93,7 @@ class Outbox:
             lease_until=None,
             claim=None,
             reason=reason,
-            last_error=error[:4000],
+            last_error=redact(error)[:4000],  # no credential is stored
         )
 
     def mark_dead(self, notification_id: str, reason: str, error: str) -> None:
@@ -102,7 +103,7 @@ class Outbox:
             lease_until=None,
             claim=None,
             reason=reason,
-            last_error=error[:4000],
+            last_error=redact(error)[:4000],  # no credential is stored
         )
 
     def release_expired(self, now: datetime) -> int:

@@ -35,6 +35,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from consumers.alerts import Alert
 from consumers.events import STATUS_RANK, TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
+from consumers.redact import redact
 from consumers.store.listen import notify_outbox
 from consumers.store.schema import dead_letters, events, runs
 from consumers.updates import RunUpdate, apply_update
@@ -299,7 +300,7 @@ def write_batch(
                 "SourcePartition": letter.partition,
                 "SourceOffset": letter.offset,
                 "Reason": letter.reason,
-                "Error": letter.error,
+                "Error": redact(letter.error),  # no credential is stored
                 "MessageKey": letter.key,
                 "Payload": letter.payload,
                 "PayloadBytes": len(letter.payload or b""),
