@@ -77,6 +77,7 @@ class Alert(BaseModel):
             "annotations": dict(self.annotations),
             "fingerprint": self.fingerprint,
             "kind": self.kind,
+            "instance": self.instance,
             "status": self.status,
             "summary": self.summary,
             "group": dict(self.group),

@@ -34,6 +34,7 @@ from consumers.metrics import Metrics
 from consumers.model.notifications import NotificationKind
 from consumers.noise import digest
 from consumers.noise.policy import NoisePolicy
+from consumers.notify.alertmanager import AlertmanagerSender, postable_alerts
 from consumers.notify.email import EmailSender, build_message
 from consumers.notify.webhook import WebhookSender
 from consumers.outbox.recheck import recheck
@@ -75,13 +76,14 @@ class Dispatcher:
         self._settings = settings
         self._notify = settings.notify
         self._metrics = metrics
-        self._renderer = renderer or Renderer(settings.templates_dir)
+        self._renderer = renderer or Renderer.for_settings(settings)
         self._clock = clock
         self._rng = rng or random.Random()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._email: EmailSender | None = None
         self._webhook: WebhookSender | None = None
+        self._alertmanager: AlertmanagerSender | None = None
         self._to_mark: list[tuple[str, asyncio.Future[None]]] = []
         self._runs: dict[str, tuple[float, RunDetail | None]] = {}  # run id -> (when, detail)
         self._runs_lock = threading.Lock()
@@ -119,6 +121,7 @@ class Dispatcher:
         async with aiohttp.ClientSession() as session:
             self._email = EmailSender(self._settings.smtp)
             self._webhook = WebhookSender(session)
+            self._alertmanager = AlertmanagerSender(session)
             workers = [
                 asyncio.create_task(self._worker(queue)) for _ in range(self._notify.concurrency)
             ]
@@ -261,6 +264,7 @@ class Dispatcher:
         self, notification: Notification, receiver: ReceiverSettings, context: dict[str, Any]
     ) -> None:
         assert self._email is not None and self._webhook is not None
+        assert self._alertmanager is not None
         if receiver.email is not None:
             variant = digest.variant(notification)
             rendered = self._renderer.render_email(context, variant)
@@ -280,6 +284,12 @@ class Dispatcher:
                 receiver.webhook.format, context, digest.variant(notification)
             )
             await self._webhook.send(receiver.webhook, body, notification_id=notification.id)
+        elif receiver.alertmanager is not None:
+            hold = receiver.alertmanager.hold_firing_s if receiver.send_resolved else None
+            alerts = postable_alerts(context, digest.variant(notification), hold_firing_s=hold)
+            await self._alertmanager.send(
+                receiver.alertmanager, alerts, notification_id=notification.id
+            )
 
     async def _mark_sent(self, notification_id: str) -> None:
         """Group commit: sends that finish while a mark is being committed are marked together

@@ -20,7 +20,7 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 _BATCH_BUCKETS = (1, 5, 10, 50, 100, 500, 1000, 2500, 5000, 10000)
 
-RECEIVER_TYPES = ("email", "webhook")
+RECEIVER_TYPES = ("email", "webhook", "alertmanager")
 NOTIFICATION_RESULTS = ("sent", "retry", "dead")
 DEAD_LETTER_REASONS = (
     "empty",

@@ -6,6 +6,7 @@ instead of silently running on a default.
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 from collections.abc import Callable
@@ -287,7 +288,8 @@ class EmailReceiver(_Section):
     cc: list[str] = Field(default_factory=list)
 
 
-WebhookFormat = Literal["native", "alertmanager", "azure-common", "slack", "teams"]
+WebhookFormat = Literal["native", "alertmanager", "azure-common", "slack", "teams", "pagerduty"]
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 
 
 class WebhookReceiver(_Section):
@@ -297,13 +299,24 @@ class WebhookReceiver(_Section):
     secret_file: Path | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_s: float = Field(default=10.0, gt=0)
+    # format pagerduty: the integration's routing key (Events API v2), never in the config
+    # file itself and never logged; added to the body at send time.
+    routing_key_env: str | None = None
+    routing_key_file: Path | None = None
 
     @field_validator("url")
     @classmethod
     def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("expected an http:// or https:// URL")
-        return value
+        return _http_url(value)
+
+    @model_validator(mode="after")
+    def _routing_key(self) -> WebhookReceiver:
+        given = self.routing_key_env is not None or self.routing_key_file is not None
+        if self.format == "pagerduty" and not given:
+            raise ValueError("format pagerduty needs routing_key_env or routing_key_file")
+        if given and self.format != "pagerduty":
+            raise ValueError("routing_key_env/routing_key_file are for format pagerduty only")
+        return self
 
     def secret(self) -> str | None:
         """Read at send time, so a rotated secret is used without a restart."""
@@ -315,16 +328,103 @@ class WebhookReceiver(_Section):
             return value
         return None
 
+    def routing_key(self) -> str | None:
+        """PagerDuty's routing key, read at send time like the secret (and registered for
+        redaction likewise)."""
+        if self.routing_key_file is not None:
+            return read_secret(None, self.routing_key_file, "webhook.routing_key_file")
+        if self.routing_key_env:
+            value = os.environ.get(self.routing_key_env)
+            redact.register(value)
+            return value
+        return None
+
+
+class AlertmanagerReceiver(_Section):
+    """Alerts pushed to an existing Alertmanager (POST <url>/api/v2/alerts), so that teams
+    routing with Alertmanager keep doing so. Credentials are read at send time: a bearer
+    token, or basic auth (Alertmanager's own web.config), from the environment or a file."""
+
+    url: str  # the Alertmanager's base URL, e.g. http://alertmanager:9093
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(default=10.0, gt=0)
+    bearer_token_env: str | None = None
+    bearer_token_file: Path | None = None
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    # A stateful alert (threshold, absence, ...) is pushed with endsAt this far after it fired
+    # when this receiver gets resolutions (send_resolved: true); the resolution ends it
+    # sooner. Without send_resolved, Alertmanager's resolve_timeout ends it.
+    hold_firing_s: float = Field(default=7 * 86400.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        return _http_url(value)
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> AlertmanagerReceiver:
+        bearer = self.bearer_token_env is not None or self.bearer_token_file is not None
+        password = self.password_env is not None or self.password_file is not None
+        if bearer and (self.username is not None or password):
+            raise ValueError("give either a bearer token or username/password, not both")
+        if (self.username is not None) != password:
+            raise ValueError("basic auth needs both username and password_env (or _file)")
+        return self
+
+    @property
+    def alerts_url(self) -> str:
+        return self.url.rstrip("/") + "/api/v2/alerts"
+
+    def secret(self) -> str | None:
+        """The password or bearer token, read now (a rotated secret needs no restart) and
+        registered for redaction."""
+        if self.username is not None:
+            value = read_secret(None, self.password_file, "alertmanager.password_file")
+            env = self.password_env
+        else:
+            value = read_secret(None, self.bearer_token_file, "alertmanager.bearer_token_file")
+            env = self.bearer_token_env
+        if value is None and env:
+            value = os.environ.get(env)
+            redact.register(value)
+        return value
+
+    def authorization(self) -> str | None:
+        """The Authorization header: basic auth (Alertmanager's own web.config) or a bearer
+        token (a proxy in front of it); None without credentials."""
+        secret = self.secret()
+        if self.username is not None:
+            token = base64.b64encode(f"{self.username}:{secret or ''}".encode()).decode()
+            redact.register(token)
+            return f"Basic {token}"
+        return f"Bearer {secret}" if secret else None
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
 
 class ReceiverSettings(_Section):
     email: EmailReceiver | None = None
     webhook: WebhookReceiver | None = None
+    alertmanager: AlertmanagerReceiver | None = None
     # Also notify when a stateful alert (threshold, absence, ...) resolves.
     send_resolved: bool = False
 
     @property
-    def kind(self) -> Literal["email", "webhook"]:
-        return "email" if self.email is not None else "webhook"
+    def kind(self) -> Literal["email", "webhook", "alertmanager"]:
+        if self.email is not None:
+            return "email"
+        return "webhook" if self.webhook is not None else "alertmanager"
+
+    @property
+    def given(self) -> int:
+        """How many of email, webhook and alertmanager are configured (exactly one is valid)."""
+        return sum(x is not None for x in (self.email, self.webhook, self.alertmanager))
 
 
 class NotifySettings(_Section):
@@ -371,6 +471,10 @@ class Settings(BaseSettings):
     rules_dir: Path = Field(default_factory=lambda: shipped("alert_rules"))
     templates_dir: Path = Field(default_factory=lambda: shipped("templates"))
     run_url_template: str | None = None  # e.g. "https://ml.example.com/runs/{RunId}"
+    # The Azure Resource Manager ID of an event's workspace, filled from its columns, for
+    # the azure-common body's alertTargetIDs: "/subscriptions/<id>/resourceGroups/<rg>/
+    # providers/Microsoft.MachineLearningServices/workspaces/{WorkspaceName}".
+    azure_resource_id_template: str | None = None
     smtp: SmtpSettings = SmtpSettings()
     receivers: dict[str, ReceiverSettings] = Field(default_factory=dict)
     notify: NotifySettings = NotifySettings()
@@ -381,8 +485,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _receivers(self) -> Settings:
         for name, receiver in self.receivers.items():
-            if (receiver.email is None) == (receiver.webhook is None):
-                raise ValueError(f"receivers.{name}: give exactly one of email or webhook")
+            if receiver.given != 1:
+                raise ValueError(
+                    f"receivers.{name}: give exactly one of email, webhook or alertmanager"
+                )
         return self
 
     def secret_values(self, *, strict: bool = True) -> list[str]:
@@ -407,6 +513,16 @@ class Settings(BaseSettings):
                     if any(word in header.lower() for word in _SECRET_HEADER_WORDS)
                 )
                 readers.append((f"receivers.{name}", hook.secret))
+                readers.append((f"receivers.{name}", hook.routing_key))
+            if receiver.alertmanager is not None:
+                push = receiver.alertmanager
+                redact.register_url(push.url)
+                values.extend(
+                    value
+                    for header, value in push.headers.items()
+                    if any(word in header.lower() for word in _SECRET_HEADER_WORDS)
+                )
+                readers.append((f"receivers.{name}", push.secret))
         for _, read in readers:
             try:
                 value = read()

@@ -16,6 +16,7 @@ import aiohttp
 
 from consumers import redact
 from consumers.errors import SendError
+from consumers.notify.pagerduty import with_routing_key
 from consumers.settings import WebhookReceiver
 
 SIGNATURE_HEADER = "X-Runwatch-Signature"
@@ -78,6 +79,8 @@ class WebhookSender:
         self._session = session
 
     async def send(self, receiver: WebhookReceiver, body: bytes, *, notification_id: str) -> None:
+        if receiver.format == "pagerduty":
+            body = with_routing_key(body, receiver.routing_key())
         headers = {
             **receiver.headers,
             "Content-Type": "application/json",
@@ -90,30 +93,43 @@ class WebhookSender:
             timestamp = int(time.time())
             headers[TIMESTAMP_HEADER] = str(timestamp)
             headers[SIGNATURE_HEADER] = f"t={timestamp},v1={sign(secret, timestamp, body)}"
-        timeout = aiohttp.ClientTimeout(total=receiver.timeout_s)
-        where = redact.url(receiver.url)  # scheme, host and a hash: never the path
-        try:
-            async with self._session.post(
-                receiver.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
-            ) as response:
-                status = response.status
-                if 200 <= status < 300:
-                    return
-                detail = (await response.text(errors="replace"))[:300]
-                wait = retry_after(response.headers.get("Retry-After"))
-        except TimeoutError as exc:
-            raise SendError(
-                "timeout", f"{where} gave no answer within {receiver.timeout_s}s", retriable=True
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            # aiohttp's texts can carry the URL: masked (the path of a Slack or Teams
-            # webhook is its credential), and the receiver named by its hashed URL instead
-            text = redact.redact(f"{type(exc).__name__}: {exc}")
-            raise SendError("connection", f"{where}: {text}", retriable=True) from exc
-        retriable = status in RETRIABLE_STATUSES or status >= 500
+        await post(self._session, receiver.url, body, headers, receiver.timeout_s)
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    timeout_s: float,
+) -> None:
+    """One POST, its failure classified: 2xx is done; 408, 425, 429 and 5xx, timeouts and
+    connection errors are retriable (honouring Retry-After); any other status is final.
+    Failures name the endpoint by scheme, host and a hash, never the path (the path of a
+    Slack or Teams webhook is its credential)."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    where = redact.url(url)
+    try:
+        async with session.post(
+            url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+        ) as response:
+            status = response.status
+            if 200 <= status < 300:
+                return
+            detail = (await response.text(errors="replace"))[:300]
+            wait = retry_after(response.headers.get("Retry-After"))
+    except TimeoutError as exc:
         raise SendError(
-            f"http_{status}",
-            f"{where} answered {status}: {redact.redact(detail)}",
-            retriable=retriable,
-            retry_after=wait,
-        )
+            "timeout", f"{where} gave no answer within {timeout_s}s", retriable=True
+        ) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        # aiohttp's texts can carry the URL: masked, and the endpoint named by its hash instead
+        text = redact.redact(f"{type(exc).__name__}: {exc}")
+        raise SendError("connection", f"{where}: {text}", retriable=True) from exc
+    retriable = status in RETRIABLE_STATUSES or status >= 500
+    raise SendError(
+        f"http_{status}",
+        f"{where} answered {status}: {redact.redact(detail)}",
+        retriable=retriable,
+        retry_after=wait,
+    )

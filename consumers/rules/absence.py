@@ -12,18 +12,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from consumers.events import RunStatusEvent
+from consumers.rules.durations import span
 from consumers.rules.engine import Matcher
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Finding
 from consumers.rules.model import Rule
 from consumers.rules.threshold import group_key, group_values
 from consumers.rules.tracker import RunTracker
-
-
-def _span(seconds: float) -> str:
-    hours, rest = divmod(int(seconds), 3600)
-    minutes = rest // 60
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m"
 
 
 class StuckRuns:
@@ -52,8 +47,8 @@ class StuckRuns:
                     True,
                     event,
                     summary=(
-                        f"run {event.RunId} has been {status} for {_span(stuck_for)} "
-                        f"(limit {_span(limit)})"
+                        f"run {event.RunId} has been {status} for {span(stuck_for)} "
+                        f"(limit {span(limit)})"
                     ),
                     group={"RunId": event.RunId, "Status": status},
                     value=stuck_for,
@@ -103,7 +98,7 @@ class Flatline:
                     True,
                     last or self._placeholder(now),
                     summary=(
-                        f"{self.rule.name}: no matching event in {_span(window)}"
+                        f"{self.rule.name}: no matching event in {span(window)}"
                         f"{' for ' + where if where else ''} ({seen})"
                     ),
                     group=self.values.get(key, {}),

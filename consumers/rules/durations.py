@@ -22,7 +22,8 @@ def p90(values: list[float]) -> float:
     return ordered[max(math.ceil(0.9 * len(ordered)) - 1, 0)]
 
 
-def _span(seconds: float) -> str:
+def span(seconds: float) -> str:
+    """'2h 01m', '4m 05s', '45s': the run times and limits of duration and absence texts."""
     hours, rest = divmod(int(seconds), 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
@@ -52,14 +53,14 @@ class LongRuns:
                 continue
             reasons: list[str] = []
             if spec.max is not None and elapsed > spec.max:
-                reasons.append(f"limit {_span(spec.max)}")
+                reasons.append(f"limit {span(spec.max)}")
             if spec.factor is not None and event.ExperimentName is not None:
                 baseline = runs.baseline(event.ExperimentName, spec.baseline_runs)
                 if baseline is not None:
                     typical = p90(baseline)
                     if elapsed > spec.factor * typical:
                         reasons.append(
-                            f"{spec.factor:g} x p90 {_span(typical)} of the last "
+                            f"{spec.factor:g} x p90 {span(typical)} of the last "
                             f"{len(baseline)} completed runs"
                         )
             if not reasons:
@@ -70,7 +71,7 @@ class LongRuns:
                     True,
                     event,
                     summary=(
-                        f"run {event.RunId} has been Running for {_span(elapsed)} "
+                        f"run {event.RunId} has been Running for {span(elapsed)} "
                         f"({'; '.join(reasons)})"
                     ),
                     group={"RunId": event.RunId},
