@@ -175,6 +175,7 @@ _ROUND_S = 0.5  # longest wait for acknowledgements before looking at stop and s
 _RETRY_BACKOFF_S = 0.2
 _STALL_S = 10.0  # no acknowledgement this long: the producer may be stuck, replace it
 _STOP_GRACE_S = 5.0  # after a stop request, how long unacknowledged letters are waited for
+_HOLD_LOG_AFTER_S = 5.0  # a broker this slow to acknowledge is worth a line in the log
 _HOLD_LOG_EVERY_S = 30.0
 
 
@@ -231,7 +232,7 @@ class DeadLetterPublisher:
             held = waiting or any(is_retriable(exc) for exc in failures.values())
             if held:
                 held_since = held_since or now
-                if now - logged_at >= _HOLD_LOG_EVERY_S:
+                if now - held_since >= _HOLD_LOG_AFTER_S and now - logged_at >= _HOLD_LOG_EVERY_S:
                     logged_at = now
                     log.warning(
                         "dead-letter topic %s has not acknowledged %d letters for %.0fs; "
