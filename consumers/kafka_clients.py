@@ -96,7 +96,7 @@ def close_consumer(consumer: KafkaConsumer) -> None:
             net.stop(timeout_ms=5000)  # idempotent; close() drives what is left itself
         consumer.close(autocommit=False)
     except Exception as exc:  # a consumer being thrown away: nothing left to protect
-        log.warning("closing the Kafka consumer failed: %s", exc)
+        log.warning("closing the Kafka consumer failed: %s", str(exc))
 
 
 def refusal(exc: BaseException) -> str:
@@ -121,7 +121,7 @@ def close_producer(producer: KafkaProducer, timeout: float) -> None:
         return
     except KafkaError as exc:
         log.warning(
-            "Kafka producer not flushed within %.0fs, dropping what it held: %s", timeout, exc
+            "Kafka producer not flushed within %.0fs, dropping what it held: %s", timeout, str(exc)
         )
     sender = getattr(producer, "_sender", None)
     if sender is not None:
@@ -130,7 +130,7 @@ def close_producer(producer: KafkaProducer, timeout: float) -> None:
     try:
         producer.close(timeout=0)
     except KafkaError as exc:
-        log.warning("closing the Kafka producer failed: %s", exc)
+        log.warning("closing the Kafka producer failed: %s", str(exc))
 
 
 class _CancelledAtClose(logging.Filter):

@@ -250,7 +250,7 @@ class KafkaLoop(Generic[P]):
         """Close the consumer and build a new one, which joins the group afresh. What the
         writer finishes meanwhile is committed once the new consumer owns the partitions;
         anything else is redelivered, and the store makes that a no-op."""
-        log.warning("Kafka consumer failed (%s: %s); replacing it", type(exc).__name__, exc)
+        log.warning("Kafka consumer failed (%s: %s); replacing it", type(exc).__name__, str(exc))
         self.broker_connected = False
         close_consumer(old)
         with self._uncommitted_lock:
@@ -261,7 +261,7 @@ class KafkaLoop(Generic[P]):
                 consumer = self._factory()
                 break
             except RunwatchError as failed:
-                log.warning("new Kafka consumer not created yet: %s", failed)
+                log.warning("new Kafka consumer not created yet: %s", str(failed))
                 if stop.wait(delay):
                     # run()'s cleanup closes whatever is in hand: give it the closed one
                     return old

@@ -321,7 +321,7 @@ class DeadLetterPublisher:
                 strikes,
                 self._max_attempts,
                 type(exc).__name__,
-                exc,
+                str(exc),
             )
         else:
             del pending[source]
@@ -336,7 +336,7 @@ class DeadLetterPublisher:
                 strikes,
                 self._topic,
                 type(exc).__name__,
-                exc,
+                str(exc),
             )
         return stuck_producer(exc)
 
@@ -346,7 +346,7 @@ class DeadLetterPublisher:
         try:
             fresh = self._factory(bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
         except (RunwatchError, KafkaError) as exc:
-            log.warning("dead-letter producer not replaced (%s): %s", why, exc)
+            log.warning("dead-letter producer not replaced (%s): %s", why, str(exc))
             self._sent_at = dict.fromkeys(self._sent_at, time.monotonic())
             return
         old, self._producer = self._producer, fresh
