@@ -86,6 +86,7 @@ class Service:
             settings.store.url,
             migrate=settings.store.migrate_on_start,
             pool_size=settings.store.pool_size,
+            dead_letter_payload_max_bytes=settings.store.dead_letter_payload_max_bytes,
         )
         self._ensure_partitions()
         # A bad rule file at start-up stops it (there are no old rules to keep running).
@@ -229,7 +230,7 @@ class Service:
 
     def run(self, stop: threading.Event) -> None:
         kafka = self.settings.kafka
-        dead_letters = DeadLetterPublisher(kafka)
+        dead_letters = DeadLetterPublisher(kafka, self.metrics, stop=stop)
         ingestor = Ingestor(
             self.store,
             dead_letters,

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -28,6 +29,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from consumers.errors import BrokerError, RunwatchError
+from consumers.kafka_clients import close_consumer, recovery_options
 from consumers.metrics import Metrics
 from consumers.settings import KafkaSettings
 
@@ -38,13 +40,17 @@ Offsets = dict[TopicPartition, int]
 
 _POLL_TIMEOUT_MS = 100  # how quickly a stop request is noticed when the topic is idle
 _BACKOFF_START_S = 0.2
-_BACKOFF_MAX_S = 30.0
+# A store (or broker) that is back is written to within this: resuming quickly matters more
+# than sparing a database that refuses one small transaction a second.
+_BACKOFF_MAX_S = 1.0
+_RETRY_LOG_EVERY_S = 30.0  # a failing batch is logged once, then at most this often
 _IN_FLIGHT = 2  # prepared batches waiting for the writer: bounds memory, gives backpressure
 
 
 def make_consumer(settings: KafkaSettings, **overrides: Any) -> KafkaConsumer:
     options: dict[str, Any] = {
         **settings.client_options(),
+        **recovery_options(settings.reconnect_backoff_max_ms),
         "group_id": settings.group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": settings.auto_offset_reset,
@@ -114,21 +120,31 @@ class _Writer(threading.Thread, Generic[P]):
 
     def _write_until_done(self, prepared: P, size: int) -> None:
         delay = _BACKOFF_START_S
+        failures = 0
+        logged_at = 0.0
         while True:
             try:
                 self._write(prepared)
+                if failures:
+                    log.info("batch of %d messages written after %d failures", size, failures)
                 return
             except Exception as exc:
+                failures += 1
                 retriable = isinstance(exc, RunwatchError) and exc.retriable
                 self._metrics.store_errors.inc()
-                log.error(
-                    "batch of %d messages failed (%s, retrying in %.1fs): %s",
-                    size,
-                    "retriable" if retriable else "unexpected",
-                    delay,
-                    exc,
-                    exc_info=not retriable,
-                )
+                now = time.monotonic()
+                if now - logged_at >= _RETRY_LOG_EVERY_S:
+                    logged_at = now
+                    log.error(
+                        "batch of %d messages failed %d times (%s, retrying every %.1fs at "
+                        "most): %s",
+                        size,
+                        failures,
+                        "retriable" if retriable else "unexpected",
+                        _BACKOFF_MAX_S,
+                        exc,
+                        exc_info=not retriable,
+                    )
             if self._stop_requested.wait(delay):
                 raise StoppedError("stopped while retrying a batch; it will be redelivered")
             delay = min(delay * 2, _BACKOFF_MAX_S)
@@ -153,6 +169,12 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         # redelivered to the partition's next owner, and the store turns that into a no-op.
         self._loop.commit_done(blocking=False)
         for tp in revoked:
+            self._loop.forget(tp)
+
+    def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
+        # Evicted from the group (session expired, or a broker that forgot the group): a
+        # commit would be refused, and the partitions' next owner reads them again.
+        for tp in lost:
             self._loop.forget(tp)
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -192,7 +214,11 @@ class KafkaLoop(Generic[P]):
         try:
             while not stop.is_set():
                 self.commit_done()
-                polled = consumer.poll(timeout_ms=_POLL_TIMEOUT_MS)
+                try:
+                    polled = consumer.poll(timeout_ms=_POLL_TIMEOUT_MS)
+                except KafkaError as exc:  # a state kafka-python does not leave by itself
+                    consumer = self._replace_consumer(consumer, exc, stop)
+                    continue
                 self.broker_connected = _coordinator_connected(consumer)
                 if not polled:
                     continue
@@ -211,12 +237,39 @@ class KafkaLoop(Generic[P]):
             self.finish_in_flight()
             self.connected.clear()
             self.broker_connected = False
-            consumer.close(autocommit=False)
+            close_consumer(consumer)
             self._consumer = None
         if writer.failure is not None and not isinstance(writer.failure, StoppedError):
             raise writer.failure
         if isinstance(writer.failure, StoppedError):
             log.info("%s", writer.failure)
+
+    def _replace_consumer(
+        self, old: KafkaConsumer, exc: KafkaError, stop: threading.Event
+    ) -> KafkaConsumer:
+        """Close the consumer and build a new one, which joins the group afresh. What the
+        writer finishes meanwhile is committed once the new consumer owns the partitions;
+        anything else is redelivered, and the store makes that a no-op."""
+        log.warning("Kafka consumer failed (%s: %s); replacing it", type(exc).__name__, str(exc))
+        self.broker_connected = False
+        close_consumer(old)
+        with self._uncommitted_lock:
+            self._uncommitted.clear()
+        delay = _BACKOFF_START_S
+        while True:
+            try:
+                consumer = self._factory()
+                break
+            except RunwatchError as failed:
+                log.warning("new Kafka consumer not created yet: %s", str(failed))
+                if stop.wait(delay):
+                    # run()'s cleanup closes whatever is in hand: give it the closed one
+                    return old
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+        consumer.subscribe([self._settings.topic], listener=_CommitOnRevoke(self))
+        self._consumer = consumer
+        self._metrics.kafka_clients_recreated.labels(client="consumer").inc()
+        return consumer
 
     def finish_in_flight(self) -> None:
         """At stop: let the writer finish what it has, then commit it (consumer thread)."""
@@ -237,22 +290,27 @@ class KafkaLoop(Generic[P]):
         """A failed commit is retried with the next one (every poll, at the latest): at the end
         of a stream no later batch would carry it, and the group's lag would never reach 0
         (seen when a commit met a coordinator change after a member was killed)."""
-        if self._consumer is None:
+        consumer = self._consumer
+        if consumer is None:
             return
         with self._uncommitted_lock:  # the revoke path runs on kafka-python's IO thread
             merged, self._uncommitted = self._uncommitted, {}
         for tp, offset in offsets.items():
             merged[tp] = max(offset, merged.get(tp, offset))
+        # A partition that is not ours (any more) is its owner's to commit: ours would be
+        # refused, and retried with every later commit.
+        owned = consumer.assignment()
+        merged = {tp: offset for tp, offset in merged.items() if tp in owned}
         if not merged:
             return
         commits = {tp: OffsetAndMetadata(o, "", -1) for tp, o in merged.items()}
         try:
             if blocking:
-                self._consumer.commit(commits)
+                consumer.commit(commits)
             else:
                 # On the IO thread, at revoke: not retried; the partitions' next owner gets
                 # what was not committed again, and the store turns it into a no-op.
-                self._consumer.commit_async(commits)
+                consumer.commit_async(commits)
             self._metrics.commits.labels(result="ok").inc()
         except (CommitFailedError, KafkaError) as exc:
             self._metrics.commits.labels(result="failed").inc()

@@ -38,6 +38,9 @@ DEAD_LETTER_REASONS = (
     "internal",
     "store_rejected",
 )
+# Why a dead letter was given up on the dead-letter topic (consumers.kafka_clients).
+UNPUBLISHED_ERRORS = ("too_large", "topic", "producer", "other")
+KAFKA_CLIENTS = ("consumer", "producer")
 OUTBOX_STATES = tuple(state.value for state in NotificationState)
 OTHER_EXPERIMENTS = "_other"
 
@@ -80,6 +83,24 @@ class Metrics:
             "runwatch_dead_letters_total",
             "Messages sent to the dead-letter topic, by reason.",
             ["reason"],
+            registry=registry,
+        )
+        self.dead_letters_unpublished = Counter(
+            "runwatch_dead_letters_unpublished_total",
+            "Dead letters given up on the dead-letter topic after repeated refusals, by error "
+            "(too_large, topic, producer, other); they stay in the store.",
+            ["error"],
+            registry=registry,
+        )
+        self.dead_letters_truncated = Counter(
+            "runwatch_dead_letters_truncated_total",
+            "Dead letters published truncated to kafka.dead_letter_max_bytes.",
+            registry=registry,
+        )
+        self.kafka_clients_recreated = Counter(
+            "runwatch_kafka_clients_recreated_total",
+            "Kafka clients closed and created again because they were stuck, by client.",
+            ["client"],
             registry=registry,
         )
         self.batch_size = Histogram(
@@ -228,6 +249,10 @@ class Metrics:
                 self.receiver_notifications.labels(receiver=receiver, result=result)
         for reason in DEAD_LETTER_REASONS:
             self.dead_letters.labels(reason=reason)
+        for error in UNPUBLISHED_ERRORS:
+            self.dead_letters_unpublished.labels(error=error)
+        for client in KAFKA_CLIENTS:
+            self.kafka_clients_recreated.labels(client=client)
         for state in OUTBOX_STATES:
             self.outbox.labels(state=state)
         for result in ("ok", "failed"):

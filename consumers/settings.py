@@ -92,6 +92,17 @@ class KafkaSettings(_Section):
     heartbeat_interval_ms: int = Field(default=3000, ge=100)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_message_bytes: int = Field(default=1_048_576, ge=1024)
+    # The largest record (key + value + headers) put on the dead-letter topic: a bigger letter
+    # is published truncated. Under Kafka's default message.max.bytes (1,048,588) and Event
+    # Hubs' 1 MB, with room for the batch framing.
+    dead_letter_max_bytes: int = Field(default=1_000_000, ge=16_384)
+    # A dead letter the broker keeps refusing (too large, topic invalid or not authorised) is
+    # given up after this many attempts; it stays in the store. A broker that is away is
+    # waited for instead, however long.
+    dead_letter_max_attempts: int = Field(default=5, ge=1, le=100)
+    # Reconnect attempts back off exponentially from 50 ms up to this (kafka-python's 30 s
+    # default meant ingest resumed up to that long after the broker was back).
+    reconnect_backoff_max_ms: int = Field(default=500, ge=50, le=60_000)
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -145,6 +156,8 @@ class StoreSettings(_Section):
     partition_interval_hours: int = Field(default=24, ge=1, le=24 * 31)
     partitions_ahead: int = Field(default=3, ge=1, le=366)
     pool_size: int = Field(default=10, ge=1, le=200)  # PostgreSQL connections per replica
+    # A dead letter's payload is stored up to this many bytes (PayloadBytes keeps the size).
+    dead_letter_payload_max_bytes: int = Field(default=4_194_304, ge=0)
 
     @field_validator("url")
     @classmethod

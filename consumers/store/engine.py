@@ -135,6 +135,7 @@ class Store:
     # (measured: p99 notification latency 540 ms -> see the alerting benchmark).
     # PostgreSQL locks rows, not the database: no lock there.
     write_lock: AbstractContextManager[Any] = field(default_factory=nullcontext)
+    dead_letter_payload_max_bytes: int | None = None  # store.dead_letter_payload_max_bytes
 
     @property
     def url(self) -> str:
@@ -212,6 +213,7 @@ class Store:
                     now=now,
                     noise=noise,
                     updates=updates,
+                    payload_cap=self.dead_letter_payload_max_bytes,
                 )
         except SQLAlchemyError as exc:
             # Down or locked: try again later. Anything else is about the data itself.
@@ -248,10 +250,16 @@ class Store:
         self.engine.dispose()
 
 
-def open_store(url: str, *, migrate: bool = False, pool_size: int = 10) -> Store:
+def open_store(
+    url: str,
+    *,
+    migrate: bool = False,
+    pool_size: int = 10,
+    dead_letter_payload_max_bytes: int | None = None,
+) -> Store:
     engine = make_engine(url, pool_size=pool_size)
     lock = threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
-    store = Store(engine, lock)
+    store = Store(engine, lock, dead_letter_payload_max_bytes)
     try:
         if migrate:
             store.upgrade()

@@ -278,9 +278,11 @@ def write_batch(
     now: datetime | None = None,
     noise: NoisePolicy | None = None,
     updates: Sequence[tuple[int, RunUpdate]] = (),
+    payload_cap: int | None = None,
 ) -> WriteResult:
     """`updates` are (position, update): the update came after the first `position` events
-    of `batch` on the topic, and is applied to the run state there, in topic order."""
+    of `batch` on the topic, and is applied to the run state there, in topic order.
+    A dead letter's payload is stored up to `payload_cap` bytes; PayloadBytes is its size."""
     now = to_utc(now) if now is not None else datetime.now(UTC)
     inserted = run_count = letter_count = 0
     if batch:
@@ -302,7 +304,7 @@ def write_batch(
                 "Reason": letter.reason,
                 "Error": redact(letter.error),  # no credential is stored
                 "MessageKey": letter.key,
-                "Payload": letter.payload,
+                "Payload": _capped(letter.payload, payload_cap),
                 "PayloadBytes": len(letter.payload or b""),
                 "ReceivedAt": now,
             }
@@ -339,6 +341,11 @@ def _record(
     from consumers.store.outbox_state import SqlOutboxState
 
     return Recorder(receiver_kinds, noise).record(SqlOutboxState(conn), alerts, now)
+
+
+def _capped(payload: bytes | None, cap: int | None) -> bytes | None:
+    """A 100 MB message (the consumer fetches up to that) must not become a 100 MB row."""
+    return payload if payload is None or cap is None else payload[:cap]
 
 
 def _upsert_runs(conn: Connection, batch: Sequence[RunStatusEvent]) -> int:
