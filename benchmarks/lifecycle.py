@@ -23,7 +23,7 @@ from percentiles import pct  # benchmarks/, on the path when run as a script
 
 from consumers.app import Service
 from consumers.broker import EmbeddedBroker, create_topics
-from consumers.lifecycle import Experiment, Workspace
+from consumers.client import Experiment, Workspace
 from consumers.settings import Settings
 
 

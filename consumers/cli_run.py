@@ -13,8 +13,8 @@ import orjson
 
 from consumers.cli import _config, _pairs
 from consumers.errors import ConfigError, RunNotFoundError, StoreLagError
-from consumers.lifecycle import Experiment, Run, Workspace
-from consumers.lifecycle.workspace import DEFAULT_WORKSPACE
+from consumers.client import Experiment, Run, Workspace
+from consumers.client.workspace import DEFAULT_WORKSPACE
 
 Common = Callable[..., None]
 

@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from consumers.lifecycle import lookup
-from consumers.lifecycle.run import Run
-from consumers.lifecycle.workspace import Workspace
+from consumers.client import lookup
+from consumers.client.run import Run
+from consumers.client.workspace import Workspace
 
 
 class Experiment:

@@ -1,6 +1,6 @@
 """The producer side: start, monitor and cancel runs, child runs, tags and properties.
 
-    from consumers.lifecycle import Experiment, Workspace
+    from consumers.client import Experiment, Workspace
 
     ws = Workspace("ml-team", load_settings("runwatch.yaml"))
     with Experiment(ws, "nightly-train").start_logging() as run:
@@ -10,8 +10,8 @@
 Metric logging (`run.log`) is deliberately absent: runwatch is about status changes.
 """
 
-from consumers.lifecycle.experiment import Experiment
-from consumers.lifecycle.run import Run
-from consumers.lifecycle.workspace import Workspace
+from consumers.client.experiment import Experiment
+from consumers.client.run import Run
+from consumers.client.workspace import Workspace
 
 __all__ = ["Experiment", "Run", "Workspace"]

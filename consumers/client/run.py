@@ -25,12 +25,12 @@ from consumers.errors import (
     StoreLagError,
 )
 from consumers.events import TERMINAL_STATUSES, RunStatusEvent, Status
-from consumers.lifecycle import lookup
-from consumers.lifecycle.workspace import Workspace
+from consumers.client import lookup
+from consumers.client.workspace import Workspace
 from consumers.updates import RunUpdate
 
 if TYPE_CHECKING:
-    from consumers.lifecycle.experiment import Experiment
+    from consumers.client.experiment import Experiment
 
 ENV_RUN_ID = "RUNWATCH_RUN_ID"
 ENV_EXPERIMENT = "RUNWATCH_RUN_EXPERIMENT"
@@ -386,7 +386,7 @@ class Run:
     def from_record(
         cls, workspace: Workspace, record: Mapping[str, Any], status_time: datetime | None = None
     ) -> Run:
-        from consumers.lifecycle.experiment import Experiment
+        from consumers.client.experiment import Experiment
 
         experiment = Experiment(workspace, record["experimentName"] or "")
         return cls(

@@ -19,7 +19,7 @@ from consumers.store.queries import AnyRow, run_record
 from consumers.store.schema import events, runs
 
 if TYPE_CHECKING:
-    from consumers.lifecycle.workspace import Workspace
+    from consumers.client.workspace import Workspace
 
 T = TypeVar("T")
 # Tags/properties filters as the run API takes them: "key" (has it), ["k1", "k2"] (has
