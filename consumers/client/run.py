@@ -96,6 +96,21 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({self.id!r}, experiment={self.experiment.name!r})"
 
+    # This object's own view, as the run API's `run.status` / `run.tags` have it: what it
+    # last published, or what the store showed when it was read. get_status() / get_tags()
+    # read the store again.
+    @property
+    def status(self) -> str:
+        return str(self._status)
+
+    @property
+    def tags(self) -> dict[str, str | None]:
+        return dict(self._tags)
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return dict(self._properties)
+
     # ---- publishing -----------------------------------------------------------------
     def _time(self) -> datetime:
         """Strictly increasing per run: (RunId, TimeGenerated, Status) is the natural key."""
