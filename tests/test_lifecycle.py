@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import func, select
 
 from consumers.cli import main
-from consumers.errors import PropertyConflictError, RunNotFoundError, RunStateError, RunwatchError
 from consumers.client import Experiment, Run, Workspace
+from consumers.errors import PropertyConflictError, RunNotFoundError, RunStateError, RunwatchError
 from consumers.store import Store, open_store
 from consumers.store.queries import get_run
 from consumers.store.schema import events, notifications
