@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -14,7 +14,9 @@ from consumers.encoding import encode
 from consumers.errors import BrokerError
 from consumers.events import RunStatusEvent
 from consumers.settings import KafkaSettings
-from consumers.store.writer import DeadLetter
+
+if TYPE_CHECKING:  # a type only: publishing runs (the client) must not load the store writer
+    from consumers.store.writer import DeadLetter
 
 log = logging.getLogger(__name__)
 
