@@ -8,11 +8,13 @@ time is not asserted (the machine is shared), the README gives the measured figu
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from consumers.store import Store
 from tests.conftest import Topics
@@ -33,6 +35,7 @@ SERVER_SIDE = (
 )
 DEFERRED = ("consumers.store", "consumers.producer", "consumers.settings", "kafka", "sqlalchemy")
 DEFERRED += ("psycopg",)
+CLI = ("cli", "cli_run", "cli_options")
 
 
 def loaded_after(script: str, env: dict[str, str] | None = None) -> set[str]:
@@ -94,3 +97,40 @@ def test_reading_loads_neither_kafka_nor_alembic(
     loaded = loaded_after(script, _env(topics, store_url))
     assert "sqlalchemy" in loaded
     assert among(loaded, ("kafka", "alembic", "consumers.producer", "consumers.store.writer")) == []
+
+
+def _imports(path: Path) -> set[str]:
+    """Every runwatch module a file imports, at the top, in functions or for types only."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.startswith("consumers.")}
+
+
+def test_no_import_cycles_in_the_client_and_the_run_commands() -> None:
+    root = Path(__file__).parent.parent / "consumers"
+    files = [*sorted((root / "client").glob("*.py")), *(root / f"{n}.py" for n in CLI)]
+    modules = {
+        ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(
+            ".__init__"
+        ): path
+        for path in files
+    }
+    graph = {name: _imports(path) & modules.keys() for name, path in modules.items()}
+
+    def cycle_from(start: str, path: tuple[str, ...]) -> tuple[str, ...] | None:
+        for nxt in sorted(graph[start]):
+            if nxt == path[0]:
+                return (*path, nxt)
+            if nxt not in path:
+                found = cycle_from(nxt, (*path, nxt))
+                if found:
+                    return found
+        return None
+
+    cycles = [c for name in graph if (c := cycle_from(name, (name,)))]
+    assert cycles == []
