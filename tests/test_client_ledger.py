@@ -63,6 +63,10 @@ def test_descendants_follow_parents_and_count_in_runs_below_an_unknown_ancestor(
         "stray",
     }
     assert ledger.pending_descendants("leaf", "root") == {"stray": mark}
+    # A known chain counts whatever tree its runs name; an unknown one only in the same tree.
+    ledger.published("grafted", placed("leaf", "elsewhere"), mark)
+    ledger.published("foreign", placed("unknown", "elsewhere"), mark)
+    assert set(ledger.pending_descendants("mid", "root")) == {"leaf", "stray", "grafted"}
 
 
 def test_an_experiment_read_waits_for_its_own_runs_only() -> None:

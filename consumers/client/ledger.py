@@ -108,18 +108,20 @@ class Ledger:
             }
 
     def pending_descendants(self, run_id: str, tree: str) -> dict[str, Mark]:
-        """Runs under `run_id` at any depth. An ancestor this process never published is
-        not known here: a run below one is counted in when it is in the same tree, so the
-        read may wait a little longer than needed (the tree shares one partition, in order)
-        but never returns short."""
+        """Runs under `run_id` at any depth. A run whose chain of parents passes through one
+        this process never published (found in the store) is counted in when it is in the
+        same `tree`: the read may then wait a little longer than needed (one tree shares one
+        partition, consumed in order), but it never returns short."""
         with self._lock:
             return {
                 pending_id: mark
                 for pending_id, mark in self._pending.items()
-                if self._placed[pending_id].tree == tree and self._below(pending_id, run_id)
+                if (below := self._below(pending_id, run_id))
+                or (below is None and self._placed[pending_id].tree == tree)
             }
 
-    def _below(self, candidate: str, ancestor: str) -> bool:
+    def _below(self, candidate: str, ancestor: str) -> bool | None:
+        """Is `ancestor` up the chain of parents? None: the chain leaves what is known here."""
         seen: set[str] = set()
         parent = self._placed[candidate].parent_id
         while parent is not None and parent not in seen:
@@ -128,7 +130,7 @@ class Ledger:
             seen.add(parent)
             placement = self._placed.get(parent)
             if placement is None:
-                return True  # an ancestor published elsewhere: it may be below `ancestor`
+                return None
             parent = placement.parent_id
         return False
 

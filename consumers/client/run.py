@@ -346,7 +346,7 @@ class Run:
         shows every change this process published to any run it could return."""
         ws, ledger = self.workspace, self.workspace.ledger
         if recursive:
-            tree = self.root_id or self.parent_id or self.id
+            tree = self.root_id or self.id  # what its descendants carry (see _new_child)
             reads = ws.caught_up(ledger.pending_descendants(self.id, tree))
             found = reads.descendants(self.id)
         else:
