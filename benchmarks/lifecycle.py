@@ -1,5 +1,5 @@
-"""Lifecycle library benchmark: what a training script pays per call, and how soon it reads
-its own change back from the store.
+"""Client library (run lifecycle) benchmark: what a training script pays per call, and how
+soon it reads its own change back from the store.
 
 For RUNS runs, one after another: start_logging (one event, flushed to the broker), a tag
 (one run-update record), complete; then the time until `get_status()` returns Completed
