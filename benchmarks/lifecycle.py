@@ -1,5 +1,5 @@
-"""Lifecycle library benchmark: what a training script pays per call, and how soon it reads
-its own change back from the store.
+"""Client library (run lifecycle) benchmark: what a training script pays per call, and how
+soon it reads its own change back from the store.
 
 For RUNS runs, one after another: start_logging (one event, flushed to the broker), a tag
 (one run-update record), complete; then the time until `get_status()` returns Completed
@@ -23,7 +23,7 @@ from percentiles import pct  # benchmarks/, on the path when run as a script
 
 from consumers.app import Service
 from consumers.broker import EmbeddedBroker, create_topics
-from consumers.lifecycle import Experiment, Workspace
+from consumers.client import Experiment, Workspace
 from consumers.settings import Settings
 
 

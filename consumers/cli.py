@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import orjson
 from pydantic import ValidationError
 
+from consumers.cli_options import parse_pairs, settings_from_args
 from consumers.console import guarded_output
 from consumers.decoding import EventFormat
 from consumers.errors import ConfigError, RunwatchError
@@ -30,46 +31,6 @@ if TYPE_CHECKING:
     from consumers.store import Store
 
 log = logging.getLogger("runwatch")
-
-
-def _config(args: argparse.Namespace) -> Settings:
-    settings = _load(args)
-    settings.secret_values(strict=False)  # known secrets masked in whatever is printed
-    return settings
-
-
-def _load(args: argparse.Namespace) -> Settings:
-    settings = load_settings(args.config)
-    overrides: dict[str, dict[str, object]] = {}
-    if getattr(args, "bootstrap", None):
-        overrides.setdefault("kafka", {})["bootstrap_servers"] = args.bootstrap
-    if getattr(args, "topic", None):
-        overrides.setdefault("kafka", {})["topic"] = args.topic
-    if getattr(args, "store", None):
-        overrides.setdefault("store", {})["url"] = args.store
-    if not overrides:
-        return settings
-    # Validate the overridden sections on their own: going through Settings() again would
-    # let the RUNWATCH_* environment win over the flags.
-    updates: dict[str, object] = {}
-    for section, values in overrides.items():
-        current = getattr(settings, section)
-        try:
-            updates[section] = current.model_validate(current.model_dump() | values)
-        except ValidationError as exc:
-            key = ".".join(map(str, (section, *exc.errors()[0]["loc"])))
-            raise ConfigError(key, str(exc)) from None
-    return settings.model_copy(update=updates)
-
-
-def _pairs(items: Sequence[str] | None, *, need_value: bool) -> tuple[tuple[str, str | None], ...]:
-    out: list[tuple[str, str | None]] = []
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not key or (need_value and not sep):
-            raise ConfigError("", f"expected k{'=v' if need_value else '[=v]'}, got {item!r}")
-        out.append((key, value if sep else None))
-    return tuple(out)
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
@@ -89,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from consumers.app import Service, tune_gc
     from consumers.logs import setup_logging
 
-    settings = _config(args)
+    settings = settings_from_args(args)
     setup_logging(settings.logging)
     stop = threading.Event()
 
@@ -118,8 +79,8 @@ def _event_from_flags(args: argparse.Namespace) -> RunStatusEvent:
         "Message": args.message,
         "RunType": args.run_type,
         "TriggeringUserName": args.user,
-        "Tags": dict(_pairs(args.tag, need_value=False)),
-        "Properties": dict(_pairs(args.property, need_value=True)),
+        "Tags": dict(parse_pairs(args.tag, need_value=False)),
+        "Properties": dict(parse_pairs(args.property, need_value=True)),
     }
     if fields["Status"] == "Failed":
         fields["Level"] = "Error"
@@ -129,7 +90,7 @@ def _event_from_flags(args: argparse.Namespace) -> RunStatusEvent:
 def cmd_emit(args: argparse.Namespace) -> int:
     from consumers.producer import EventPublisher
 
-    settings = _config(args)
+    settings = settings_from_args(args)
     if args.run_id:
         if not args.status:
             raise ConfigError("--status", "required with --run-id")
@@ -161,7 +122,7 @@ def cmd_emit(args: argparse.Namespace) -> int:
 def _store(args: argparse.Namespace) -> Store:
     from consumers.store import open_store
 
-    return open_store(_config(args).store.url)
+    return open_store(settings_from_args(args).store.url)
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
@@ -174,8 +135,8 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
             experiment=args.experiment,
             statuses=tuple(s for group in args.status or () for s in group.split(",")),
             since=parse_since(args.since) if args.since else None,
-            tags=_pairs(args.tag, need_value=False),
-            properties=tuple((k, v or "") for k, v in _pairs(args.property, need_value=True)),
+            tags=parse_pairs(args.tag, need_value=False),
+            properties=tuple((k, v or "") for k, v in parse_pairs(args.property, need_value=True)),
             query=args.query,
             limit=args.limit,
         )
@@ -239,7 +200,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     from consumers.rules.dryrun import dry_run, render
     from consumers.rules.loader import read_rules
 
-    settings = _config(args)
+    settings = settings_from_args(args)
     configured = set(settings.receivers) if args.config else None
     rules, errors = read_rules(args.file)
     for error in errors:
@@ -316,7 +277,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from consumers.store import open_store
 
-    settings = _config(args).store
+    settings = settings_from_args(args).store
     store = open_store(settings.url, migrate=True)
     try:
         created = store.ensure_partitions(
@@ -336,7 +297,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from consumers.producer import EventPublisher
     from consumers.simulator import Simulator
 
-    settings = _config(args)
+    settings = settings_from_args(args)
     simulator = Simulator(seed=args.seed)
     fmt = EventFormat(args.format)
     with EventPublisher(settings.kafka) as publisher:

@@ -11,17 +11,17 @@ from typing import Any
 
 import orjson
 
-from consumers.cli import _config, _pairs
+from consumers.cli_options import parse_pairs, settings_from_args
+from consumers.client import Experiment, Run, Workspace
+from consumers.client.workspace import DEFAULT_WORKSPACE
 from consumers.errors import ConfigError, RunNotFoundError, StoreLagError
-from consumers.lifecycle import Experiment, Run, Workspace
-from consumers.lifecycle.workspace import DEFAULT_WORKSPACE
 
 Common = Callable[..., None]
 
 
 def _workspace(args: argparse.Namespace) -> Workspace:
     name = getattr(args, "workspace", None) or DEFAULT_WORKSPACE
-    return Workspace(name, _config(args), consistency_timeout=args.wait)
+    return Workspace(name, settings_from_args(args), consistency_timeout=args.wait)
 
 
 def _attach(args: argparse.Namespace) -> tuple[Workspace, Run]:
@@ -39,8 +39,8 @@ def _settle(run: Run) -> None:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    tags = dict(_pairs(args.tag, need_value=False))
-    properties = {k: v or "" for k, v in _pairs(args.property, need_value=True)}
+    tags = dict(parse_pairs(args.tag, need_value=False))
+    properties = {k: v or "" for k, v in parse_pairs(args.property, need_value=True)}
     with _workspace(args) as ws:
         if args.parent:
             parent = Run.attach(ws, args.parent)
@@ -76,8 +76,8 @@ def cmd_finish(args: argparse.Namespace) -> int:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    tags = dict(_pairs(args.add_tag, need_value=False))
-    properties = {k: v or "" for k, v in _pairs(args.add_property, need_value=True)}
+    tags = dict(parse_pairs(args.add_tag, need_value=False))
+    properties = {k: v or "" for k, v in parse_pairs(args.add_property, need_value=True)}
     if not (tags or properties or args.remove_tag or args.description is not None):
         raise ConfigError(
             "", "nothing to update: give --add-tag, --remove-tag, --add-property or --description"
@@ -104,8 +104,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         statuses = [s for group in args.status or () for s in group.split(",")]
         with _workspace(args) as ws:
             runs = Experiment(ws, args.experiment).get_runs(
-                tags=dict(_pairs(args.tag, need_value=False)) or None,
-                properties=dict(_pairs(args.property, need_value=True)) or None,
+                tags=dict(parse_pairs(args.tag, need_value=False)) or None,
+                properties=dict(parse_pairs(args.property, need_value=True)) or None,
                 status=statuses or None,
                 include_children=args.include_children,
             )

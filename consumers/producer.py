@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -39,7 +39,9 @@ from consumers.kafka_clients import (
 )
 from consumers.metrics import Metrics
 from consumers.settings import KafkaSettings
-from consumers.store.writer import DeadLetter
+
+if TYPE_CHECKING:  # a type only: publishing runs (the client) must not load the store writer
+    from consumers.store.writer import DeadLetter
 
 log = logging.getLogger(__name__)
 

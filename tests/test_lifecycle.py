@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import func, select
 
 from consumers.cli import main
+from consumers.client import Experiment, Run, Workspace
 from consumers.errors import PropertyConflictError, RunNotFoundError, RunStateError, RunwatchError
-from consumers.lifecycle import Experiment, Run, Workspace
 from consumers.store import Store, open_store
 from consumers.store.queries import get_run
 from consumers.store.schema import events, notifications
@@ -178,7 +178,7 @@ def test_get_context_in_a_subprocess(ws: Workspace) -> None:
     run = Experiment(ws, "spawn").start_logging(tags={"launcher": "slurm"})
     script = textwrap.dedent(
         """
-        from consumers.lifecycle import Run
+        from consumers.client import Run
 
         run = Run.get_context()
         run.tag("worker", "rank-0")

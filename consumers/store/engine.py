@@ -1,4 +1,11 @@
-"""Opening the store: one SQLAlchemy engine for SQLite and PostgreSQL, schema migrations."""
+"""Opening the store: one SQLAlchemy engine for SQLite and PostgreSQL, schema migrations.
+
+Importing this module costs SQLAlchemy and the table definitions only: Alembic (a quarter of
+a second) is imported on the migration path, and the write path (`writer`, which pulls in the
+outbox and noise control) on the first write, so a reader such as the client library
+(`open_reader`) loads neither. A function-level import of an already imported module costs
+about a microsecond, once per batch.
+"""
 
 from __future__ import annotations
 
@@ -13,23 +20,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
-from consumers.alerts import Alert
 from consumers.errors import SchemaVersionError, StoreError
-from consumers.events import RunStatusEvent, to_utc
-from consumers.store import partitions, writer
-from consumers.store.writer import DeadLetter, WriteResult
-from consumers.updates import RunUpdate
+from consumers.events import to_utc
+from consumers.store import partitions
 
 if TYPE_CHECKING:
+    from alembic.config import Config
+
+    from consumers.alerts import Alert
+    from consumers.events import RunStatusEvent
     from consumers.noise.policy import NoisePolicy
+    from consumers.store.writer import DeadLetter, WriteResult
+    from consumers.updates import RunUpdate
 
 
 def _json(value: Any) -> str:
@@ -106,18 +112,24 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
 
 
 def _alembic_config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent.parent / "migrations"))
     return config
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert head is not None
     return head
 
 
 def _known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
     return {s.revision for s in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
 
 
@@ -142,6 +154,8 @@ class Store:
         return self.engine.url.render_as_string(hide_password=True)
 
     def revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
         with self.engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
 
@@ -149,6 +163,9 @@ class Store:
         """Apply the migrations this build has. Replicas starting together take turns (a
         PostgreSQL advisory lock held for the transaction); a schema newer than this build
         is refused, never touched."""
+        from alembic import command
+        from alembic.runtime.migration import MigrationContext
+
         config = _alembic_config()
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
@@ -202,6 +219,8 @@ class Store:
         """Events, run states, dead letters and the notifications they raise, of one Kafka
         batch, in one transaction: the offsets committed after it never point past something
         not stored, and a replay finds every notification already there."""
+        from consumers.store import writer  # see the module docstring
+
         try:
             with self.write_lock, self.engine.begin() as conn:
                 return writer.write_batch(
@@ -227,6 +246,8 @@ class Store:
         short transaction so ingest never waits behind one huge delete: all old events on
         SQLite, only the default partition's on PostgreSQL (a partition straddling the
         cutoff waits until it is wholly older)."""
+        from consumers.store import writer
+
         total = partitions.drop_older_than(self.engine, to_utc(cutoff))
         with self.engine.connect() as conn:
             events_table = partitions.default_table() if partitions.is_partitioned(conn) else None
@@ -250,6 +271,19 @@ class Store:
         self.engine.dispose()
 
 
+def _handle(url: str, pool_size: int, dead_letter_payload_max_bytes: int | None = None) -> Store:
+    engine = make_engine(url, pool_size=pool_size)
+    lock = threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
+    return Store(engine, lock, dead_letter_payload_max_bytes)
+
+
+def open_reader(url: str, *, pool_size: int = 2) -> Store:
+    """A handle for reading only (the client library): no schema check, which needs Alembic
+    and protects writes; reads change nothing, and a store without runwatch's tables fails
+    on the first query. Connects on first use."""
+    return _handle(url, pool_size)
+
+
 def open_store(
     url: str,
     *,
@@ -257,9 +291,7 @@ def open_store(
     pool_size: int = 10,
     dead_letter_payload_max_bytes: int | None = None,
 ) -> Store:
-    engine = make_engine(url, pool_size=pool_size)
-    lock = threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
-    store = Store(engine, lock, dead_letter_payload_max_bytes)
+    store = _handle(url, pool_size, dead_letter_payload_max_bytes)
     try:
         if migrate:
             store.upgrade()

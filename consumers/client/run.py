@@ -1,5 +1,9 @@
-"""A run as a training script sees it: every status change is one event on the topic, every
-tag/property/description change one run-update record; reads come back from the store.
+"""A run as a training script sees it, and the experiment that starts and finds runs.
+
+Every status change is one event on the topic, every tag/property/description change one
+run-update record; reads come back from the store, once it shows what this process published
+(`Workspace.caught_up`). Experiment and Run share this module because each makes the other
+(`start_logging` and `get_runs` make Runs, `Run.attach` makes the Experiment of a stored run).
 
 The Run keeps its own view of its tags and properties: each status event carries them ("at
 the time of the change", as rules expect), and write-once properties are checked against it
@@ -16,21 +20,15 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from consumers.client.filters import LabelFilter, matches, status_names
+from consumers.client.workspace import Workspace
 from consumers.encoding import RUN_STATUS_OPERATION
-from consumers.errors import (
-    PropertyConflictError,
-    RunNotFoundError,
-    RunStateError,
-    RunwatchError,
-    StoreLagError,
-)
+from consumers.errors import PropertyConflictError, RunStateError, RunwatchError
 from consumers.events import TERMINAL_STATUSES, RunStatusEvent, Status
-from consumers.lifecycle import lookup
-from consumers.lifecycle.workspace import Workspace
 from consumers.updates import RunUpdate
 
 if TYPE_CHECKING:
-    from consumers.lifecycle.experiment import Experiment
+    from consumers.client.reads import StoredRun
 
 ENV_RUN_ID = "RUNWATCH_RUN_ID"
 ENV_EXPERIMENT = "RUNWATCH_RUN_EXPERIMENT"
@@ -66,7 +64,7 @@ class Run:
         status: str = Status.NotStarted,
         tags: Mapping[str, str | None] | None = None,
         properties: Mapping[str, str] | None = None,
-        caught_up: datetime | None = None,
+        known_until: datetime | None = None,
     ) -> None:
         self.experiment = experiment
         self.id = run_id
@@ -77,9 +75,9 @@ class Run:
         self._status = status
         self._tags: dict[str, str | None] = dict(tags or {})
         self._properties: dict[str, str] = dict(properties or {})
-        self._last: datetime | None = caught_up  # last status change time this Run knows of
-        self._last_update: datetime | None = None
-        self._kids: list[Run] = []  # children made here: get_children waits for them
+        # The newest change time of this run seen in the store or published by this Run:
+        # its next change must be later (see _time).
+        self._last: datetime | None = known_until
 
     # ---- identity -------------------------------------------------------------------
     @property
@@ -96,18 +94,37 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({self.id!r}, experiment={self.experiment.name!r})"
 
+    # This object's own view, as the run API's `run.status` / `run.tags` have it: what it
+    # last published, or what the store showed when the object was made from it.
+    # get_status() / get_tags() read the store again.
+    @property
+    def status(self) -> str:
+        return str(self._status)
+
+    @property
+    def tags(self) -> dict[str, str | None]:
+        return dict(self._tags)
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return dict(self._properties)
+
     # ---- publishing -----------------------------------------------------------------
     def _time(self) -> datetime:
-        """Strictly increasing per run: (RunId, TimeGenerated, Status) is the natural key."""
+        """Strictly increasing per run, also across Run objects of one run in this process:
+        (RunId, TimeGenerated, Status) is the natural key, and a read waits for a change by
+        comparing its time with the store's latest."""
         now = self.workspace.clock()
-        latest = max((t for t in (self._last, self._last_update) if t is not None), default=None)
-        return now if latest is None or now > latest else latest + _TICK
+        published = self.workspace.ledger.latest(self.id)
+        latest = max((t for t in (self._last, published) if t is not None), default=None)
+        at = now if latest is None or now > latest else latest + _TICK
+        self._last = at
+        return at
 
     def _event(
         self, status: str, message: str | None = None, code: str | None = None
     ) -> RunStatusEvent:
         at = self._time()
-        self._last = at
         self._status = status
         return RunStatusEvent.model_validate(
             {
@@ -175,7 +192,6 @@ class Run:
     # ---- tags, properties, description ----------------------------------------------
     def _update(self, **change: Any) -> None:
         at = self._time()
-        self._last_update = at
         update = RunUpdate(
             TimeGenerated=at,
             RunId=self.id,
@@ -227,34 +243,9 @@ class Run:
         self._update(Description=description)
 
     # ---- reading back ---------------------------------------------------------------
-    def _stored(self) -> lookup.StoredRun:
-        """The store's row, once it shows every change this Run published."""
-        ws = self.workspace
-
-        def lagging(stored: lookup.StoredRun | None) -> RunwatchError:
-            where = f"topic {ws.settings.kafka.topic} -> {ws.store.url}"
-            if stored is None:
-                return RunNotFoundError(f"run {self.id} is not in the store ({where})")
-            return StoreLagError(
-                f"the store has not caught up with run {self.id} within "
-                f"{ws.consistency_timeout:g}s: is `runwatch serve` consuming {where}?"
-            )
-
-        found = lookup.wait_until(
-            ws,
-            lambda: lookup.load(ws.store, self.id),
-            lambda stored: stored is not None and self._caught_up(stored),
-            lagging,
-        )
-        assert found is not None
-        return found
-
-    def _caught_up(self, stored: lookup.StoredRun) -> bool:
-        if self._last is not None and stored.status_time < self._last:
-            return False
-        if self._last_update is None:
-            return True
-        return stored.updated_time is not None and stored.updated_time >= self._last_update
+    def _stored(self) -> StoredRun:
+        """The store's row, once it shows every change this process published to the run."""
+        return self.workspace.find(self.id)
 
     def get_status(self) -> str:
         """From the store, so a cancel from elsewhere (`runwatch run cancel`) shows."""
@@ -266,7 +257,7 @@ class Run:
         record = dict(self._stored().record)
         record["error"] = None
         if record["status"] == Status.Failed:
-            code = lookup.error_code(self.workspace.store, self.id)
+            code = self.workspace.reads.error_code(self.id)
             record["error"] = {"message": record["message"], "code": code}
         return record
 
@@ -292,7 +283,7 @@ class Run:
         tags: Mapping[str, str | None] | None,
         properties: Mapping[str, Any] | None = None,
     ) -> Run:
-        kid = Run(
+        return Run(
             self.experiment,
             run_id or f"{self.id}_{uuid.uuid4().hex[:8]}",
             parent=self,
@@ -300,8 +291,6 @@ class Run:
             tags={k: None if v is None else _text(v) for k, v in (tags or {}).items()},
             properties={k: _text(v) for k, v in (properties or {}).items()},
         )
-        self._kids.append(kid)
-        return kid
 
     def child_run(
         self,
@@ -349,46 +338,37 @@ class Run:
     def get_children(
         self,
         recursive: bool = False,
-        tags: lookup.LabelFilter = None,
-        properties: lookup.LabelFilter = None,
+        tags: LabelFilter = None,
+        properties: LabelFilter = None,
         status: str | Sequence[str] | None = None,
     ) -> list[Run]:
-        """Children from the store, oldest first (all descendants with `recursive`)."""
-        self._stored()  # what this process published about itself is stored
-        ws, store = self.workspace, self.workspace.store
-
-        def direct_children() -> dict[str, lookup.StoredRun]:
-            return {kid.record["runId"]: kid for kid in lookup.children(store, [self.id])}
-
-        def lagging(_: object) -> RunwatchError:
-            return StoreLagError(
-                f"the store has not caught up with the children of run {self.id} within "
-                f"{ws.consistency_timeout:g}s: is `runwatch serve` consuming "
-                f"{ws.settings.kafka.topic}?"
-            )
-
-        direct = lookup.wait_until(  # ... and the children made here, all checked in one query
-            ws,
-            direct_children,
-            lambda got: all(k.id in got and k._caught_up(got[k.id]) for k in self._kids),
-            lagging,
-        )
-        found = lookup.descendants(store, self.id) if recursive else list(direct.values())
-        wanted = lookup.status_names(status)
+        """Children from the store, oldest first (all descendants with `recursive`), once it
+        shows every change this process published to any run it could return."""
+        ws, ledger = self.workspace, self.workspace.ledger
+        if recursive:
+            tree = self.root_id or self.id  # what its descendants carry (see _new_child)
+            reads = ws.caught_up(ledger.pending_descendants(self.id, tree))
+            found = reads.descendants(self.id)
+        else:
+            found = ws.caught_up(ledger.pending_children(self.id)).children([self.id])
+        wanted = status_names(status)
         return [
-            Run.from_record(self.workspace, kid.record, kid.status_time)
+            Run.from_stored(ws, kid, self.experiment)
             for kid in found
-            if lookup.matches(kid.record, tags=tags, properties=properties, statuses=wanted)
+            if matches(kid.record, tags=tags, properties=properties, statuses=wanted)
         ]
 
     # ---- attaching to an existing run -----------------------------------------------
     @classmethod
-    def from_record(
-        cls, workspace: Workspace, record: Mapping[str, Any], status_time: datetime | None = None
+    def from_stored(
+        cls, workspace: Workspace, stored: StoredRun, experiment: Experiment | None = None
     ) -> Run:
-        from consumers.lifecycle.experiment import Experiment
-
-        experiment = Experiment(workspace, record["experimentName"] or "")
+        """A Run for a stored row, in `experiment` when it is that run's experiment."""
+        record = stored.record
+        name = record["experimentName"] or ""
+        if experiment is None or experiment.name != name or experiment.workspace is not workspace:
+            experiment = Experiment(workspace, name)
+        known = max(t for t in (stored.status_time, stored.updated_time) if t is not None)
         return cls(
             experiment,
             record["runId"],
@@ -397,22 +377,18 @@ class Run:
             status=record["status"],
             tags=record["tags"],
             properties=record["properties"],
-            caught_up=status_time,
+            known_until=known,
         )
 
     @classmethod
     def attach(cls, workspace: Workspace, run_id: str) -> Run:
-        """A run someone else started (another process, `runwatch run start`), from the store;
-        waits up to the workspace's consistency_timeout for it to be stored."""
-        probe = cls.from_record(
-            workspace,
-            {"runId": run_id, "experimentName": None, "parentRunId": None, "rootRunId": None}
-            | {"status": Status.NotStarted, "tags": {}, "properties": {}},
-        )
-        stored = probe._stored()
+        """A run someone else started (another process, `runwatch run start`), from the store,
+        showing every change this process published to it; waits up to the workspace's
+        consistency_timeout for a run published elsewhere to be stored."""
+        stored = workspace.find(run_id)
         if stored.record["workspaceName"] not in (None, workspace.name):
             workspace = workspace.sibling(stored.record["workspaceName"])
-        return cls.from_record(workspace, stored.record, stored.status_time)
+        return cls.from_stored(workspace, stored)
 
     def environment(self) -> dict[str, str]:
         """Variables for a child process, in which `Run.get_context()` finds this run."""
@@ -440,3 +416,63 @@ class Run:
                 "the variables of run.environment())"
             )
         return cls.attach(workspace or Workspace.from_env(env), run_id)
+
+
+class Experiment:
+    """A named group of runs in a workspace, and the entry point of a script."""
+
+    def __init__(self, workspace: Workspace, name: str) -> None:
+        self.workspace = workspace
+        self.name = name
+        # Stable across processes and machines: the same workspace and name, the same id.
+        self.id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"runwatch:{workspace.name}/{name}"))
+
+    def __repr__(self) -> str:
+        return f"Experiment({self.workspace.name!r}, {self.name!r})"
+
+    def _run_id(self, now: datetime) -> str:
+        return f"{self.name}_{int(now.timestamp())}_{uuid.uuid4().hex[:8]}"
+
+    def start_logging(
+        self,
+        *,
+        run_id: str | None = None,
+        tags: Mapping[str, str | None] | None = None,
+        properties: Mapping[str, Any] | None = None,
+        description: str | None = None,
+    ) -> Run:
+        """A Running run, published before this returns. Use it as a context manager to
+        complete it on exit and fail it (with the exception's text) on an exception."""
+        if not self.name:
+            raise ValueError("an experiment needs a name")
+        run = Run(
+            self,
+            run_id or self._run_id(self.workspace.clock()),
+            tags=tags,
+            properties={k: str(v) for k, v in (properties or {}).items()},
+        )
+        run._start()
+        if description is not None:
+            run.set_description(description)
+        return run
+
+    def get_runs(
+        self,
+        tags: LabelFilter = None,
+        properties: LabelFilter = None,
+        status: str | Sequence[str] | None = None,
+        include_children: bool = False,
+    ) -> list[Run]:
+        """This experiment's runs from the store, newest first, once it shows every change
+        this process published to a run of it. `tags`/`properties` as a string match runs
+        that have that key; as a dict, runs with those values."""
+        ws = self.workspace
+        marks = ws.ledger.pending_experiment(ws.name, self.name, roots_only=not include_children)
+        found = ws.caught_up(marks).experiment_runs(
+            ws.name, self.name, statuses=status_names(status), include_children=include_children
+        )
+        return [
+            Run.from_stored(ws, item, self)
+            for item in found
+            if matches(item.record, tags=tags, properties=properties)
+        ]
