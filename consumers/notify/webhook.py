@@ -91,6 +91,14 @@ def retry_after(value: str | None, *, now: float | None = None) -> float | None:
     return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
+def _location(base: str, value: str) -> str:
+    """Where a redirect pointed, shown like a webhook URL (its path may be a credential)."""
+    try:
+        return redact.url(urljoin(base, value))
+    except ValueError:  # not a URL at all
+        return redact.url(value)
+
+
 async def _head(response: aiohttp.ClientResponse) -> str:
     """The first BODY_CAP bytes of the body, however much the receiver sends."""
     chunks: list[bytes] = []
@@ -134,12 +142,12 @@ class WebhookSender:
                     return
                 wait = retry_after(response.headers.get("Retry-After"))
                 if 300 <= status < 400:
-                    target = urljoin(receiver.url, response.headers.get("Location", ""))
-                    location = redact.url(target)  # a URL: its path may be a credential
+                    location = _location(receiver.url, response.headers.get("Location", ""))
                     detail = f"redirects are not followed (Location: {location})"
                 else:
                     detail = redact.redact((await _head(response))[:_DETAIL_CHARS])
-                response.close()  # the rest of the body, unread, goes with the connection
+                if not response.content.is_eof():
+                    response.close()  # the rest of the body, unread, goes with the connection
         except TimeoutError as exc:
             raise SendError(
                 "timeout", f"{where} gave no answer within {receiver.timeout_s}s", retriable=True
