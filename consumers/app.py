@@ -93,7 +93,9 @@ class Service:
         load_rules(settings.rules_dir)
         self.rules = RuleWatcher(settings.rules_dir, self.metrics)
         self.rules.reload()
-        self.noise = NoisePolicy(settings.noise, self.metrics.suppressed)
+        self.noise = NoisePolicy(
+            settings.noise, self.metrics.suppressed, unknown_owners=self.metrics.unknown_owners
+        )
         self.noise.check_receivers(set(settings.receivers))
         self._warn_unknown_receivers()
         self.dispatcher = Dispatcher(self.store, settings, self.metrics)

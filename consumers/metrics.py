@@ -163,6 +163,14 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.unknown_owners = Counter(
+            "runwatch_owner_unknown_total",
+            "Notifications to the owner receiver for a run whose user is not mapped or allowed "
+            "in noise.owners, by outcome: fallback (sent to noise.owners.fallback) or dead "
+            "(unknown_owner).",
+            ["outcome"],
+            registry=registry,
+        )
         self.notification_failures = Counter(
             "runwatch_notification_failures_total",
             "Failed delivery attempts, by receiver type and reason (smtp_4xx, http_503, ...).",
@@ -261,6 +269,8 @@ class Metrics:
             self.rules_reloads.labels(result=result)
         for what in ("run", "tree"):
             self.tracked_runs_evicted.labels(what=what)
+        for outcome in ("fallback", "dead"):
+            self.unknown_owners.labels(outcome=outcome)
 
     def experiment_label(self, experiment: str) -> str:
         """The experiment itself while fewer than the limit have been seen, else _other."""

@@ -446,6 +446,10 @@ class NotifySettings(_Section):
     backoff_initial_s: float = Field(default=1.0, gt=0)
     backoff_max_s: float = Field(default=300.0, gt=0)
     max_age_s: float = Field(default=86_400.0, gt=0)
+    # Dead (reason `attempts`) after this many attempts; null: only max_age_s ends retrying.
+    max_attempts: int | None = Field(default=None, ge=1)
+    # A receiver's Retry-After is honoured up to this many seconds (a longer one waits this).
+    retry_after_max_s: float = Field(default=3600.0, gt=0, le=30 * 86_400.0)
     lease_s: float = Field(default=60.0, gt=0)
     link_domain: str = "runwatch.local"  # right-hand side of Message-IDs
 
