@@ -5,9 +5,10 @@ answers 200 only once the broker acknowledged every message (acks=all).
 - Event Grid schema and CloudEvents 1.0, one event or a batch; CloudEvents HTTP binary mode
   too (published in Kafka binary mode). consumers.http_batch decides what to publish with the
   same `decode` ingest uses, so what is accepted here is what ingest accepts.
-- Handshakes: Event Grid's SubscriptionValidationEvent gets `{"validationResponse": code}`;
-  the CloudEvents webhook abuse protection (OPTIONS with `WebHook-Request-Origin`) gets
-  `WebHook-Allowed-Origin` and `WebHook-Allowed-Rate` for the configured origins.
+- Handshakes: Event Grid's SubscriptionValidationEvent (authenticated like any delivery)
+  gets `{"validationResponse": code}`; the CloudEvents webhook abuse protection (OPTIONS
+  with `WebHook-Request-Origin`) gets `WebHook-Allowed-Origin` and `WebHook-Allowed-Rate`
+  for the configured origins.
 - A shared secret, as Event Grid webhook subscriptions can send one: `?code=` (or
   `?access_token=`) in the endpoint URL, or `Authorization: Bearer` set as a delivery
   attribute; compared in constant time; never logged (no access log: it would print the
@@ -260,10 +261,10 @@ class HttpIngest:
 
     async def _options(self, request: web.Request) -> web.Response:
         """CloudEvents webhook abuse protection (http-webhook.md section 4): consent is the
-        WebHook-Allowed-Origin header, given only to an authenticated, allowed origin."""
-        refused = self._authenticate(request)
-        if refused is not None:
-            return refused
+        WebHook-Allowed-Origin header, given to the allowed origins. No secret is asked for:
+        the handshake protects the sender, it "doesn't aim to establish an authentication
+        context" (Event Grid's docs), and a subscription authenticating by a delivery-attribute
+        header need not send that header here. Deliveries are authenticated."""
         origin = request.headers.get("WebHook-Request-Origin")
         if not origin:
             return self._answer(request, 400, "bad_request", "no WebHook-Request-Origin header")
