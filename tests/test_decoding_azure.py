@@ -297,6 +297,20 @@ def test_native_events_keep_their_fast_path_result() -> None:
     assert only(decode(with_empty)).Message is None
 
 
+def test_the_fast_paths_validator_refuses_empty_text_and_the_model_does_not() -> None:
+    """decoding builds a copy of the model's validator with `min_length` 1 on the text columns
+    (so "" costs nothing to spot); pydantic must not have handed back the model's own."""
+    from pydantic import ValidationError
+
+    from consumers import decoding
+
+    value = b'{"TimeGenerated":"2024-05-01T00:00:00Z","RunId":"r","Status":"Failed","Message":""}'
+    with pytest.raises(ValidationError):
+        decoding._VALIDATE_JSON(value)
+    assert RunStatusEvent.__pydantic_complete__ is True
+    assert RunStatusEvent.model_validate_json(value).Message == ""  # the model itself is as it was
+
+
 def only(decoded: Decoded) -> RunStatusEvent:
     assert len(decoded.events) == 1, decoded
     return decoded.events[0]
