@@ -220,16 +220,15 @@ def _decode_binary(
 ) -> Decoded:
     """A binary-mode CloudEvent: attributes from the headers, data from the value. Other event
     types are skipped without reading the value (it need not even be JSON)."""
-    event: dict[str, Any] = dict(attributes)
-    if _grid_event(event, cloud=True, data_optional=True) is None:
+    if _run_event_type(attributes, "type") is None:
         return Decoded(EventFormat.CLOUDEVENTS, (), 1)
     if not value:
         raise DecodeError("empty", "binary-mode CloudEvent without data (no message value)")
     if len(value) > max_bytes:
         raise DecodeError("too_large", f"{len(value)} bytes > limit of {max_bytes}")
-    event["data"] = _parse(value.strip(_WHITESPACE))
-    fields = _grid_event(event, cloud=True)
-    assert fields is not None  # its type was checked above
+    fields = _grid_event({**attributes, "data": _parse(value)}, cloud=True)
+    if fields is None:  # not reached: its type was checked above
+        return Decoded(EventFormat.CLOUDEVENTS, (), 1)
     size = len(value) + sum(map(len, attributes.values()))  # headers hold text columns too
     return Decoded(EventFormat.CLOUDEVENTS, (_validate(fields, bounds, size, azure=True),))
 
@@ -416,8 +415,8 @@ def _record(record: Any) -> dict[str, Any] | None:
 
 
 def _row(row: Any) -> dict[str, Any] | None:
-    """One Log Analytics row -> model fields; None for rows of other tables (`Type`). The
-    table has no workspace-name-less rows, but a projection may: then `_ResourceId` names it."""
+    """One Log Analytics row -> model fields; None for rows of other tables (`Type`). A row
+    without a WorkspaceName (a query may project it away) takes it from `_ResourceId`."""
     if isinstance(row, log_analytics.BadRow):
         raise _schema(row.detail)
     if not isinstance(row, dict):
@@ -444,19 +443,22 @@ def _other_table(row: dict[str, Any]) -> bool:
     return isinstance(table, str) and table.lower() != log_analytics.TABLE.lower()
 
 
-def _grid_event(
-    event: dict[str, Any], *, cloud: bool, data_optional: bool = False
-) -> dict[str, Any] | None:
-    """One Event Grid or CloudEvents event -> model fields; None for other event types.
-    `data_optional`: only say whether it is a run event ({} if so), data not yet read."""
-    type_key, time_key, source_key = _GRID_KEYS[cloud]
+def _run_event_type(event: dict[str, Any], type_key: str) -> str | None:
+    """The event's type if it is RunStatusChanged (in any case), None for other types."""
     event_type = _find(event, type_key)
     if not isinstance(event_type, str):
         raise _schema(f"{type_key}: missing or not a string")
     if event_type != RUN_EVENT_TYPE and event_type.lower() != RUN_EVENT_TYPE.lower():
         return None
-    if data_optional:
-        return {}
+    return event_type
+
+
+def _grid_event(event: dict[str, Any], *, cloud: bool) -> dict[str, Any] | None:
+    """One Event Grid or CloudEvents event -> model fields; None for other event types."""
+    type_key, time_key, source_key = _GRID_KEYS[cloud]
+    event_type = _run_event_type(event, type_key)
+    if event_type is None:
+        return None
     data = _find(event, "data")
     if isinstance(data, str):  # CloudEvents may carry JSON data as text
         data = _object_text(data, "data")

@@ -168,18 +168,6 @@ class EndpointAuth(_Section):
         return value
 
 
-def _listen_address(value: str) -> str:
-    _, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected host:port, got {value!r}")
-    return value
-
-
-def _address(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 class MetricsSettings(_Section):
     enabled: bool = True
     listen: str = "127.0.0.1:9464"
@@ -190,11 +178,15 @@ class MetricsSettings(_Section):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        return _listen_address(value)
+        _, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected host:port, got {value!r}")
+        return value
 
     @property
     def address(self) -> tuple[str, int]:
-        return _address(self.listen)
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class HttpIngestSettings(_Section):
@@ -213,7 +205,7 @@ class HttpIngestSettings(_Section):
     header_timeout_s: float = Field(default=10.0, gt=0)  # request line and headers
     body_timeout_s: float = Field(default=30.0, gt=0)
     publish_timeout_s: float = Field(default=10.0, gt=0)  # broker ack; beyond it, 503
-    # CloudEvents webhook abuse protection: origins that may deliver ("*": any) and the
+    # CloudEvents webhook abuse protection: the origins given consent ("*": any) and the
     # WebHook-Allowed-Rate granted (requests per minute; null: "*", no limit).
     allowed_origins: list[str] = Field(default_factory=lambda: ["eventgrid.azure.net"])
     allowed_rate: int | None = Field(default=None, ge=1)
@@ -223,7 +215,10 @@ class HttpIngestSettings(_Section):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        return _listen_address(value)
+        _, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected host:port, got {value!r}")
+        return value
 
     @field_validator("path")
     @classmethod
@@ -242,7 +237,8 @@ class HttpIngestSettings(_Section):
 
     @property
     def address(self) -> tuple[str, int]:
-        return _address(self.listen)
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret that authenticates a request; never empty when enabled."""
