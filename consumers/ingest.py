@@ -76,6 +76,7 @@ def _letter(record: Record, reason: str, error: str) -> DeadLetter:
         error=error,
         key=record.key,
         payload=record.value,
+        headers=tuple(getattr(record, "headers", None) or ()),
     )
 
 

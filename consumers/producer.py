@@ -76,9 +76,12 @@ class EventPublisher:
         self.close()
 
 
-def _headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
+def _headers(letter: DeadLetter) -> list[tuple[str, bytes | None]]:
     error = letter.error[:_MAX_HEADER_ERROR]
+    # The source's own headers first (without runwatch's, if it was a dead letter already).
+    source = [(name, value) for name, value in letter.headers if not name.startswith("runwatch.")]
     return [
+        *source,
         (REASON_HEADER, letter.reason.encode()),
         (ERROR_HEADER, error.encode("utf-8", "backslashreplace")),
         (TOPIC_HEADER, letter.topic.encode()),

@@ -200,3 +200,24 @@ def test_cloudevents_from_the_sdk_in_both_modes_are_stored(
         assert row.CorrelationId == f"id-{name.removeprefix('sdk-')}"
         assert row.OperationName == RUN_STATUS_CHANGED
         assert row.Properties["runTemplate"] == "automl_child"
+
+
+def test_a_bad_binary_cloudevent_keeps_its_headers_on_the_dead_letter_topic(
+    topics: Topics, service: Callable[..., RunningService]
+) -> None:
+    """Its attributes are its headers: a copy without them could never be re-driven."""
+    attributes = [
+        ("ce_specversion", b"1.0"),
+        ("ce_type", RUN_STATUS_CHANGED.encode()),
+        ("ce_source", b"/subscriptions/x/resourceGroups/y"),
+        ("ce_id", b"bad-1"),
+        ("ce_time", datetime.now(UTC).isoformat().encode()),
+        ("content-type", b"application/json"),
+    ]
+    produce(topics, [(b"{not json", attributes)])
+    with service():
+        (letter,) = topics.read(topics.dead_letter_topic, 1)
+    headers = dict(letter.headers)  # type: ignore[attr-defined]
+    assert headers["runwatch.reason"] == b"not_json"
+    assert {name: headers[name] for name, _ in attributes} == dict(attributes)
+    assert letter.value == b"{not json"  # type: ignore[attr-defined]
