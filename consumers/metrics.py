@@ -42,6 +42,18 @@ DEAD_LETTER_REASONS = (
 UNPUBLISHED_ERRORS = ("too_large", "topic", "producer", "other")
 KAFKA_CLIENTS = ("consumer", "producer")
 OUTBOX_STATES = tuple(state.value for state in NotificationState)
+# consumers.http_ingest: what became of each request to POST/OPTIONS <http_ingest.path>
+HTTP_INGEST_RESULTS = (
+    "accepted",
+    "validation",
+    "handshake",
+    "bad_request",
+    "unauthorized",
+    "forbidden",
+    "too_large",
+    "timeout",
+    "unavailable",
+)
 OTHER_EXPERIMENTS = "_other"
 
 
@@ -244,6 +256,14 @@ class Metrics:
             ["receiver", "result"],
             registry=registry,
         )
+        self.http_ingest_requests = Counter(
+            "runwatch_http_ingest_requests_total",
+            "Requests to the HTTP ingest (Event Grid push), by result: accepted (published and "
+            "acknowledged), validation and handshake (subscription checks answered), "
+            "bad_request, unauthorized, forbidden, too_large, timeout, unavailable (broker).",
+            ["result"],
+            registry=registry,
+        )
         self._create_known_series(receivers)
 
     def _create_known_series(self, receivers: tuple[str, ...]) -> None:
@@ -271,6 +291,8 @@ class Metrics:
             self.tracked_runs_evicted.labels(what=what)
         for outcome in ("fallback", "dead"):
             self.unknown_owners.labels(outcome=outcome)
+        for result in HTTP_INGEST_RESULTS:
+            self.http_ingest_requests.labels(result=result)
 
     def experiment_label(self, experiment: str) -> str:
         """The experiment itself while fewer than the limit have been seen, else _other."""

@@ -110,7 +110,13 @@ class EventPublisher:
 
 def _headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
     error = letter.error[:_MAX_HEADER_ERROR]
+    # The source's own headers first (without runwatch's, if it was a dead letter already);
+    # a null header value goes out empty.
+    source = [
+        (name, value or b"") for name, value in letter.headers if not name.startswith("runwatch.")
+    ]
     return [
+        *source,
         (REASON_HEADER, letter.reason.encode()),
         (ERROR_HEADER, error.encode("utf-8", "backslashreplace")),
         (TOPIC_HEADER, letter.topic.encode()),
