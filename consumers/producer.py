@@ -38,6 +38,7 @@ from consumers.kafka_clients import (
     stuck_producer,
 )
 from consumers.metrics import Metrics
+from consumers.redact import redact
 from consumers.settings import KafkaSettings
 
 if TYPE_CHECKING:  # a type only: publishing runs (the client) must not load the store writer
@@ -109,7 +110,7 @@ class EventPublisher:
 
 
 def _headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
-    error = letter.error[:_MAX_HEADER_ERROR]
+    error = redact(letter.error)[:_MAX_HEADER_ERROR]  # as stored: no credential leaves
     # The source's own headers first (without runwatch's, if it was a dead letter already);
     # a null header value goes out empty.
     source = [
