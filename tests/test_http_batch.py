@@ -131,10 +131,12 @@ def test_the_secret_from_the_environment_or_a_file_of_several(
     assert load_settings(config).http_ingest.secrets() == ("from-env",)
     secret_file = tmp_path / "secret"
     secret_file.write_text("new\n\nold\n")
+    secret_file.chmod(0o600)
     settings = HttpIngestSettings(enabled=True, secret_file=secret_file)
     assert settings.secrets() == ("new", "old")
     assert "new" not in repr(HttpIngestSettings(enabled=True, secret="new"))
     secret_file.write_text("\n")
+    secret_file.chmod(0o600)
     with pytest.raises(ConfigError):
         settings.secrets()
 

@@ -104,6 +104,7 @@ def start_serve(
     config = write_config(tmp / "runwatch.yaml", topics, f"sqlite:///{db}")
     secret_file = tmp / "ingest-secret"
     secret_file.write_text(f"{SECRET}\n{OLD_SECRET}\n")
+    secret_file.chmod(0o600)  # secret files readable by others are refused
     data = yaml.safe_load(config.read_text())
     port, metrics_port = free_port(), free_port()
     data["metrics"]["listen"] = f"127.0.0.1:{metrics_port}"
