@@ -1,0 +1,310 @@
+"""The chaos harness shared by tests/test_chaos.py (small sizes) and benchmarks/chaos.py (the
+issue's sizes): a supervised `runwatch serve` process, a steady producer of run events with a
+share of failures (and poison interleaved), and what a user would check afterwards (rows in
+the store, mails received, dead letters).
+
+Every event is its own run, so every Failed event raises exactly one mail with its own
+Message-ID: a Message-ID received twice is a duplicate send, a failed run with no mail a
+missing one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kafka import KafkaProducer
+
+from consumers.events import RunStatusEvent
+
+RUNWATCH = str(Path(sys.executable).parent / "runwatch")
+RULES = """
+rules:
+  - name: chaos-failed
+    when: {status: [Failed]}
+    severity: 1
+    notify: [oncall]
+"""
+
+
+def chaos_config(
+    folder: Path,
+    *,
+    bootstrap: str,
+    topic: str,
+    dead_letter_topic: str,
+    group_id: str,
+    smtp_port: int,
+    lease_s: float = 60.0,
+    backoff_max_s: float = 300.0,
+    max_message_bytes: int | None = None,
+    rules: str = RULES,
+) -> Path:
+    """runwatch.yaml (and a rules folder) for one chaos run in `folder`: SQLite store, one
+    rule mailing every Failed event to one receiver."""
+    (folder / "rules").mkdir(parents=True, exist_ok=True)
+    (folder / "rules" / "chaos.yaml").write_text(rules)
+    kafka: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "topic": topic,
+        "dead_letter_topic": dead_letter_topic,
+        "group_id": group_id,
+        "session_timeout_ms": 2000,
+        "heartbeat_interval_ms": 300,
+    }
+    if max_message_bytes is not None:
+        kafka["max_message_bytes"] = max_message_bytes
+    config = {
+        "kafka": kafka,
+        "store": {"url": f"sqlite:///{folder / 'runwatch.db'}"},
+        "metrics": {"listen": "127.0.0.1:0"},
+        "rules_dir": str(folder / "rules"),
+        "smtp": {"host": "127.0.0.1", "port": smtp_port, "from": "runwatch <rw@example.com>"},
+        "receivers": {"oncall": {"email": {"to": ["oncall@example.com"]}}},
+        "notify": {"lease_s": lease_s, "backoff_initial_s": 0.2, "backoff_max_s": backoff_max_s},
+        "evaluation": {"enabled": False},
+    }
+    path = folder / "runwatch.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _peak_rss_kib(pid: int) -> int:
+    """VmHWM: the most resident memory this process ever had."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Serve:
+    """A supervised `runwatch serve`. `kill()` is a SIGKILL and a restart (counted in
+    `kills`); `check()` restarts a process that exited on its own (counted in `crashes`:
+    the restarts an operator would have needed). Peak RSS is sampled by `check()`."""
+
+    config: Path
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    kills: int = 0
+    crashes: int = 0
+    peak_rss_kib: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.config.parent / "serve.log"
+
+    def start(self) -> Serve:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [RUNWATCH, "serve", "--config", str(self.config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        return self
+
+    def check(self) -> None:
+        process = self.process
+        assert process is not None
+        self.peak_rss_kib = max(self.peak_rss_kib, _peak_rss_kib(process.pid))
+        if process.poll() is not None:
+            self.crashes += 1
+            self.start()
+
+    def kill(self) -> None:
+        process = self.process
+        assert process is not None
+        self.peak_rss_kib = max(self.peak_rss_kib, _peak_rss_kib(process.pid))
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        self.kills += 1
+        self.start()
+
+    def stop(self) -> int:
+        """SIGTERM; the exit code (0: a clean stop)."""
+        process = self.process
+        if process is None:
+            return 0
+        self.check()
+        process = self.process
+        assert process is not None
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return -signal.SIGKILL
+
+    def tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+# About 1 KB of tags, as a real training run carries (hyperparameters, git commit, owner).
+TAGS = {f"hparam_{i:02d}": f"value-{i:02d}-" + "x" * 24 for i in range(24)}
+
+
+def run_event(index: int, failed: bool, prefix: str = "chaos") -> RunStatusEvent:
+    return RunStatusEvent(
+        TimeGenerated=datetime.now(UTC),
+        RunId=f"{prefix}-{index}",
+        Status="Failed" if failed else "Running",
+        ExperimentName="chaos",
+        Message="CUDA out of memory" if failed else None,
+        Tags=TAGS,
+    )
+
+
+class SteadyProducer(threading.Thread):
+    """`events` run events at `rate` per second, every `failure_every`-th one Failed; after
+    every valid event, `poison_per_event` poison messages (cycling through `poison`) on
+    average. Keeps producing through a broker outage: kafka-python buffers and retries."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        events: int,
+        rate: float,
+        failure_every: int = 10,
+        poison: Sequence[bytes] = (),
+        poison_per_event: float = 0.0,
+        prefix: str = "chaos",
+    ) -> None:
+        super().__init__(name="steady-producer", daemon=True)
+        self._servers, self._topic = bootstrap, topic
+        self._events, self._rate, self._every = events, rate, failure_every
+        self._poison, self._poison_per_event = list(poison), poison_per_event
+        self._prefix = prefix
+        self.produced = 0  # valid events handed to the producer
+        self.failed: list[str] = []  # run ids of the Failed ones
+        self.poison_sent = Counter[int]()  # index into `poison` -> copies sent
+        self.keys: list[tuple[str, str]] = []  # (RunId, Status) of every valid event
+        self.error: BaseException | None = None
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self._produce()
+        except BaseException as exc:
+            self.error = exc
+
+    def _produce(self) -> None:
+        producer = KafkaProducer(
+            bootstrap_servers=self._servers,
+            acks="all",
+            linger_ms=5,
+            retries=2**31 - 1,
+            delivery_timeout_ms=600_000,
+            max_block_ms=600_000,
+            max_request_size=8 * 1024 * 1024,
+        )
+        poison_due = 0.0
+        poison_index = 0
+        begin = time.perf_counter()
+        for index in range(self._events):
+            if self.stopping.is_set():
+                break
+            due = begin + index / self._rate
+            while (delay := due - time.perf_counter()) > 0:
+                time.sleep(delay)
+            failed = index % self._every == self._every - 1
+            event = run_event(index, failed, self._prefix)
+            producer.send(self._topic, key=event.RunId.encode(), value=event.to_json())
+            self.keys.append((event.RunId, event.Status))
+            if failed:
+                self.failed.append(event.RunId)
+            self.produced += 1
+            poison_due += self._poison_per_event
+            while self._poison and poison_due >= 1:
+                poison_due -= 1
+                which = poison_index % len(self._poison)
+                producer.send(self._topic, key=b"poison", value=self._poison[which])
+                self.poison_sent[which] += 1
+                poison_index += 1
+        producer.flush()
+        producer.close()
+
+
+def sql_count(db: Path, query: str, *params: object) -> int:
+    try:
+        with sqlite3.connect(db, timeout=30) as conn:
+            return int(conn.execute(query, params).fetchone()[0])
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def stored_keys(db: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(db, timeout=30) as conn:
+        rows = conn.execute('select "RunId", "Status" from events').fetchall()
+    return [(str(r), str(s)) for r, s in rows]
+
+
+def outbox_states(db: Path) -> dict[str, int]:
+    try:
+        with sqlite3.connect(db, timeout=30) as conn:
+            rows = conn.execute("select state, count(*) from notifications group by state")
+            return {str(state): int(count) for state, count in rows}
+    except sqlite3.OperationalError:
+        return {}
+
+
+def dead_letter_reasons(db: Path) -> Counter[str]:
+    try:
+        with sqlite3.connect(db, timeout=30) as conn:
+            rows = conn.execute("select reason, count(*) from dead_letters group by reason")
+            return Counter({str(reason): int(count) for reason, count in rows})
+    except sqlite3.OperationalError:
+        return Counter()
+
+
+_SUBJECT_RUN = re.compile(r"Failed: (\S+) in chaos")
+
+
+@dataclass(frozen=True)
+class MailTally:
+    """What the SMTP server received for the failed runs."""
+
+    received: int
+    missing: int  # failed runs with no mail
+    duplicates: int  # mails whose Message-ID had been received before
+
+    @classmethod
+    def of(cls, failed_runs: Sequence[str], mails: Sequence[tuple[str, str]]) -> MailTally:
+        """`mails`: (Message-ID, Subject) of every mail received."""
+        counts = Counter(message_id for message_id, _ in mails)
+        mailed = {m.group(1) for _, subject in mails if (m := _SUBJECT_RUN.search(subject))}
+        return cls(
+            received=len(mails),
+            missing=sum(1 for run in failed_runs if run not in mailed),
+            duplicates=sum(count - 1 for count in counts.values()),
+        )
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, tick: Callable[[], None]) -> bool:
+    """Like tests.conftest.wait_for, calling `tick` (e.g. Serve.check) between tries."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tick()
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
