@@ -137,6 +137,13 @@ class Serve:
         self.kills += 1
         self.start()
 
+    def wait(self, seconds: float) -> None:
+        """Sleep, restarting the process if it exits meanwhile (see check)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.check()
+            time.sleep(min(left, 0.1))
+
     def stop(self) -> int:
         """SIGTERM; the exit code (0: a clean stop)."""
         process = self.process
