@@ -25,10 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 
 from consumers.events import RunStatusEvent
+from tests.poison import POISON
 
 RUNWATCH = str(Path(sys.executable).parent / "runwatch")
 RULES = """
@@ -137,6 +139,35 @@ class Serve:
         self.kills += 1
         self.start()
 
+    def expect(
+        self,
+        predicate: Callable[[], object],
+        timeout: float,
+        what: str,
+        *,
+        progress: Callable[[], object] | None = None,
+        stall_s: float = 15.0,
+    ) -> None:
+        """Wait for `predicate`; fail at once if the process exits on its own (a test must
+        not sit out its timeout in a crash loop), when `progress` (say, rows stored) has not
+        changed for `stall_s`, or after `timeout`; with the log's tail."""
+        deadline = time.monotonic() + timeout
+        last, moved = None, time.monotonic()
+        while True:
+            self.check()
+            if self.crashes:
+                raise AssertionError(f"serve exited on its own ({what}):\n{self.tail()}")
+            if predicate():
+                return
+            now = time.monotonic()
+            if progress is not None and (current := progress()) != last:
+                last, moved = current, now
+            elif progress is not None and now - moved > stall_s:
+                raise AssertionError(f"{what}: stalled for {stall_s:.0f}s\n{self.tail()}")
+            if now > deadline:
+                raise AssertionError(f"{what}: not within {timeout:.0f}s\n{self.tail()}")
+            time.sleep(0.1)
+
     def wait(self, seconds: float) -> None:
         """Sleep, restarting the process if it exits meanwhile (see check)."""
         deadline = time.monotonic() + seconds
@@ -181,8 +212,9 @@ def run_event(index: int, failed: bool, prefix: str = "chaos") -> RunStatusEvent
 
 class SteadyProducer(threading.Thread):
     """`events` run events at `rate` per second, every `failure_every`-th one Failed; after
-    every valid event, `poison_per_event` poison messages (cycling through `poison`) on
-    average. Keeps producing through a broker outage: kafka-python buffers and retries."""
+    every valid event, `poison_per_event` poison messages on average, taken from `poison` in
+    order (each sent once; `poison_sent` says how many were). Keeps producing through a
+    broker outage: kafka-python buffers and retries."""
 
     def __init__(
         self,
@@ -195,18 +227,21 @@ class SteadyProducer(threading.Thread):
         poison: Sequence[bytes] = (),
         poison_per_event: float = 0.0,
         prefix: str = "chaos",
+        linger_ms: int = 5,
     ) -> None:
         super().__init__(name="steady-producer", daemon=True)
+        self._linger_ms = linger_ms
         self._servers, self._topic = bootstrap, topic
         self._events, self._rate, self._every = events, rate, failure_every
         self._poison, self._poison_per_event = list(poison), poison_per_event
         self._prefix = prefix
         self.produced = 0  # valid events handed to the producer
         self.failed: list[str] = []  # run ids of the Failed ones
-        self.poison_sent = Counter[int]()  # index into `poison` -> copies sent
+        self.poison_sent = 0
         self.keys: list[tuple[str, str]] = []  # (RunId, Status) of every valid event
         self.error: BaseException | None = None
         self.stopping = threading.Event()
+        self.paused = threading.Event()  # set: hold on (the rate's clock restarts after)
 
     def run(self) -> None:
         try:
@@ -218,18 +253,22 @@ class SteadyProducer(threading.Thread):
         producer = KafkaProducer(
             bootstrap_servers=self._servers,
             acks="all",
-            linger_ms=5,
+            # a broker that lost its state does not know the producer id: not idempotent
+            enable_idempotence=False,
+            linger_ms=self._linger_ms,
             retries=2**31 - 1,
             delivery_timeout_ms=600_000,
             max_block_ms=600_000,
             max_request_size=8 * 1024 * 1024,
         )
-        poison_due = 0.0
-        poison_index = 0
         begin = time.perf_counter()
         for index in range(self._events):
             if self.stopping.is_set():
                 break
+            if self.paused.is_set():
+                while self.paused.is_set() and not self.stopping.is_set():
+                    time.sleep(0.01)
+                begin = time.perf_counter() - index / self._rate
             due = begin + index / self._rate
             while (delay := due - time.perf_counter()) > 0:
                 time.sleep(delay)
@@ -240,13 +279,11 @@ class SteadyProducer(threading.Thread):
             if failed:
                 self.failed.append(event.RunId)
             self.produced += 1
-            poison_due += self._poison_per_event
-            while self._poison and poison_due >= 1:
-                poison_due -= 1
-                which = poison_index % len(self._poison)
-                producer.send(self._topic, key=b"poison", value=self._poison[which])
-                self.poison_sent[which] += 1
-                poison_index += 1
+            due = min(int((index + 1) * self._poison_per_event + 1e-9), len(self._poison))
+            while self.poison_sent < due:
+                key = f"poison-{self.poison_sent}".encode()
+                producer.send(self._topic, key=key, value=self._poison[self.poison_sent])
+                self.poison_sent += 1
         producer.flush()
         producer.close()
 
@@ -315,3 +352,154 @@ def wait_until(predicate: Callable[[], object], timeout: float, tick: Callable[[
             return True
         time.sleep(0.1)
     return False
+
+
+# -- poison ---------------------------------------------------------------------------------
+
+
+def _native(**fields: Any) -> bytes:
+    event = {
+        "TimeGenerated": datetime.now(UTC).isoformat(),
+        "RunId": "poison-run",
+        "Status": "Running",
+        "ExperimentName": "poison",
+        **fields,
+    }
+    return orjson.dumps(event)
+
+
+def _deeply_nested_tags(depth: int) -> bytes:
+    """Issue 12 case 2: a tag value nested `depth` levels (orjson refuses to write it)."""
+    head = _native()[:-1]
+    return head + b',"Tags":{"deep":' + b'{"d":' * depth + b'"bottom"' + b"}" * depth + b"}}"
+
+
+def _record(run_id: str) -> dict[str, Any]:
+    return {
+        "time": datetime.now(UTC).isoformat(),
+        "category": "AmlRunStatusChangedEvent",
+        "level": "Informational",
+        "properties": {"RunId": run_id, "Status": "Running", "ExperimentName": "poison"},
+    }
+
+
+def _envelope_of_empty_objects(size: int) -> bytes:
+    """Issue 12 case 5: one good record and `{}` up to `size` bytes."""
+    head = orjson.dumps({"records": [_record("poison-envelope")]})[:-2]
+    count = (size - len(head) - 2) // 3
+    return head + b",{}" * count + b"]}"
+
+
+def _over(limit: int) -> bytes:
+    """A valid envelope just over `limit` bytes: too_large."""
+    records: list[dict[str, Any]] = []
+    chunk = _record("poison-oversized") | {"resultDescription": "x" * 4000}
+    while len(value := orjson.dumps({"records": records})) <= limit:
+        records.append(chunk)
+    return value
+
+
+@dataclass(frozen=True)
+class PoisonKind:
+    """One kind of message that must never stop `serve`. `reason`: the dead-letter reason
+    expected in the store (None: any reason; "" for `stored`: no dead letter at all);
+    `stored`: run ids of events in it that must be stored (a valid event that trips a rule).
+    `weight`: how often it comes relative to the others (the large ones are rarer)."""
+
+    name: str
+    value: bytes
+    reason: str | None
+    stored: tuple[str, ...] = ()
+    weight: float = 1.0
+    needs: str = ""  # the fix it needs, while that is not on this branch
+
+
+# A rule whose `where:` overflows on a valid event (issue 12 case 3).
+OVERFLOW_RULE = """
+  - name: chaos-loss-overflow
+    when:
+      status: [Running]
+      where: "floor(to_number(properties.loss)) > `5`"
+    notify: [oncall]
+"""
+
+NEEDS_INGEST = "time sanity and shape limits (issue 12 items 1-3) from branch i12-ingest"
+NEEDS_RULES = "rule evaluation isolation (issue 12 item 1) from branch i12-rules"
+NEEDS_KAFKA = "a dead-letter path that cannot block (issue 12 item 4) from branch i12-kafka"
+
+
+def poison_kinds(max_message_bytes: int = 1_048_576) -> list[PoisonKind]:
+    """tests/poison.py (but its `oversized`, sized for a 64 KiB limit) and the kinds issue 12
+    found: at least 14 kinds in all (37)."""
+    kinds = [PoisonKind(name, value, reason) for name, value, reason in POISON]
+    kinds = [kind for kind in kinds if kind.name != "oversized"]
+    kinds += [
+        PoisonKind("too_large", _over(max_message_bytes), "too_large", weight=0.1),
+        PoisonKind(
+            "envelope_of_empty_objects",
+            _envelope_of_empty_objects(1_000_000),
+            None,
+            weight=0.1,
+        ),
+        PoisonKind(
+            "time_before_year_1",
+            _native(TimeGenerated="0001-01-01T00:00:00+01:00"),
+            "time_out_of_range",
+            needs=NEEDS_INGEST,
+        ),
+        PoisonKind(
+            "time_after_year_9999",
+            _native(TimeGenerated="9999-12-31T23:59:59-01:00"),
+            "time_out_of_range",
+            needs=NEEDS_INGEST,
+        ),
+        PoisonKind(
+            "time_far_future",
+            _native(TimeGenerated="9999-12-31T00:00:00Z", Status="Completed"),
+            "time_out_of_range",
+            needs=NEEDS_INGEST,
+        ),
+        PoisonKind("deep_nesting", _deeply_nested_tags(300), None, needs=NEEDS_INGEST),
+        PoisonKind(
+            "where_overflow",
+            _native(RunId="poison-loss", Properties={"loss": "1e999"}),
+            "",
+            stored=("poison-loss",),
+            needs=NEEDS_RULES,
+        ),
+        PoisonKind("message_3mb", b"x" * 3_000_000, "too_large", weight=0.1, needs=NEEDS_KAFKA),
+    ]
+    return kinds
+
+
+def poison_schedule(kinds: Sequence[PoisonKind], count: int) -> list[int]:
+    """`count` indexes into `kinds`, each kind in proportion to its weight (at least once),
+    spread evenly: what SteadyProducer interleaves with the valid events."""
+    total = sum(kind.weight for kind in kinds)
+    copies = [max(1, round(count * kind.weight / total)) for kind in kinds]
+    order = sorted(((index + 0.5) / n, k) for k, n in enumerate(copies) for index in range(n))
+    return [k for _, k in order]
+
+
+def dead_letter_topic_count(bootstrap: str, topic: str, timeout: float = 10.0) -> int:
+    """Messages on the dead-letter topic (read from the start, no group)."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    seen = 0
+    idle_until = time.monotonic() + timeout
+    try:
+        while time.monotonic() < idle_until:
+            got = sum(len(batch) for batch in consumer.poll(timeout_ms=500).values())
+            if got:
+                seen += got
+                idle_until = time.monotonic() + 2.0
+    finally:
+        consumer.close()
+    return seen
