@@ -51,6 +51,7 @@ def chaos_config(
     group_id: str,
     smtp_port: int,
     lease_s: float = 60.0,
+    backoff_initial_s: float = 0.2,
     backoff_max_s: float = 300.0,
     max_message_bytes: int | None = None,
     rules: str = RULES,
@@ -76,7 +77,11 @@ def chaos_config(
         "rules_dir": str(folder / "rules"),
         "smtp": {"host": "127.0.0.1", "port": smtp_port, "from": "runwatch <rw@example.com>"},
         "receivers": {"oncall": {"email": {"to": ["oncall@example.com"]}}},
-        "notify": {"lease_s": lease_s, "backoff_initial_s": 0.2, "backoff_max_s": backoff_max_s},
+        "notify": {
+            "lease_s": lease_s,
+            "backoff_initial_s": backoff_initial_s,
+            "backoff_max_s": backoff_max_s,
+        },
         "evaluation": {"enabled": False},
     }
     path = folder / "runwatch.yaml"
