@@ -5,10 +5,11 @@ wrote new notifications (no polling delay on the hot path); otherwise it sleeps 
 retry is due, at most a second.
 
 Each notification is marked sent immediately after the receiver accepted it
-(consumers/store/sent_marks.py): on SQLite into a journal file of its own, on the event loop,
-so the mark never waits for an ingest transaction or a thread; on PostgreSQL on a thread that
-does nothing else. A mark is committed within a few milliseconds; marks that finish together,
-or while a commit is in progress, go in one transaction (group commit only under backlog).
+(consumers/store/sent_marks.py): on SQLite into a journal file of its own, so the mark never
+waits for an ingest transaction; without a backlog on the event loop itself (no thread hop),
+otherwise, and on PostgreSQL, on a thread that does nothing else. A mark is committed within
+a few milliseconds; marks that finish together, or while a commit is in progress, go in one
+transaction (group commit only under backlog).
 The only duplicate possible is a process dying in that gap (after the SMTP server or webhook
 endpoint accepted, before the mark): the lease then expires and another attempt sends it
 again. Webhooks carry the notification id as Idempotency-Key, and emails a stable Message-ID,
@@ -80,6 +81,7 @@ class Dispatcher:
         self._mark_thread: ThreadPoolExecutor | None = None
         self._applier: asyncio.Task[None] | None = None
         self._apply_again = False
+        self._queue: asyncio.Queue[Notification] | None = None  # claimed, not yet taken
         self._settings = settings
         self._notify = settings.notify
         self._metrics = metrics
@@ -125,6 +127,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._mark_thread = ThreadPoolExecutor(1, thread_name_prefix="dispatch-mark")
         queue: asyncio.Queue[Notification] = asyncio.Queue()
+        self._queue = queue
         async with aiohttp.ClientSession() as session:
             self._email = EmailSender(self._settings.smtp)
             self._webhook = WebhookSender(session)
@@ -299,9 +302,10 @@ class Dispatcher:
             await self._webhook.send(receiver.webhook, body, notification_id=notification.id)
 
     async def _mark_sent(self, notification_id: str) -> None:
-        """Group commit only under backlog: a mark is committed on the next turn of the loop,
-        together with the others that finished on this turn or while a commit was in
-        progress; no send waits for a timer."""
+        """Group commit only under backlog: without one, a mark is committed on the next turn
+        of the loop (with the others that finished on this turn); with one, on the mark
+        thread, and marks arriving while it commits go together in the next transaction.
+        No send waits for a timer."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._to_mark.append((notification_id, future))
         if self._marker is None or self._marker.done():
@@ -314,9 +318,10 @@ class Dispatcher:
             batch, self._to_mark = self._to_mark, []
             ids = [i for i, _ in batch]
             try:
-                if self._marks.journaled:  # well under a millisecond: a hop would cost more
+                if self._marks.journaled and not self._backlog():
+                    # well under a millisecond, at once: a thread hop would cost more
                     self._marks.record(ids, self._clock())
-                else:
+                else:  # on the mark thread, the loop sending on: marks group meanwhile
                     await loop.run_in_executor(
                         self._mark_thread, self._marks.record, ids, self._clock()
                     )
@@ -327,6 +332,11 @@ class Dispatcher:
                 for _, future in batch:
                     future.set_result(None)
                 self._apply_marks()
+
+    def _backlog(self) -> bool:
+        """Claimed notifications are waiting for a worker: sends, not marks, are the
+        bottleneck, and a commit per turn of the loop would slow them down."""
+        return self._queue is not None and not self._queue.empty()
 
     def _apply_marks(self) -> None:
         """Journaled marks into the outbox soon (one applier at a time; it runs again if
