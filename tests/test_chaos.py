@@ -25,6 +25,7 @@ from tests.chaoskit import (
     Serve,
     SteadyProducer,
     chaos_config,
+    collect_refused_sockets,
     dead_letter_reasons,
     dead_letter_topic_count,
     outbox_states,
@@ -230,8 +231,10 @@ def test_broker_restart_loses_nothing_and_ingest_resumes_within_2s(
         )
     finally:
         producer.stopping.set()
+        producer.join(timeout=30)
         code = serve.stop()
         broker.stop()
+        collect_refused_sockets()
     print(f"ingest resumed {resumed:.1f}s after the broker answered again")
     assert code == 0, serve.tail()
     keys = stored_keys(db)
