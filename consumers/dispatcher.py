@@ -4,11 +4,16 @@ It runs an asyncio loop in its own thread. Ingest wakes it right after the store
 wrote new notifications (no polling delay on the hot path); otherwise it sleeps until the next
 retry is due, at most a second.
 
-Each notification is marked sent in its own short transaction immediately after the receiver
-accepted it. The only duplicate possible is a process dying in that gap (after the SMTP server
-or webhook endpoint accepted, before the mark): the lease then expires and another attempt
-sends it again. Webhooks carry the notification id as Idempotency-Key, and emails a stable
-Message-ID, so receivers can drop that duplicate too.
+Each notification is marked sent immediately after the receiver accepted it
+(consumers/store/sent_marks.py): on SQLite into a journal file of its own, so the mark never
+waits for an ingest transaction; without a backlog on the event loop itself (no thread hop),
+otherwise, and on PostgreSQL, on a thread that does nothing else. A mark is committed within
+a few milliseconds; marks that finish together, or while a commit is in progress, go in one
+transaction (group commit only under backlog).
+The only duplicate possible is a process dying in that gap (after the SMTP server or webhook
+endpoint accepted, before the mark): the lease then expires and another attempt sends it
+again. Webhooks carry the notification id as Idempotency-Key, and emails a stable Message-ID,
+so receivers can drop that duplicate too.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from consumers.store.listen import OutboxListener
 from consumers.store.outbox import Notification, Outbox
 from consumers.store.outbox_state import open_state
 from consumers.store.queries import RunDetail, get_run
+from consumers.store.sent_marks import sent_marks
 from consumers.templating import Renderer
 
 log = logging.getLogger(__name__)
@@ -74,6 +80,13 @@ class Dispatcher:
     ) -> None:
         self._store = store
         self._outbox = Outbox(store)
+        self._marks = sent_marks(store, self._outbox)
+        # Marks that are not made on the loop (PostgreSQL) get a thread of their own: in the
+        # shared pool they queued behind context reads and claims waiting for the store.
+        self._mark_thread: ThreadPoolExecutor | None = None
+        self._applier: asyncio.Task[None] | None = None
+        self._apply_again = False
+        self._queue: asyncio.Queue[Notification] | None = None  # claimed, not yet taken
         self._settings = settings
         self._notify = settings.notify
         self._metrics = metrics
@@ -118,7 +131,9 @@ class Dispatcher:
             ThreadPoolExecutor(self._notify.concurrency + 4, thread_name_prefix="dispatch-db")
         )
         self._wake = asyncio.Event()
+        self._mark_thread = ThreadPoolExecutor(1, thread_name_prefix="dispatch-mark")
         queue: asyncio.Queue[Notification] = asyncio.Queue()
+        self._queue = queue
         async with aiohttp.ClientSession() as session:
             self._email = EmailSender(self._settings.smtp)
             self._webhook = WebhookSender(session)
@@ -131,11 +146,16 @@ class Dispatcher:
             finally:
                 await self._shutdown(queue, workers)
                 await self._email.close()
+                self._mark_thread.shutdown(wait=True)
+                if self._applier is not None:
+                    await asyncio.gather(self._applier, return_exceptions=True)
+                await asyncio.to_thread(self._marks.apply)  # a clean stop leaves none behind
+                self._marks.close()
         self._loop = None
 
     async def _claim_loop(self, queue: asyncio.Queue[Notification], stop: threading.Event) -> None:
         assert self._wake is not None
-        await asyncio.to_thread(self._outbox.release_expired, self._clock())
+        await self._release_expired()
         last_depth = 0.0
         room_limit = self._notify.concurrency * 2
         while not stop.is_set():
@@ -159,7 +179,7 @@ class Dispatcher:
             if loop_time - last_depth >= _DEPTH_EVERY_S:
                 last_depth = loop_time
                 # another replica may have died mid-send: its expired claims come back here
-                await asyncio.to_thread(self._outbox.release_expired, self._clock())
+                await self._release_expired()
                 await self._refresh_depth()
             if claimed:
                 continue
@@ -167,6 +187,11 @@ class Dispatcher:
             timeout = _IDLE_WAIT_S if room <= 0 else await self._until_next_due()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _release_expired(self) -> None:
+        """Journaled marks first: a send that was accepted is never taken for a lost one."""
+        await asyncio.to_thread(self._marks.apply)
+        await asyncio.to_thread(self._outbox.release_expired, self._clock())
 
     async def _until_next_due(self) -> float:
         due = await asyncio.to_thread(self._outbox.next_due)
@@ -307,8 +332,10 @@ class Dispatcher:
             )
 
     async def _mark_sent(self, notification_id: str) -> None:
-        """Group commit: sends that finish while a mark is being committed are marked together
-        in the next transaction, right after it; no send waits for a timer."""
+        """Group commit only under backlog: without one, a mark is committed on the next turn
+        of the loop (with the others that finished on this turn); with one, on the mark
+        thread, and marks arriving while it commits go together in the next transaction.
+        No send waits for a timer."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._to_mark.append((notification_id, future))
         if self._marker is None or self._marker.done():
@@ -316,18 +343,48 @@ class Dispatcher:
         await future
 
     async def _flush_marks(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._to_mark:
             batch, self._to_mark = self._to_mark, []
+            ids = [i for i, _ in batch]
             try:
-                await asyncio.to_thread(
-                    self._outbox.mark_all_sent, [i for i, _ in batch], self._clock()
-                )
+                if self._marks.journaled and not self._backlog():
+                    # well under a millisecond, at once: a thread hop would cost more
+                    self._marks.record(ids, self._clock())
+                else:  # on the mark thread, the loop sending on: marks group meanwhile
+                    await loop.run_in_executor(
+                        self._mark_thread, self._marks.record, ids, self._clock()
+                    )
             except Exception as exc:  # the lease brings them back: the documented window
                 for _, future in batch:
                     future.set_exception(exc)
             else:
                 for _, future in batch:
                     future.set_result(None)
+                self._apply_marks()
+
+    def _backlog(self) -> bool:
+        """Claimed notifications are waiting for a worker: sends, not marks, are the
+        bottleneck, and a commit per turn of the loop would slow them down."""
+        return self._queue is not None and not self._queue.empty()
+
+    def _apply_marks(self) -> None:
+        """Journaled marks into the outbox soon (one applier at a time; it runs again if
+        more came meanwhile). Durability does not wait for this."""
+        if not self._marks.journaled:
+            return
+        self._apply_again = True
+        if self._applier is None or self._applier.done():
+            self._applier = asyncio.create_task(self._run_applier())
+
+    async def _run_applier(self) -> None:
+        while self._apply_again:
+            self._apply_again = False
+            try:
+                await asyncio.to_thread(self._marks.apply)
+            except Exception:  # the journal keeps them: applied at the next release
+                log.exception("applying sent marks failed")
+                return
 
     async def _failed(
         self, notification: Notification, exc: SendError, extra: dict[str, str]

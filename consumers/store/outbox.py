@@ -85,6 +85,17 @@ class Outbox:
                 .values(state="sent", sent_at=now, lease_until=None, claim=None)
             )
 
+    def mark_sent_at(self, marks: Sequence[tuple[str, datetime]]) -> None:
+        """Each row sent at its own time, in one transaction (consumers/store/sent_marks.py
+        folding its journal in). Whatever state a row is in now: the receiver accepted it."""
+        with self._lock, self._engine.begin() as conn:
+            conn.execute(
+                update(n)
+                .where(n.c.id == bindparam("p_id"))
+                .values(state="sent", sent_at=bindparam("p_at"), lease_until=None, claim=None),
+                [{"p_id": notification_id, "p_at": at} for notification_id, at in marks],
+            )
+
     def mark_retry(self, notification_id: str, at: datetime, reason: str, error: str) -> None:
         self._set(
             notification_id,
