@@ -283,7 +283,14 @@ class Service:
         )
         try:
             while consumer.is_alive() and not stop.wait(0.5):
-                pass
+                if not dispatcher.is_alive():
+                    # Consuming without sending would look healthy and tell nobody: stop,
+                    # exit non-zero, and let the supervisor start a whole service again.
+                    self._failure = self._failure or RunwatchError(
+                        "the dispatcher stopped unexpectedly; stopping the service"
+                    )
+                    log.critical("%s", self._failure)
+                    break
         finally:
             stop.set()
             if self._http_ingest is not None:

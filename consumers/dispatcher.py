@@ -34,7 +34,7 @@ from urllib.parse import quote
 import aiohttp
 
 from consumers.alerts import Alert
-from consumers.errors import SendError
+from consumers.errors import RunwatchError, SendError
 from consumers.metrics import Metrics
 from consumers.model.notifications import NotificationKind
 from consumers.noise import digest
@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 1.0
 _DEPTH_EVERY_S = 5.0
+_RETRY_START_S = 0.2  # a failing claim loop backs off from this ...
+_RETRY_MAX_S = 5.0  # ... to this
+_RETRY_LOG_EVERY_S = 30.0
 _MAX_FAILED_CHILDREN = 10
 _RUN_CACHE_S = 1.0
 _RUN_CACHE_SIZE = 4096
@@ -154,6 +157,31 @@ class Dispatcher:
         self._loop = None
 
     async def _claim_loop(self, queue: asyncio.Queue[Notification], stop: threading.Event) -> None:
+        """Claims until stopped. A store that fails (down, locked, a bug in a query) is waited
+        for with backoff: the loop, and with it all sending, must outlive it."""
+        delay = _RETRY_START_S
+        last_logged = -_RETRY_LOG_EVERY_S
+        while not stop.is_set():
+            try:
+                await self._claim_until_stopped(queue, stop)
+                return
+            except Exception as exc:
+                self._metrics.store_errors.inc()
+                now = time.monotonic()
+                if now - last_logged >= _RETRY_LOG_EVERY_S:
+                    last_logged = now
+                    log.error(
+                        "claiming notifications failed, retrying (every %.1fs at most): %s",
+                        _RETRY_MAX_S,
+                        exc,
+                        exc_info=not (isinstance(exc, RunwatchError) and exc.retriable),
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+
+    async def _claim_until_stopped(
+        self, queue: asyncio.Queue[Notification], stop: threading.Event
+    ) -> None:
         assert self._wake is not None
         await self._release_expired()
         last_depth = 0.0

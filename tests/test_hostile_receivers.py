@@ -399,3 +399,21 @@ def test_failures_are_classified() -> None:
     assert bug.reason == "internal" and bug.retriable
     assert bug.detail.startswith("KeyError: ") and len(bug.detail) <= 1000
     assert BODY_CAP <= 8192
+
+
+def test_the_claim_loop_outlives_a_failing_store(store: Store, http: HttpServer) -> None:
+    """Claiming fails (here: the outbox table is gone for a while): the dispatcher keeps
+    trying with backoff and sends once the store answers again; its thread died before, and
+    the service went on consuming without sending anything."""
+    hooks = {"ok": http.url("/ok")}
+    write(store, hooks, alert("after-the-outage", "ok"))
+    with store.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE notifications RENAME TO notifications_gone"))
+    with Running(store, settings(hooks)) as running:
+        errors = running.metrics.store_errors
+        wait_for(lambda: errors._value.get() >= 2, timeout=20)
+        assert running.thread.is_alive()
+        with store.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE notifications_gone RENAME TO notifications"))
+        wait_for(lambda: rows(store)["ok"].state == "sent", timeout=30)
+    assert len(http.hits) == 1
