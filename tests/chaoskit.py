@@ -171,7 +171,9 @@ class Serve:
             if progress is not None and (current := progress()) != last:
                 last, moved = current, now
             elif progress is not None and now - moved > stall_s:
-                raise AssertionError(f"{what}: stalled for {stall_s:.0f}s\n{self.tail()}")
+                raise AssertionError(
+                    f"{what}: stalled for {stall_s:.0f}s at {current!r}\n{self.tail()}"
+                )
             if now > deadline:
                 raise AssertionError(f"{what}: not within {timeout:.0f}s\n{self.tail()}")
             time.sleep(0.1)
@@ -246,6 +248,7 @@ class SteadyProducer(threading.Thread):
         self.produced = 0  # valid events handed to the producer
         self.failed: list[str] = []  # run ids of the Failed ones
         self.poison_sent = 0
+        self._poison_futures: list[Any] = []
         self.keys: list[tuple[str, str]] = []  # (RunId, Status) of every valid event
         self.error: BaseException | None = None
         self.stopping = threading.Event()
@@ -290,13 +293,25 @@ class SteadyProducer(threading.Thread):
             due = min(int((index + 1) * self._poison_per_event + 1e-9), len(self._poison))
             while self.poison_sent < due:
                 key = f"poison-{self.poison_sent}".encode()
-                producer.send(self._topic, key=key, value=self._poison[self.poison_sent])
+                future = producer.send(self._topic, key=key, value=self._poison[self.poison_sent])
+                self._poison_futures.append(future)
                 self.poison_sent += 1
         if self.stopping.is_set():  # told to stop: what is still buffered may go
             producer.close(timeout=5)
         else:
             producer.flush()
             producer.close()
+
+    def poison_places(self) -> set[tuple[int, int]]:
+        """(partition, offset) of every poison message the broker acknowledged. A broker that
+        lost its state hands out offsets again, and a dead letter is one per source offset:
+        two poison messages at one place are one letter in the store."""
+        places = set()
+        for future in self._poison_futures:
+            if future.is_done and future.succeeded():
+                meta = future.value
+                places.add((meta.partition, meta.offset))
+        return places
 
 
 def sql_count(db: Path, query: str, *params: object) -> int:
