@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from consumers.client.env import Journal
 from consumers.client.launch import DEFAULT_WORKSPACE, ExecRequest
 from consumers.client.outcome import Outcome
 from consumers.client.spool import Destination, Leftover, SpoolFile, leftovers
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from consumers.client.run import Run
     from consumers.settings import KafkaSettings, Settings
 
+HEARTBEAT_PROPERTY = "runwatch.heartbeat_s"  # on runs exec heartbeats for: the interval
 SEND_TIMEOUT_S = 5.0  # one record's acknowledgement
 CONNECT_S = 2.0  # one attempt to reach a broker
 LOOKUP_S = 5.0  # reading a --parent from the store
@@ -135,7 +137,9 @@ def flush_leftovers(
 class Courier:
     def __init__(self, request: ExecRequest) -> None:
         self.request = request
-        self._notes: queue.SimpleQueue[Note | str] = queue.SimpleQueue()  # put() is reentrant
+        self._notes: queue.SimpleQueue[Note | Journal | str] = (
+            queue.SimpleQueue()
+        )  # put() is reentrant
         self._thread = threading.Thread(target=self._main, name="runwatch-courier", daemon=True)
         self._closing = threading.Event()
         self._deadline = float("inf")
@@ -160,8 +164,10 @@ class Courier:
     def start(self) -> None:
         self._thread.start()
 
-    def finish(self, outcome: Outcome | None, at: float) -> None:
-        """The command ended; `outcome` None: it ended its run itself."""
+    def finish(self, outcome: Outcome | None, at: float, journal: Journal) -> None:
+        """The command ended; `outcome` None: it ended its run itself. The journal's labels
+        go on the final event (every status event carries the run's tags)."""
+        self._notes.put(journal)
         if outcome is not None:
             self.note(outcome.status, at, outcome.message, outcome.error_code)
         self._notes.put(_STOP)
@@ -229,13 +235,16 @@ class Courier:
                     ws = parent.workspace
                 root = root or parent.root_id or parent.id
                 experiment = experiment or parent.experiment.name
+        properties = dict(request.properties)
+        if request.heartbeat_s > 0:  # what a `since: last_seen` absence rule can select on
+            properties.setdefault(HEARTBEAT_PROPERTY, f"{request.heartbeat_s:g}")
         self._run = Run(
             Experiment(ws, experiment or DEFAULT_WORKSPACE),
             request.run_id,
             parent=request.parent,
             root_id=root,
             tags=dict(request.tags),
-            properties=dict(request.properties),
+            properties=properties,
         )
         kafka = settings.kafka
         self.destination = Destination(kafka.bootstrap_servers, kafka.topic)
@@ -282,12 +291,16 @@ class Courier:
             except queue.Empty:
                 return
 
-    def _accept(self, item: Note | str) -> None:
+    def _accept(self, item: Note | Journal | str) -> None:
         if item == _STOP:
             self._beating = False
             return
-        assert isinstance(item, Note) and self._run is not None
         run = self._run
+        assert run is not None
+        if isinstance(item, Journal):
+            run._tags, run._properties = item.labels(run._tags, run._properties)
+            return
+        assert isinstance(item, Note)
         at = datetime.fromtimestamp(item.at, UTC)
         event = run._event(item.status, item.message, item.code, at=at)
         self._queue(event.root_run_id.encode(), _encoded(event), keep=True)

@@ -27,7 +27,7 @@ from consumers.client.env import (
     ENV_RUN_ID,
     new_child_id,
     new_run_id,
-    tell_supervisor,
+    note_in_journal,
 )
 from consumers.client.filters import LabelFilter, matches, status_names
 from consumers.client.workspace import Workspace
@@ -169,7 +169,7 @@ class Run:
                 f"run {self.id} is already {self._status}; it cannot become {status}"
             )
         self.workspace.publish([self._event(status, message, code)])
-        tell_supervisor(self.id, status)
+        note_in_journal(self.id, {"status": status})
 
     def complete(self) -> None:
         self._finish(Status.Completed)
@@ -186,7 +186,7 @@ class Run:
         """CancelRequested, then Canceled: two status changes, two events."""
         self._finish(Status.CancelRequested)
         self.workspace.publish([self._event(Status.Canceled)])
-        tell_supervisor(self.id, Status.Canceled)
+        note_in_journal(self.id, {"status": Status.Canceled.value})
 
     def __enter__(self) -> Run:
         return self
@@ -206,6 +206,9 @@ class Run:
     # ---- tags, properties, description ----------------------------------------------
     def _update(self, **change: Any) -> None:
         self.workspace.publish_update(self._update_record(**change))
+        labels = {k: v for k, v in change.items() if k != "Description"}
+        if labels:
+            note_in_journal(self.id, labels)
 
     def _update_record(self, **change: Any) -> RunUpdate:
         """A run-update record of this run; without a change, a heartbeat (it only moves

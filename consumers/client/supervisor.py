@@ -29,8 +29,8 @@ from consumers.client.courier import Courier
 from consumers.client.env import (
     ENV_BOOTSTRAP,
     ENV_CONFIG,
-    ENV_END_FILE,
     ENV_EXPERIMENT,
+    ENV_JOURNAL,
     ENV_PARENT,
     ENV_ROOT,
     ENV_RUN_ID,
@@ -38,6 +38,8 @@ from consumers.client.env import (
     ENV_TOPIC,
     ENV_WORKSPACE,
     RUN_CONTEXT,
+    Journal,
+    read_journal,
 )
 from consumers.client.launch import ExecRequest
 from consumers.client.outcome import CANCELED, Outcome, ended, not_started, signal_name
@@ -59,7 +61,7 @@ class Supervisor:
         self._done = False  # the command was reaped: its pid may be someone else's now
         self._canceled_by: int | None = None
         self._tty: int | None = None  # the terminal, while the command's group holds it
-        self._end_file: str | None = None
+        self._journal: str | None = None
 
     # ---- environment ------------------------------------------------------------------
     def connection(self) -> dict[str, str]:
@@ -84,14 +86,14 @@ class Supervisor:
             ENV_PARENT: request.parent,
             ENV_ROOT: request.root,
             ENV_CONFIG: request.config,
-            ENV_END_FILE: self._end_file,
+            ENV_JOURNAL: self._journal,
         }
         env.update((k, v) for k, v in context.items() if v)
         return env
 
-    def _make_end_file(self) -> None:
-        """An empty file only this user can write, which the command's Run fills in if it
-        ends its run itself (consumers.client.env.tell_supervisor)."""
+    def _make_journal(self) -> None:
+        """An empty file only this user can write, where the command's processes note what
+        they do to the run (consumers.client.env.note_in_journal)."""
         folder = os.environ.get("TMPDIR") or "/tmp"
         for _ in range(5):
             path = os.path.join(folder, f"runwatch-exec-{os.getpid()}-{os.urandom(4).hex()}")
@@ -100,21 +102,21 @@ class Supervisor:
             except FileExistsError:
                 continue
             except OSError:
-                return  # no temp dir: the command cannot say; exec ends the run as it ends
-            self._end_file = path
+                return  # no temp dir: exec ends the run with the labels it knows
+            self._journal = path
             return
 
-    def _ended_by_command(self) -> bool:
-        path = self._end_file
+    def _read_journal(self) -> Journal:
+        path = self._journal
         if path is None:
-            return False
+            return Journal()
         try:
             with open(path, encoding="utf-8", errors="replace") as handle:
-                said = handle.read().strip()
+                text = handle.read()
             os.unlink(path)
         except OSError:
-            return False
-        return said in _TERMINAL_STATUSES
+            return Journal()
+        return read_journal(text)
 
     # ---- the run ----------------------------------------------------------------------
     def run(self) -> int:
@@ -122,7 +124,7 @@ class Supervisor:
         for signum in (*CANCELING, *PASSED_ON):
             signal.signal(signum, self._on_signal)
         self.courier.note("Queued", time.time())
-        self._make_end_file()
+        self._make_journal()
         read_end, write_end = os.pipe()
         outcome: Outcome | None = None
         try:
@@ -148,7 +150,8 @@ class Supervisor:
             number = self._canceled_by or signal.SIGTERM
             message = f"canceled: {signal_name(number)} received before the command started"
             outcome = Outcome(CANCELED, 128 + number, message)
-        self.courier.finish(None if self._ended_by_command() else outcome, time.time())
+        journal = self._read_journal()
+        self.courier.finish(None if journal.ended else outcome, time.time(), journal)
         self._say_end(self.courier.drain(self.request.deliver_s))
         if self.courier.alive:  # stuck in a blocking call of kafka-python: do not wait on it
             sys.stdout.flush()
