@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from consumers.client.env import note_in_journal, read_journal
 from consumers.client.launch import ExecRequest, parser, request_from
 from consumers.client.outcome import ended, not_started
 from consumers.client.spool import Destination, SpoolFile, destinations, leftovers, spool_root
@@ -213,3 +214,37 @@ def test_the_front_imports_nothing_heavy() -> None:
     loaded = set(json.loads(done.stdout))
     heavy = ("pydantic", "kafka", "sqlalchemy", "yaml", "consumers.settings", "consumers.events")
     assert sorted(m for m in loaded if m.split(".")[0] in heavy or m in heavy) == []
+
+
+def test_the_journal_carries_what_the_command_did_to_its_run() -> None:
+    """Lines appended by the command's processes (consumers.client.env.note_in_journal),
+    a torn last one included, applied over what exec knows."""
+    text = "\n".join(
+        [
+            '{"SetTags":{"quality":"fantastic run","stage":"1"}}',
+            '{"AddProperties":{"author":"azureml-user"}}',
+            '{"RemoveTags":["stage"]}',
+            '{"AddProperties":{"author":"someone else","commit":"abc"}}',
+            '{"status":"Failed"}',
+            '{"SetTags":{"tor',
+        ]
+    )
+    journal = read_journal(text)
+    assert journal.ended == "Failed"
+    tags, properties = journal.labels({"team": "vision", "stage": "0"}, {"author": "exec"})
+    assert tags == {"team": "vision", "quality": "fantastic run"}
+    assert properties == {"author": "exec", "commit": "abc"}  # write-once: exec's stays
+    assert read_journal("").ended is None
+
+
+def test_the_journal_is_written_only_for_the_run_the_process_runs_in(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    path.touch()
+    env = {"RUNWATCH_RUN_ID": "r1", "RUNWATCH_RUN_JOURNAL": str(path)}
+    note_in_journal("r1", {"SetTags": {"k": "v"}}, env)
+    note_in_journal("other-run", {"SetTags": {"x": "y"}}, env)
+    note_in_journal("r1", {"status": "Completed"}, {"RUNWATCH_RUN_ID": "r1"})  # no journal
+    assert path.read_text() == '{"SetTags":{"k":"v"}}\n'
+    path.unlink()
+    note_in_journal("r1", {"status": "Completed"}, env)  # exec made it; never created here
+    assert not path.exists()
