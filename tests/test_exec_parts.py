@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ from consumers.client.outcome import ended, not_started
 from consumers.client.spool import Destination, SpoolFile, destinations, leftovers, spool_root
 from consumers.client.tail import StderrTail, exception_name, failure_text
 from consumers.errors import ConfigError
+from tests.conftest import RUNWATCH
 
 TRACEBACK = """\
 epoch 1 loss 0.3
@@ -248,3 +252,58 @@ def test_the_journal_is_written_only_for_the_run_the_process_runs_in(tmp_path: P
     path.unlink()
     note_in_journal("r1", {"status": "Completed"}, env)  # exec made it; never created here
     assert not path.exists()
+
+
+def _at_a_terminal(
+    command: list[str], answer: bytes, after: bytes, spool: Path
+) -> tuple[int, bytes]:
+    """`runwatch run exec -- command` in the foreground of a pseudo-terminal; `answer` is
+    typed once `after` has been shown. No broker: exec warns and keeps the statuses."""
+    argv = [RUNWATCH, "run", "exec", "--experiment", "tty", "--bootstrap", "127.0.0.1:1"]
+    argv += ["--spool", str(spool), "--deliver-timeout", "0", "--", *command]
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child becomes exec
+        os.execv(RUNWATCH, argv)
+    shown, typed = b"", False
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # EIO: the terminal's last process is gone
+                    chunk = b""
+                if not chunk:
+                    break
+                shown += chunk
+            if not typed and after in shown:
+                os.write(fd, answer)
+                typed = True
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), shown
+
+
+def test_at_a_terminal_the_command_reads_it_and_ctrl_c_cancels(tmp_path: Path) -> None:
+    """The command's process group gets the terminal: input() works (a breakpoint() would),
+    and Ctrl-C reaches the command, whose run is then Canceled with exit code 130."""
+    code, shown = _at_a_terminal(
+        [sys.executable, "-c", "print('got', input('name? '))"], b"bob\n", b"name? ", tmp_path
+    )
+    assert code == 0 and b"got bob" in shown
+    spool = tmp_path / "interrupted"
+    code, shown = _at_a_terminal(
+        [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
+        b"\x03",
+        b"ready",
+        spool,
+    )
+    assert code == 130 and b"KeyboardInterrupt" in shown
+    [kept] = spool.glob("*/*.jsonl")  # no broker: the statuses wait in the spool
+    lines = [json.loads(line) for line in kept.read_text().splitlines()]
+    assert [json.loads(line["value"])["Status"] for line in lines] == [
+        "Queued",
+        "Running",
+        "Canceled",
+    ]
