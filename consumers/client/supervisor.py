@@ -4,6 +4,7 @@ its run as the command ends (consumers.client.outcome).
 - The command inherits exec's stdin, stdout and every other descriptor, untouched; stderr goes
   through a pipe that a thread copies to exec's stderr as it comes (no buffering) while
   keeping its end for a failure's Message (consumers.client.tail).
+- As PID 1 of a container, exec reaps the orphans it inherits, as an init does.
 - The command runs in its own process group. SIGINT, SIGTERM and SIGHUP sent to exec cancel
   the run: exec passes the signal on to the group, and SIGKILLs it `--grace` seconds later
   (or at a second signal). SIGUSR1, SIGUSR2 and SIGQUIT are passed on as they are.
@@ -190,10 +191,14 @@ class Supervisor:
             os.close(fd)
 
     def _wait(self) -> int:
+        """Any child is reaped, not only the command: as a container's PID 1 (a Kubernetes
+        Job), exec inherits the command's orphans, which would stay zombies otherwise."""
         pid = self._pid
         assert pid is not None
         while True:
-            _, status = os.waitpid(pid, os.WUNTRACED)
+            reaped, status = os.waitpid(-1, os.WUNTRACED)
+            if reaped != pid:
+                continue
             if os.WIFSTOPPED(status):
                 self._stopped()
                 continue
