@@ -28,10 +28,14 @@ __all__ = ["Experiment", "Run", "Workspace"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Experiment", "Run"):
-        from consumers.client import run
+    if name == "Experiment":
+        from consumers.client.run import Experiment
 
-        return getattr(run, name)
+        return Experiment
+    if name == "Run":
+        from consumers.client.run import Run
+
+        return Run
     if name == "Workspace":
         from consumers.client.workspace import Workspace
 

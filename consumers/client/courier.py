@@ -28,8 +28,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from consumers.client.env import Journal
-from consumers.client.launch import DEFAULT_WORKSPACE, ExecRequest
 from consumers.client.outcome import Outcome
+from consumers.client.request import DEFAULT_WORKSPACE, ExecRequest
 from consumers.client.spool import Destination, Leftover, SpoolFile, leftovers
 
 if TYPE_CHECKING:

@@ -14,8 +14,6 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 from consumers.client.env import (
     ENV_EXPERIMENT,
@@ -25,37 +23,14 @@ from consumers.client.env import (
     new_child_id,
     new_run_id,
 )
+from consumers.client.request import DEFAULT_WORKSPACE, ExecRequest
 from consumers.client.spool import spool_root
 from consumers.errors import ConfigError
 
-DEFAULT_WORKSPACE = "default"  # the same as consumers.client.workspace's
 HEARTBEAT_S = 30.0
 GRACE_S = 10.0
 DELIVER_S = 10.0
 USAGE_EXIT = 2  # exec's own flags are wrong: the command did not run
-
-
-@dataclass(frozen=True, slots=True)
-class ExecRequest:
-    """What to run, as which run, and how to reach runwatch."""
-
-    command: tuple[str, ...]
-    run_id: str
-    experiment: str | None  # None: the parent's, read from the store
-    workspace: str | None  # None: the parent's, else the default one
-    parent: str | None
-    root: str | None  # known when the parent is the run exec runs in
-    name: str | None
-    tags: tuple[tuple[str, str | None], ...]
-    properties: tuple[tuple[str, str], ...]
-    config: str | None
-    bootstrap: str | None
-    topic: str | None
-    store: str | None
-    spool: Path
-    heartbeat_s: float
-    grace_s: float
-    deliver_s: float
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

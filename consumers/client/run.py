@@ -392,11 +392,10 @@ class Run:
     ) -> Run:
         """Start `command` (a shell line, or program and arguments) as a child run, as
         `runwatch run exec --parent` does; returns it Queued, without waiting."""
-        from consumers.client.submit import submit
-
-        return submit(
-            self.experiment, command, parent=self, run_id=run_id, name=name, tags=tags,
-            properties=properties, cwd=cwd, env=env,
+        root = self.root_id or self.id
+        return self.experiment._submit(
+            command, new_child_id(self.id) if run_id is None else run_id, (self, root),
+            name, tags, properties, cwd, env,
         )  # fmt: skip
 
     def wait_for_completion(
@@ -520,12 +519,48 @@ class Experiment:
     ) -> Run:
         """Start `command` (a shell line, or program and arguments) as a run of this
         experiment, as `runwatch run exec` does; returns it Queued, without waiting."""
-        from consumers.client.submit import submit
+        run_id = run_id or self._run_id(self.workspace.clock())
+        return self._submit(command, run_id, None, name, tags, properties, cwd, env)
 
-        return submit(
-            self, command, run_id=run_id, name=name, tags=tags, properties=properties,
-            cwd=cwd, env=env,
-        )  # fmt: skip
+    def _submit(
+        self,
+        command: str | Sequence[str],
+        run_id: str,
+        parent: tuple[Run, str] | None,
+        name: str | None,
+        tags: Mapping[str, str | None] | None,
+        properties: Mapping[str, Any] | None,
+        cwd: str | os.PathLike[str] | None,
+        env: Mapping[str, str] | None,
+    ) -> Run:
+        """`runwatch run exec` in a process of its own (consumers.client.submit)."""
+        from consumers.client.submit import launch, track
+
+        tag_texts = {k: None if v is None else _text(v) for k, v in (tags or {}).items()}
+        property_texts = {k: _text(v) for k, v in (properties or {}).items()}
+        process = launch(
+            command,
+            experiment=self.name,
+            workspace=self.workspace.name,
+            run_id=run_id,
+            environment={**os.environ, **self.workspace.environment(), **(env or {})},
+            parent=None if parent is None else (parent[0].id, parent[1]),
+            name=name,
+            tags=tag_texts,
+            properties=property_texts,
+            cwd=cwd,
+        )
+        run = Run(
+            self,
+            run_id,
+            parent=None if parent is None else parent[0],
+            root_id=None if parent is None else parent[1],
+            status=Status.Queued,
+            tags=tag_texts,
+            properties=property_texts,
+        )
+        track(run, process)
+        return run
 
     def get_runs(
         self,

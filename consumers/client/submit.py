@@ -2,8 +2,9 @@
 way `runwatch run exec` starts one (it is `runwatch run exec`: the same front, supervisor and
 courier, in a process of its own, `python -m consumers.client.launch`).
 
-The Run comes back at once, Queued; the command runs on its own (its output goes where this
-process's goes). `run.wait_for_completion()` waits for its end and reaps the process.
+The Run comes back at once, Queued (consumers.client.run makes it); the command runs on its
+own, its output going where this process's goes. `run.wait_for_completion()` waits for its
+end and reaps the process (`reap`).
 """
 
 from __future__ import annotations
@@ -13,17 +14,11 @@ import subprocess
 import sys
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
-
-from consumers.client.env import new_child_id, new_run_id
-
-if TYPE_CHECKING:
-    from consumers.client.run import Experiment, Run
 
 Command = str | Sequence[str]
 
-# The supervisor process of each submitted Run, to reap when the run has ended.
-_processes: weakref.WeakKeyDictionary[Run, subprocess.Popen[bytes]] = weakref.WeakKeyDictionary()
+# The supervisor process of each submitted Run (weakly: a Run nobody holds is forgotten).
+_processes: weakref.WeakKeyDictionary[object, subprocess.Popen[bytes]] = weakref.WeakKeyDictionary()
 
 
 def _argv(command: Command) -> list[str]:
@@ -36,55 +31,39 @@ def _argv(command: Command) -> list[str]:
     return argv
 
 
-def submit(
-    experiment: Experiment,
+def launch(
     command: Command,
     *,
-    parent: Run | None = None,
-    run_id: str | None = None,
+    experiment: str,
+    workspace: str,
+    run_id: str,
+    environment: Mapping[str, str],
+    parent: tuple[str, str] | None = None,
     name: str | None = None,
     tags: Mapping[str, str | None] | None = None,
-    properties: Mapping[str, Any] | None = None,
+    properties: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
-    env: Mapping[str, str] | None = None,
-    heartbeat_s: float | None = None,
-) -> Run:
-    from consumers.client.run import Run
-
-    ws = experiment.workspace
-    if run_id is None:
-        run_id = new_child_id(parent.id) if parent else new_run_id(experiment.name)
-    root = (parent.root_id or parent.id) if parent else None
-    launch = [sys.executable, "-m", "consumers.client.launch"]
-    launch += ["--experiment", experiment.name, "--workspace", ws.name, "--run-id", run_id]
-    if parent is not None and root is not None:
-        launch += ["--parent", parent.id, "--root", root]
+) -> subprocess.Popen[bytes]:
+    """`runwatch run exec` of `command` as run `run_id` (a child of `parent`: its id and its
+    root's), started and not waited for."""
+    argv = [sys.executable, "-m", "consumers.client.launch"]
+    argv += ["--experiment", experiment, "--workspace", workspace, "--run-id", run_id]
+    if parent is not None:
+        argv += ["--parent", parent[0], "--root", parent[1]]
     if name:
-        launch += ["--name", name]
-    tag_texts = {k: None if v is None else str(v) for k, v in (tags or {}).items()}
-    for key, value in tag_texts.items():
-        launch += ["--tag", key if value is None else f"{key}={value}"]
-    property_texts = {k: str(v) for k, v in (properties or {}).items()}
-    for key, text in property_texts.items():
-        launch += ["--property", f"{key}={text}"]
-    if heartbeat_s is not None:
-        launch += ["--heartbeat", str(heartbeat_s)]
-    environment = {**os.environ, **ws.environment(), **(env or {})}
-    process = subprocess.Popen([*launch, "--", *_argv(command)], env=environment, cwd=cwd)
-    run = Run(
-        experiment,
-        run_id,
-        parent=parent,
-        root_id=root,
-        status="Queued",
-        tags=tag_texts,
-        properties=property_texts,
-    )
+        argv += ["--name", name]
+    for key, value in (tags or {}).items():
+        argv += ["--tag", key if value is None else f"{key}={value}"]
+    for key, text in (properties or {}).items():
+        argv += ["--property", f"{key}={text}"]
+    return subprocess.Popen([*argv, "--", *_argv(command)], env=dict(environment), cwd=cwd)
+
+
+def track(run: object, process: subprocess.Popen[bytes]) -> None:
     _processes[run] = process
-    return run
 
 
-def reap(run: Run) -> int | None:
+def reap(run: object) -> int | None:
     """The exit code of a submitted run's process, once it has ended (None: still running,
     or not submitted from here)."""
     process = _processes.get(run)

@@ -42,8 +42,8 @@ from consumers.client.env import (
     Journal,
     read_journal,
 )
-from consumers.client.launch import ExecRequest
 from consumers.client.outcome import CANCELED, Outcome, ended, not_started, signal_name
+from consumers.client.request import ExecRequest
 from consumers.client.tail import StderrTail
 
 CANCELING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
