@@ -349,6 +349,25 @@ def test_a_hung_run_raises_one_alert_when_its_heartbeats_stop(
         process.wait(timeout=30)
 
 
+def test_a_child_of_a_run_started_elsewhere_takes_its_experiment_and_root(
+    served: Served, store: Store
+) -> None:
+    """--parent of a run exec does not run in: its experiment, workspace and root are read
+    from the store (here a grandchild: the root is the parent's root)."""
+    for args in (
+        ("--experiment", "pipe", "--run-id", "p-root", "--workspace", "ml"),
+        ("--experiment", "pipe", "--run-id", "p-mid", "--parent", "p-root"),
+    ):
+        started = served.runwatch("run", "start", *args)
+        assert started.returncode == 0, started.stderr
+    done = served.exec(["--parent", "p-mid", "--run-id", "p-leaf"], ["true"])
+    assert done.returncode == 0, done.stderr
+    assert ends_with(store, "p-leaf", "Completed") == ["Queued", "Running", "Completed"]
+    leaf = row(store, "p-leaf")
+    assert (leaf.ParentRunId, leaf.RootRunId) == ("p-mid", "p-root")
+    assert (leaf.ExperimentName, leaf.WorkspaceName) == ("pipe", "ml")
+
+
 PARENT = """\
 import json, sys
 from consumers.client import Run

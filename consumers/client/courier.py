@@ -16,6 +16,7 @@ be neither delivered nor kept are reported as lost. Never silently.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sys
@@ -81,7 +82,10 @@ def connect(kafka: KafkaSettings, timeout_s: float = CONNECT_S) -> Any:
         max_block_ms=int(SEND_TIMEOUT_S * 1000),
         bootstrap_timeout_ms=max(int(timeout_s * 1000), 100),
         linger_ms=0,
-        retries=0,  # the courier retries, in order, and keeps the spool right
+        # The courier retries, in order, and keeps the spool right; a record sent twice is
+        # stored once (natural key) or applied twice to the same effect (run updates).
+        retries=0,
+        enable_idempotence=False,
     )
 
 
@@ -90,10 +94,10 @@ def send(producer: Any, topic: str, key: bytes, value: bytes) -> None:
     producer.send(topic, key=key, value=value).get(timeout=SEND_TIMEOUT_S)
 
 
-def close(producer: Any) -> None:
+def close(producer: Any, timeout: float = 1.0) -> None:
     from consumers.kafka_clients import close_producer
 
-    close_producer(producer, timeout=1)
+    close_producer(producer, timeout=timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +220,11 @@ class Courier:
         from consumers.errors import RunwatchError
         from consumers.settings import load_settings
 
+        # What exec has to say it says itself (`_say`); the log lines of the modules it
+        # borrows (a producer closed while the broker is away) would only clutter the
+        # command's stderr, which is the user's.
+        logging.getLogger("consumers").addHandler(logging.NullHandler())
+        logging.getLogger("consumers").propagate = False
         request = self.request
         settings = load_settings(request.config)  # the flags are in the environment
         settings.secret_values(strict=False)  # registered for redaction
@@ -340,6 +349,10 @@ class Courier:
             try:
                 send(self._producer, topic, item.key, item.value)
             except Exception as exc:
+                # A fresh producer next time: one that lost its broker (or its state, to a
+                # broker restart) is not worth nursing for a handful of records.
+                close(self._producer, timeout=0)
+                self._producer = None
                 self._trouble(exc)
                 return
             self._outbox.popleft()
