@@ -32,6 +32,7 @@ from consumers.dispatcher import Dispatcher
 from consumers.endpoints import Check, OpsServer
 from consumers.errors import RunwatchError
 from consumers.events import RunStatusEvent
+from consumers.http_ingest import HttpIngest
 from consumers.ingest import Ingestor
 from consumers.kafka_loop import KafkaLoop
 from consumers.metrics import Metrics
@@ -93,13 +94,16 @@ class Service:
         load_rules(settings.rules_dir)
         self.rules = RuleWatcher(settings.rules_dir, self.metrics)
         self.rules.reload()
-        self.noise = NoisePolicy(settings.noise, self.metrics.suppressed)
+        self.noise = NoisePolicy(
+            settings.noise, self.metrics.suppressed, unknown_owners=self.metrics.unknown_owners
+        )
         self.noise.check_receivers(set(settings.receivers))
         self._warn_unknown_receivers()
         self.dispatcher = Dispatcher(self.store, settings, self.metrics)
         self.scheduler = self._scheduler()
         self.metrics.tracked_runs.set_function(self.scheduler.tracked_runs)
         self._http: OpsServer | None = None
+        self._http_ingest: HttpIngest | None = None
         self._loop: KafkaLoop[Any] | None = None
         self._store_check = ThreadPoolExecutor(1, thread_name_prefix="store-check")
         self._store_probe: Future[None] | None = None
@@ -161,6 +165,22 @@ class Service:
     @property
     def metrics_port(self) -> int | None:
         return None if self._http is None else self._http.port
+
+    def _start_http_ingest(self) -> None:
+        """Event Grid push (`http_ingest:`), published to the topic this service consumes."""
+        settings = self.settings.http_ingest
+        if not settings.enabled:
+            return
+        self._http_ingest = HttpIngest(
+            settings, self.settings.kafka, self.settings.ingest, self.metrics
+        ).start()
+        scheme = "http" if settings.tls_certfile is None else "https"
+        host = settings.address[0]
+        log.info("http ingest on %s://%s:%d%s", scheme, host, self._http_ingest.port, settings.path)
+
+    @property
+    def http_ingest_port(self) -> int | None:
+        return None if self._http_ingest is None else self._http_ingest.port
 
     def readiness(self) -> Mapping[str, Check]:
         """Ready to do its work: consuming (broker connected), storing, and rules in force."""
@@ -244,6 +264,7 @@ class Service:
         )
         loop = self._loop = KafkaLoop(kafka, ingestor.prepare, ingestor.write, self.metrics)
         self._start_metrics()
+        self._start_http_ingest()
         consumer = threading.Thread(
             target=self._consume, args=(loop, stop), name="kafka-loop", daemon=True
         )
@@ -265,6 +286,8 @@ class Service:
                 pass
         finally:
             stop.set()
+            if self._http_ingest is not None:
+                self._http_ingest.stop()  # no more pushes accepted while draining
             consumer.join()
             dispatcher.join(timeout=60)
             retention.join(timeout=5)

@@ -1,10 +1,15 @@
-"""One Kafka message value -> run events, whichever of the three accepted formats it is in.
+"""One Kafka message -> run events, whichever of the accepted formats it is in.
 
 Native events take a fast path (`model_validate_json` straight on the bytes); everything else,
 and every failure, goes through `orjson.loads` and shape detection, so a message is classified
-the same way whichever path it took. A bad message raises `DecodeError` whose `reason` is a
-short label (it becomes a metric label and a dead-letter header); a bad record inside a
-multi-record message is counted in `Decoded.rejected` while its good neighbours go through.
+the same way whichever path it took. A binary-mode CloudEvent is recognised by its headers
+(consumers.cloudevents_binding); Log Analytics rows (consumers.log_analytics) are native
+objects, arrays of them, query responses or data-export envelopes. An empty string is no
+value in any column (`""` is how Kusto says null), so it is read as null in every format.
+
+A bad message raises `DecodeError` whose `reason` is a short label (it becomes a metric label
+and a dead-letter header); a bad record inside a multi-record message is counted in
+`Decoded.rejected` while its good neighbours go through.
 
 Nothing else ever leaves `decode`: every decoder runs inside its isolation boundary (the
 message's in `decode`, each envelope record's in `_collect`; `_internal` is what both turn any
@@ -15,6 +20,7 @@ cannot hold or that are implausible, too many or too long labels and texts.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,8 +29,10 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, SchemaValidator
 
+from consumers import log_analytics
+from consumers.cloudevents_binding import KafkaHeaders, binary_attributes
 from consumers.errors import DecodeError
 from consumers.events import RunStatusEvent
 from consumers.limits import (
@@ -58,7 +66,8 @@ class EventFormat(StrEnum):
     NATIVE = "native"
     RESOURCE_LOG = "resource-log"
     EVENT_GRID = "event-grid"
-    CLOUDEVENTS = "cloudevents"
+    CLOUDEVENTS = "cloudevents"  # structured (the value) and binary (headers) mode alike
+    LOG_ANALYTICS = "log-analytics"  # query responses, row arrays, workspace data export
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,24 +126,56 @@ _NATIVE = EventFormat.NATIVE  # a global is cheaper than an enum member lookup
 _NATIVE_STARTS = (b'{"TimeGenerated"', b'{"TenantId"')  # our emitter; log-analytics exports
 _FOREIGN_FIRST_KEYS = frozenset(
     b"records id topic subject eventtype eventtime data dataversion metadataversion "
-    b"specversion source type time datacontenttype runupdate".split()
+    b"specversion source type time datacontenttype runupdate tables".split()
 )
+_ROW_KEYS = frozenset(_REQUIRED)
 _WHITESPACE = b" \t\r\n"
 _MISSING: Any = object()
-# model_validate(_json) without their Python wrapper: ~0.4 us of the ~6 us an event costs.
-_VALIDATE_JSON = RunStatusEvent.__pydantic_validator__.validate_json
+
+
+def _fast_path_validator() -> SchemaValidator:
+    """The model's validator, but refusing "" in the text columns (`min_length` 1, checked
+    natively, so free): such a message takes the slow path, where "" is null. Looking for ""
+    otherwise cost 0.3-0.6 us of the ~6 us a native event costs (a bytes scan for `""` is
+    slow: JSON is full of quotes). pydantic-core would reuse the model's own prebuilt
+    validator for a schema of a complete model class, so the class reads as incomplete while
+    this one is built (tests/test_decoding_azure.py checks that "" is refused by it)."""
+    schema: Any = copy.deepcopy(RunStatusEvent.__pydantic_core_schema__)
+    for name in _TEXT_COLUMNS:
+        inner = schema["schema"]["fields"][name]["schema"]
+        while inner["type"] != "str":  # default -> nullable -> str
+            inner = inner["schema"]
+        inner["min_length"] = max(inner.get("min_length", 0), 1)
+    RunStatusEvent.__pydantic_complete__ = False
+    try:
+        return SchemaValidator(schema)
+    finally:
+        RunStatusEvent.__pydantic_complete__ = True
+
+
+# model_validate(_json) without its Python wrapper: ~0.4 us of the ~6 us an event costs.
+_VALIDATE_JSON = _fast_path_validator().validate_json
 _VALIDATE = RunStatusEvent.__pydantic_validator__.validate_python
 
 
 def decode(
-    value: bytes | None, *, max_bytes: int = 1_048_576, bounds: Bounds | None = None
+    value: bytes | None,
+    *,
+    max_bytes: int = 1_048_576,
+    bounds: Bounds | None = None,
+    headers: KafkaHeaders | None = None,
 ) -> Decoded:
-    """Decode one message value; raises `DecodeError` when nothing in it can be used, and
-    nothing else. `bounds` is `IngestLimits.at(now)`, computed once per batch by the caller;
-    without it the default limits apply at the wall clock's now."""
+    """Decode one message; raises `DecodeError` when nothing in it can be used, and nothing
+    else. `bounds` is `IngestLimits.at(now)`, computed once per batch by the caller; without
+    it the default limits apply at the wall clock's now. `headers` are the record's (a list
+    of (str, bytes)); only a binary-mode CloudEvent needs them."""
     if bounds is None:
         bounds = DEFAULT_LIMITS.at(datetime.now(UTC))
     try:  # the message's isolation boundary: every decoder below runs inside it
+        if headers:
+            attributes = binary_attributes(headers)
+            if attributes is not None:
+                return _decode_binary(attributes, value, max_bytes, bounds)
         return _decode(value, max_bytes, bounds)
     except DecodeError:
         raise
@@ -172,6 +213,24 @@ def _decode(value: bytes | None, max_bytes: int, bounds: Bounds) -> Decoded:
         else:
             return Decoded(_NATIVE, (_admit_event(event, bounds, len(value)),))
     return _decode_document(_parse(value), bounds, len(value))
+
+
+def _decode_binary(
+    attributes: dict[str, str], value: bytes | None, max_bytes: int, bounds: Bounds
+) -> Decoded:
+    """A binary-mode CloudEvent: attributes from the headers, data from the value. Other event
+    types are skipped without reading the value (it need not even be JSON)."""
+    if _run_event_type(attributes, "type") is None:
+        return Decoded(EventFormat.CLOUDEVENTS, (), 1)
+    if not value:
+        raise DecodeError("empty", "binary-mode CloudEvent without data (no message value)")
+    if len(value) > max_bytes:
+        raise DecodeError("too_large", f"{len(value)} bytes > limit of {max_bytes}")
+    fields = _grid_event({**attributes, "data": _parse(value)}, cloud=True)
+    if fields is None:  # not reached: its type was checked above
+        return Decoded(EventFormat.CLOUDEVENTS, (), 1)
+    size = len(value) + sum(map(len, attributes.values()))  # headers hold text columns too
+    return Decoded(EventFormat.CLOUDEVENTS, (_validate(fields, bounds, size, azure=True),))
 
 
 def _maybe_native(value: bytes) -> bool:
@@ -214,7 +273,15 @@ def _decode_document(doc: Any, bounds: Bounds, size: int) -> Decoded:
             raise DecodeError(
                 "unknown_shape", f'"records" is a JSON {_kind(records)}, not an array'
             )
-        return _collect(EventFormat.RESOURCE_LOG, "records", _record, records, bounds, size)
+        fmt = EventFormat.RESOURCE_LOG
+        if records and isinstance(records[0], dict) and _is_table_row(records[0]):
+            fmt = EventFormat.LOG_ANALYTICS  # a workspace data export
+        return _collect(fmt, "records", _record, records, bounds, size)
+    if "tables" in keys and not any(key in keys for key in _REQUIRED):
+        tables = doc[keys["tables"]]
+        _check_count(log_analytics.row_count(tables), bounds)
+        rows = log_analytics.query_rows(tables)
+        return _collect(EventFormat.LOG_ANALYTICS, "rows", _row, rows, bounds, size)
     cloud = True if "specversion" in keys else False if "eventtype" in keys else None
     if cloud is not None:
         fmt = EventFormat.CLOUDEVENTS if cloud else EventFormat.EVENT_GRID
@@ -223,6 +290,8 @@ def _decode_document(doc: Any, bounds: Bounds, size: int) -> Decoded:
             return Decoded(fmt, (), 1)
         return Decoded(fmt, (_validate(fields, bounds, size, azure=True),))
     if any(key in keys for key in _REQUIRED):
+        if _other_table(doc):  # a Log Analytics row of another table
+            return Decoded(EventFormat.LOG_ANALYTICS, (), 1)
         fields = _columns(doc, _COLUMNS)
         fields.update((key, value) for key, value in doc.items() if key in _FIELDS)  # as pydantic
         return Decoded(_NATIVE, (_validate(fields, bounds, size, azure=False),))
@@ -247,8 +316,10 @@ def _decode_grid_array(items: list[Any], bounds: Bounds, size: int) -> Decoded:
     """Event Grid delivers arrays; the first recognisable entry decides which schema they use."""
     cloud = next((kind for kind in map(_grid_kind, items) if kind is not None), None)
     if cloud is None:
+        if items and isinstance(items[0], dict) and _is_row(items[0]):
+            return _collect(EventFormat.LOG_ANALYTICS, "", _row, items, bounds, size)
         what = f"JSON array of {_kind(items[0])}" if items else "empty JSON array"
-        raise DecodeError("unknown_shape", f"{what}, not Event Grid events")
+        raise DecodeError("unknown_shape", f"{what}, not Event Grid events or table rows")
     fmt = EventFormat.CLOUDEVENTS if cloud else EventFormat.EVENT_GRID
 
     def entry(item: Any) -> dict[str, Any] | None:
@@ -274,10 +345,7 @@ def _collect(
     """Map every record, each in its own isolation boundary; bad ones are counted (the first
     few kept), and only an all-bad message is an error. The record limit is checked first, so
     what one envelope costs is bounded before any record is looked at."""
-    limit = bounds.limits.max_records
-    if len(items) > limit:
-        detail = f"{len(items)} records, over the limit of {limit} (ingest.max_records)"
-        raise DecodeError(TOO_MANY_RECORDS, detail)
+    _check_count(len(items), bounds)
     events: list[RunStatusEvent] = []
     first: list[str] = []
     reasons: dict[str, int] = {}  # in the order first seen
@@ -313,13 +381,23 @@ def _collect(
     return Decoded(fmt, tuple(events), skipped, Rejected(count, first_reason, tuple(first)))
 
 
+def _check_count(count: int, bounds: Bounds) -> None:
+    limit = bounds.limits.max_records
+    if count > limit:
+        detail = f"{count} records, over the limit of {limit} (ingest.max_records)"
+        raise DecodeError(TOO_MANY_RECORDS, detail)
+
+
 def _record(record: Any) -> dict[str, Any] | None:
-    """One resource-log record -> model fields; None for categories other than run status."""
+    """One resource-log record or data-export row -> model fields; None for categories and
+    tables other than run status."""
     if not isinstance(record, dict):
         raise _schema(f"not an object but a JSON {_kind(record)}")
     category = _find(record, "category")
+    if category is _MISSING and _is_table_row(record):
+        return _row(record)
     if not isinstance(category, str):
-        raise _schema("category: missing or not a string")
+        raise _schema("category: missing or not a string (and no Type: not a table row)")
     if category != RUN_CATEGORY and category.lower() != RUN_CATEGORY.lower():
         return None
     props = _find(record, "properties")
@@ -336,13 +414,50 @@ def _record(record: Any) -> dict[str, Any] | None:
     return fields
 
 
-def _grid_event(event: dict[str, Any], *, cloud: bool) -> dict[str, Any] | None:
-    """One Event Grid or CloudEvents event -> model fields; None for other event types."""
-    type_key, time_key, source_key = _GRID_KEYS[cloud]
+def _row(row: Any) -> dict[str, Any] | None:
+    """One Log Analytics row -> model fields; None for rows of other tables (`Type`). A row
+    without a WorkspaceName (a query may project it away) takes it from `_ResourceId`."""
+    if isinstance(row, log_analytics.BadRow):
+        raise _schema(row.detail)
+    if not isinstance(row, dict):
+        raise _schema(f"not an object but a JSON {_kind(row)}")
+    if _other_table(row):
+        return None
+    fields = _columns(row, _COLUMNS)
+    if not fields.get("WorkspaceName"):
+        _fill_workspace(fields, _find(row, "_ResourceId"))
+    return fields
+
+
+def _is_table_row(record: dict[str, Any]) -> bool:
+    """A Log Analytics row carries its table's name in `Type`; diagnostic records never do."""
+    return _find(record, "category") is _MISSING and isinstance(_find(record, "Type"), str)
+
+
+def _is_row(item: dict[str, Any]) -> bool:
+    return any(key.lower() in _ROW_KEYS for key in item)
+
+
+def _other_table(row: dict[str, Any]) -> bool:
+    table = _find(row, "Type")
+    return isinstance(table, str) and table.lower() != log_analytics.TABLE.lower()
+
+
+def _run_event_type(event: dict[str, Any], type_key: str) -> str | None:
+    """The event's type if it is RunStatusChanged (in any case), None for other types."""
     event_type = _find(event, type_key)
     if not isinstance(event_type, str):
         raise _schema(f"{type_key}: missing or not a string")
     if event_type != RUN_EVENT_TYPE and event_type.lower() != RUN_EVENT_TYPE.lower():
+        return None
+    return event_type
+
+
+def _grid_event(event: dict[str, Any], *, cloud: bool) -> dict[str, Any] | None:
+    """One Event Grid or CloudEvents event -> model fields; None for other event types."""
+    type_key, time_key, source_key = _GRID_KEYS[cloud]
+    event_type = _run_event_type(event, type_key)
+    if event_type is None:
         return None
     data = _find(event, "data")
     if isinstance(data, str):  # CloudEvents may carry JSON data as text
@@ -439,6 +554,9 @@ def _object_text(text: str, what: str) -> dict[str, Any]:
 
 
 def _validate(fields: dict[str, Any], bounds: Bounds, size: int, *, azure: bool) -> RunStatusEvent:
+    if "" in fields.values():  # Kusto's null: a root run's ParentRunId is "", not a parent
+        for column in [column for column, value in fields.items() if value == ""]:
+            del fields[column]
     try:
         event = _VALIDATE(fields, context=bounds)
     except ValidationError as exc:

@@ -36,6 +36,7 @@ from consumers.noise import digest
 from consumers.noise.policy import NoisePolicy
 from consumers.notify.alertmanager import AlertmanagerSender, postable_alerts
 from consumers.notify.email import EmailSender, build_message
+from consumers.notify.failures import as_send_error
 from consumers.notify.webhook import WebhookSender
 from consumers.outbox.recheck import recheck
 from consumers.settings import ReceiverSettings, Settings
@@ -212,23 +213,32 @@ class Dispatcher:
     # -- one notification -----------------------------------------------------------------
 
     async def deliver(self, notification: Notification) -> None:
+        """One notification, one boundary: whatever delivering it raises (the re-check, the
+        context read, a template, building the message, the send, a bug) is recorded by
+        `_failed` -- a retry with backoff, or dead with a reason -- so no row is left
+        `sending` for the lease to send again and again. Marking it sent stays outside: a
+        send the receiver accepted is never retried (a failed mark is the lease window)."""
         kind = notification.receiver_type
-        if notification.members:
-            rechecked = await asyncio.to_thread(self._recheck, notification)
-            if rechecked is None:
-                return  # every alert of the digest was silenced or inhibited meanwhile
-            notification = rechecked
-        receiver = digest.resolve_receiver(self._settings, notification.receiver)
         extra = {
             "notification_id": notification.id,
             "rule": notification.rule,
             "run_id": notification.run_id,
         }
+        spent = self._spent(notification)
+        if spent is not None:
+            await self._dead(notification, *spent)
+            return
+        receiver = digest.resolve_receiver(self._settings, notification.receiver)
         if receiver is None:
             await self._dead(notification, "unknown_receiver", "receiver not in the config")
             return
-        self._metrics.delivery_attempts.labels(receiver_type=kind).inc()
         try:
+            if notification.members:
+                rechecked = await asyncio.to_thread(self._recheck, notification)
+                if rechecked is None:
+                    return  # every alert of the digest was silenced or inhibited meanwhile
+                notification = rechecked
+            self._metrics.delivery_attempts.labels(receiver_type=kind).inc()
             if digest.variant(notification):
                 context = await asyncio.to_thread(self._noise_context, notification)
             elif self._cached(notification.run_id):
@@ -236,9 +246,14 @@ class Dispatcher:
             else:
                 context = await asyncio.to_thread(self.context, notification)
             await self._send(notification, receiver, context)
-        except SendError as exc:
-            self._metrics.notification_failures.labels(receiver_type=kind, reason=exc.reason).inc()
-            await self._failed(notification, exc, extra)
+        except Exception as exc:  # the boundary: every failure is recorded, none escapes
+            failure = as_send_error(exc)
+            if failure.reason == "internal":
+                log.error("delivering notification %s raised", notification.id, exc_info=exc)
+            self._metrics.notification_failures.labels(
+                receiver_type=kind, reason=failure.reason
+            ).inc()
+            await self._failed(notification, failure, extra)
             return
         await asyncio.gather(*(self._mark_sent(i) for i in notification.ids))
         now = self._clock()
@@ -325,9 +340,14 @@ class Dispatcher:
         if age >= self._notify.max_age_s:
             await self._dead(notification, "expired", f"gave up after {age:.0f}s: {exc}")
             return
+        limit = self._notify.max_attempts
+        if limit is not None and notification.attempts >= limit:
+            attempts = notification.attempts
+            await self._dead(notification, "attempts", f"gave up after {attempts} attempts: {exc}")
+            return
         delay = self.backoff(notification.attempts)
-        if exc.retry_after is not None:
-            delay = max(delay, exc.retry_after)
+        if exc.retry_after is not None:  # the receiver's wish, within reason
+            delay = max(delay, min(exc.retry_after, self._notify.retry_after_max_s))
         for notification_id in notification.ids:
             await asyncio.to_thread(
                 self._outbox.mark_retry,
@@ -350,6 +370,19 @@ class Dispatcher:
             extra=extra,
         )
 
+    def _spent(self, notification: Notification) -> tuple[str, str] | None:
+        """(reason, detail) when a claimed notification is past its limits already: earlier
+        attempts recorded no outcome (the process died mid-send, each time) and the lease
+        brought it back. A first attempt always goes out, however old (after an outage)."""
+        attempts, limit = notification.attempts, self._notify.max_attempts
+        last = f"; last error: {notification.last_error}" if notification.last_error else ""
+        if limit is not None and attempts > limit:
+            return "attempts", f"gave up before attempt {attempts} (limit {limit}){last}"
+        age = (self._clock() - notification.created_at).total_seconds()
+        if attempts > 1 and age >= self._notify.max_age_s:
+            return "expired", f"gave up after {age:.0f}s, before attempt {attempts}{last}"
+        return None
+
     async def _dead(self, notification: Notification, reason: str, detail: str) -> None:
         for notification_id in notification.ids:
             await asyncio.to_thread(self._outbox.mark_dead, notification_id, reason, detail)
@@ -370,7 +403,7 @@ class Dispatcher:
     def backoff(self, attempts: int) -> float:
         """Exponential with jitter: the n-th failure waits initial * 2^(n-1), capped, times a
         random factor in [0.5, 1] so that a recovering server is not hit in lockstep."""
-        base = self._notify.backoff_initial_s * 2 ** max(attempts - 1, 0)
+        base = self._notify.backoff_initial_s * 2 ** min(max(attempts - 1, 0), 32)
         return float(min(base, self._notify.backoff_max_s) * self._rng.uniform(0.5, 1.0))
 
     # -- the template context -------------------------------------------------------------
@@ -427,8 +460,12 @@ class Dispatcher:
         return digest.digest_context(notification, labels, self._run_url)
 
     def _prefetch(self, claimed: list[Notification]) -> None:
-        for run_id in dict.fromkeys(n.run_id for n in claimed):
-            self._run_detail(run_id)
+        """A warm-up: when a read fails, each delivery reads again and records its failure."""
+        try:
+            for run_id in dict.fromkeys(n.run_id for n in claimed):
+                self._run_detail(run_id)
+        except Exception as exc:
+            log.warning("reading the claimed runs failed (%s: %s)", type(exc).__name__, exc)
 
     def _cached(self, run_id: str) -> bool:
         with self._runs_lock:

@@ -11,6 +11,9 @@ Used by `runwatch emit --format`, the run simulator, benchmarks and tests. What 
   back derived from Status (Failed -> Error, else Informational), OperationName as the event
   type, and CorrelationId as the event id: the event's CorrelationId when it has one, else a
   UUID derived from workspace, run, time and status (so re-encoding gives the same bytes).
+- log-analytics is a workspace data export (`{"records": [...]}` of table rows, `Type` for
+  `category`): the table's columns only, every one a string and `""` for none, as Kusto keeps
+  them. The table has no ExperimentName, ExperimentId, RunType, Tags or Properties column.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ import orjson
 
 from consumers.decoding import RUN_CATEGORY, RUN_EVENT_TYPE, EventFormat
 from consumers.events import RunStatusEvent
+from consumers.log_analytics import TABLE
 
 __all__ = ["ROUND_TRIP", "RUN_STATUS_OPERATION", "encode", "encode_many"]
 
 RUN_STATUS_OPERATION = "Microsoft.MachineLearningServices/workspaces/runs/statuschange/write"
 SUBSCRIPTION_ID = "5f0c7e2a-3b1d-4c8e-9a6f-2d4b8e1c7a90"
 RESOURCE_GROUP = "ml-platform-rg"
+LOG_ANALYTICS_WORKSPACE_ID = "a1b2c3d4-0000-4000-8000-00000000ab12"  # a row's TenantId
 
 _ALL = frozenset(RunStatusEvent.model_fields)
 _GRID = frozenset(
@@ -41,6 +46,8 @@ ROUND_TRIP: dict[EventFormat, frozenset[str]] = {
     EventFormat.RESOURCE_LOG: _ALL - {"OperationName"},
     EventFormat.EVENT_GRID: _GRID,
     EventFormat.CLOUDEVENTS: _GRID,
+    EventFormat.LOG_ANALYTICS: _ALL
+    - {"ExperimentName", "ExperimentId", "RunType", "Tags", "Properties"},
 }
 """Columns that always come back equal; the module docstring says what happens to the rest."""
 
@@ -55,6 +62,8 @@ _RECORD_KEYS = {
     "Identity": "identity",
     "Location": "location",
 }
+# The table's columns a data export carries, besides the run's own (tests/samples/azure/).
+_ROW_COLUMNS = tuple(sorted(ROUND_TRIP[EventFormat.LOG_ANALYTICS] - {"TimeGenerated"}))
 _BAG_COLUMNS = tuple(
     name
     for name in RunStatusEvent.model_fields
@@ -72,7 +81,7 @@ def encode(
     """One event as one message: a native object, a one-record envelope or one grid event."""
     if fmt is EventFormat.NATIVE:
         return event.to_json()
-    if fmt is EventFormat.RESOURCE_LOG:
+    if fmt in (EventFormat.RESOURCE_LOG, EventFormat.LOG_ANALYTICS):
         return encode_many(
             [event], fmt, subscription_id=subscription_id, resource_group=resource_group
         )
@@ -99,6 +108,9 @@ def encode_many(
     if fmt is EventFormat.RESOURCE_LOG:
         records = [_record(e, subscription_id, resource_group) for e in events]
         return orjson.dumps({"records": records})
+    if fmt is EventFormat.LOG_ANALYTICS:
+        rows = [_row(e, subscription_id, resource_group) for e in events]
+        return orjson.dumps({"records": rows})
     return orjson.dumps([_grid_event(e, fmt, subscription_id, resource_group) for e in events])
 
 
@@ -119,6 +131,27 @@ def _record(event: RunStatusEvent, subscription_id: str, resource_group: str) ->
         name: columns[name] for name in _BAG_COLUMNS if columns[name] not in (None, {})
     }
     return record
+
+
+def _row(event: RunStatusEvent, subscription_id: str, resource_group: str) -> dict[str, Any]:
+    """A row of the table as a workspace data export sends it: strings, "" for none."""
+    columns = event.model_dump(mode="json")
+    row: dict[str, Any] = {name: _kusto(columns[name]) for name in _ROW_COLUMNS}
+    resource = _resource_id(subscription_id, resource_group, event.WorkspaceName)
+    row |= {
+        "TimeGenerated": _azure_time(event.TimeGenerated),
+        "OperationVersion": "",
+        "SourceSystem": "Azure",
+        "TenantId": LOG_ANALYTICS_WORKSPACE_ID,
+        "Type": TABLE,
+        "_ResourceId": resource.lower(),
+        "_SubscriptionId": subscription_id,
+    }
+    return row
+
+
+def _kusto(value: Any) -> str:
+    return "" if value is None else value if isinstance(value, str) else str(value)
 
 
 def _grid_event(

@@ -35,7 +35,8 @@ _CRASH_AFTER_STORE_COMMIT = os.environ.get("RUNWATCH_CHAOS_KILL_AFTER_STORE_COMM
 
 
 class Record(Protocol):
-    """The part of kafka-python's ConsumerRecord that ingest reads."""
+    """The part of kafka-python's ConsumerRecord that ingest reads. Its `headers` (a list of
+    (str, bytes)) are read too, where present: only a binary-mode CloudEvent needs them."""
 
     topic: str
     partition: int
@@ -75,6 +76,7 @@ def _letter(record: Record, reason: str, error: str) -> DeadLetter:
         error=error,
         key=record.key,
         payload=record.value,
+        headers=tuple(getattr(record, "headers", None) or ()),
     )
 
 
@@ -133,7 +135,8 @@ class Ingestor:
         failure (only the store and the broker may fail a batch); decode() has the same
         boundary inside, so this one also covers whatever per-message work comes after it."""
         try:
-            result = decode(record.value, max_bytes=self._max_bytes, bounds=bounds)
+            headers = getattr(record, "headers", None)  # test doubles may have none
+            result = decode(record.value, max_bytes=self._max_bytes, bounds=bounds, headers=headers)
             if result.rejected is None:
                 return result, None
             # The good records are stored; the whole message is kept for the bad ones.

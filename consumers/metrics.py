@@ -42,6 +42,18 @@ DEAD_LETTER_REASONS = (
 UNPUBLISHED_ERRORS = ("too_large", "topic", "producer", "other")
 KAFKA_CLIENTS = ("consumer", "producer")
 OUTBOX_STATES = tuple(state.value for state in NotificationState)
+# consumers.http_ingest: what became of each request to POST/OPTIONS <http_ingest.path>
+HTTP_INGEST_RESULTS = (
+    "accepted",
+    "validation",
+    "handshake",
+    "bad_request",
+    "unauthorized",
+    "forbidden",
+    "too_large",
+    "timeout",
+    "unavailable",
+)
 OTHER_EXPERIMENTS = "_other"
 
 
@@ -163,6 +175,14 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.unknown_owners = Counter(
+            "runwatch_owner_unknown_total",
+            "Notifications to the owner receiver for a run whose user is not mapped or allowed "
+            "in noise.owners, by outcome: fallback (sent to noise.owners.fallback) or dead "
+            "(unknown_owner).",
+            ["outcome"],
+            registry=registry,
+        )
         self.notification_failures = Counter(
             "runwatch_notification_failures_total",
             "Failed delivery attempts, by receiver type and reason (smtp_4xx, http_503, ...).",
@@ -236,6 +256,14 @@ class Metrics:
             ["receiver", "result"],
             registry=registry,
         )
+        self.http_ingest_requests = Counter(
+            "runwatch_http_ingest_requests_total",
+            "Requests to the HTTP ingest (Event Grid push), by result: accepted (published and "
+            "acknowledged), validation and handshake (subscription checks answered), "
+            "bad_request, unauthorized, forbidden, too_large, timeout, unavailable (broker).",
+            ["result"],
+            registry=registry,
+        )
         self._create_known_series(receivers)
 
     def _create_known_series(self, receivers: tuple[str, ...]) -> None:
@@ -261,6 +289,10 @@ class Metrics:
             self.rules_reloads.labels(result=result)
         for what in ("run", "tree"):
             self.tracked_runs_evicted.labels(what=what)
+        for outcome in ("fallback", "dead"):
+            self.unknown_owners.labels(outcome=outcome)
+        for result in HTTP_INGEST_RESULTS:
+            self.http_ingest_requests.labels(result=result)
 
     def experiment_label(self, experiment: str) -> str:
         """The experiment itself while fewer than the limit have been seen, else _other."""

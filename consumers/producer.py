@@ -37,6 +37,7 @@ from consumers.kafka_clients import (
     refusal,
     stuck_producer,
 )
+from consumers.redact import redact
 from consumers.settings import KafkaSettings
 
 if TYPE_CHECKING:  # types only: publishing runs (the client) loads neither the store writer
@@ -109,8 +110,14 @@ class EventPublisher:
 
 
 def _headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
-    error = letter.error[:_MAX_HEADER_ERROR]
+    error = redact(letter.error)[:_MAX_HEADER_ERROR]  # as stored: no credential leaves
+    # The source's own headers first (without runwatch's, if it was a dead letter already);
+    # a null header value goes out empty.
+    source = [
+        (name, value or b"") for name, value in letter.headers if not name.startswith("runwatch.")
+    ]
     return [
+        *source,
         (REASON_HEADER, letter.reason.encode()),
         (ERROR_HEADER, error.encode("utf-8", "backslashreplace")),
         (TOPIC_HEADER, letter.topic.encode()),

@@ -230,6 +230,69 @@ class MetricsSettings(_Section):
         return host.strip("[]") or "0.0.0.0", int(port)
 
 
+class HttpIngestSettings(_Section):
+    """`POST /events` for Event Grid push (a webhook event subscription), in Event Grid schema
+    or CloudEvents 1.0; each accepted batch is published to `kafka.topic`. Off by default.
+    The shared secret comes from `RUNWATCH_HTTP_INGEST__SECRET` or `secret_file` (one secret
+    per line: the old and the new one while a subscription's secret is rotated), read on every
+    request."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:8088"
+    path: str = "/events"
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    header_timeout_s: float = Field(default=10.0, gt=0)  # request line and headers
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    publish_timeout_s: float = Field(default=10.0, gt=0)  # broker ack; beyond it, 503
+    # CloudEvents webhook abuse protection: the origins given consent ("*": any) and the
+    # WebHook-Allowed-Rate granted (requests per minute; null: "*", no limit).
+    allowed_origins: list[str] = Field(default_factory=lambda: ["eventgrid.azure.net"])
+    allowed_rate: int | None = Field(default=None, ge=1)
+    tls_certfile: Path | None = None  # Event Grid delivers to https:// only: TLS here or
+    tls_keyfile: Path | None = None  # at a proxy in front
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        _, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected host:port, got {value!r}")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("expected a path starting with /")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> HttpIngestSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("give both tls_certfile and tls_keyfile, or neither")
+        if self.enabled and self.secret is None and self.secret_file is None:
+            raise ValueError("enabled without a secret: set secret (env) or secret_file")
+        return self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret that authenticates a request; never empty when enabled."""
+        if self.secret_file is not None:
+            text = read_secret(None, self.secret_file, "http_ingest.secret_file") or ""
+            found = tuple(line.strip() for line in text.splitlines() if line.strip())
+        else:
+            found = (self.secret.get_secret_value(),) if self.secret is not None else ()
+        if not found:
+            raise ConfigError("http_ingest.secret", "the configured secret is empty")
+        return found
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -446,6 +509,10 @@ class NotifySettings(_Section):
     backoff_initial_s: float = Field(default=1.0, gt=0)
     backoff_max_s: float = Field(default=300.0, gt=0)
     max_age_s: float = Field(default=86_400.0, gt=0)
+    # Dead (reason `attempts`) after this many attempts; null: only max_age_s ends retrying.
+    max_attempts: int | None = Field(default=None, ge=1)
+    # A receiver's Retry-After is honoured up to this many seconds (a longer one waits this).
+    retry_after_max_s: float = Field(default=3600.0, gt=0, le=30 * 86_400.0)
     lease_s: float = Field(default=60.0, gt=0)
     link_domain: str = "runwatch.local"  # right-hand side of Message-IDs
 
@@ -494,6 +561,9 @@ class Settings(BaseSettings):
     evaluation: EvaluationSettings = EvaluationSettings()
     noise: NoiseSettings = NoiseSettings()  # grouping, silences, inhibition, routing
     ingest: IngestLimits = IngestLimits()  # what one message may hold (consumers.limits)
+    http_ingest: HttpIngestSettings = (
+        HttpIngestSettings()
+    )  # Event Grid push (consumers.http_ingest)
 
     @model_validator(mode="after")
     def _receivers(self) -> Settings:

@@ -4,7 +4,9 @@ Templates are files in `templates/` (shipped) that a user may override one by on
 `templates_dir`. Run names, tags and messages are data passed in the context, never template
 source, so they can only ever be printed: HTML-escaped in `.html` templates, JSON-encoded by
 `tojson` in webhook bodies. A template that touches an unsafe attribute, or a variable that
-does not exist, fails to render; the notification then goes dead with reason `template`.
+does not exist, or raises anything at all (`range(10**9)` is an OverflowError in the sandbox,
+`1 // 0` a ZeroDivisionError), fails to render; the notification then goes dead with reason
+`template`.
 
 The context every template gets (built by dispatcher.Dispatcher.context):
 
@@ -164,6 +166,9 @@ class Renderer:
             raise TemplateError(f"{exc.filename or name}:{exc.lineno}: {exc.message}") from exc
         except jinja2.TemplateError as exc:  # undefined, sandbox (SecurityError)
             raise TemplateError(f"{template.name}: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # range(10**9) (OverflowError), 1 // 0, ...
+            # whatever a template raises, rendering it again raises it again: dead, not retried
+            raise TemplateError(f"{template.name}: {type(exc).__name__}: {exc}"[:1000]) from exc
 
     def render_email(self, context: Mapping[str, Any], variant: str = "") -> RenderedEmail:
         """`variant` "digest" or "storm" (noise control) reads templates/email/<variant>/."""

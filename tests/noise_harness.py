@@ -62,7 +62,9 @@ class Bench:
             }
         )
         self.metrics = Metrics(CollectorRegistry())
-        self.policy = NoisePolicy(self.settings.noise, self.metrics.suppressed)
+        self.policy = NoisePolicy(
+            self.settings.noise, self.metrics.suppressed, unknown_owners=self.metrics.unknown_owners
+        )
         self.policy.check_receivers(set(self.settings.receivers))
         self.kinds = {name: r.kind for name, r in self.settings.receivers.items()}
         self.dispatcher = Dispatcher(store, self.settings, self.metrics, clock=self.clock)

@@ -7,7 +7,7 @@ import email
 import email.policy
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
@@ -67,14 +67,19 @@ class Hit:
     at: float
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 @dataclass
 class HttpServer:
     """POSTs are recorded; `responses[path]` (a function of the hit and how many came to that
-    path before) decides the answer, 200 by default."""
+    path before) decides the answer, 200 by default. `handlers[path]` answers instead, for a
+    receiver that misbehaves (tests/hostile.py); one that hangs can wait for `stopping`."""
 
     responses: dict[str, Callable[[int], tuple[int, dict[str, str], float]]] = field(
         default_factory=dict
     )
+    handlers: dict[str, Handler] = field(default_factory=dict)
     hits: list[Hit] = field(default_factory=list)
     port: int = field(default_factory=free_port)
 
@@ -82,6 +87,7 @@ class HttpServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
+        self.stopping = asyncio.Event()
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -89,10 +95,13 @@ class HttpServer:
     def on(self, path: str) -> list[Hit]:
         return [hit for hit in self.hits if hit.path == path]
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         hit = Hit(request.path, dict(request.headers), await request.read(), time.monotonic())
         before = len(self.on(request.path))
         self.hits.append(hit)
+        handler = self.handlers.get(request.path)
+        if handler is not None:
+            return await handler(request)
         script = self.responses.get(request.path)
         status, headers, delay = script(before) if script else (200, {}, 0.0)
         if delay:
@@ -112,6 +121,7 @@ class HttpServer:
         return self
 
     def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self.stopping.set)
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -43,12 +43,14 @@ def edit(value: bytes, fmt: EventFormat, **fields: Any) -> bytes:
     no encoder would write): `time=` is the format's own time key, the rest go where the
     format keeps the run's columns."""
     doc = orjson.loads(value)
-    record = doc["records"][0] if fmt is EventFormat.RESOURCE_LOG else doc
+    envelope = fmt in {EventFormat.RESOURCE_LOG, EventFormat.LOG_ANALYTICS}
+    record = doc["records"][0] if envelope else doc
     time_key = {
         EventFormat.NATIVE: "TimeGenerated",
         EventFormat.RESOURCE_LOG: "time",
         EventFormat.EVENT_GRID: "eventTime",
         EventFormat.CLOUDEVENTS: "time",
+        EventFormat.LOG_ANALYTICS: "TimeGenerated",
     }[fmt]
     if "time" in fields:
         record[time_key] = fields.pop("time")
@@ -57,6 +59,7 @@ def edit(value: bytes, fmt: EventFormat, **fields: Any) -> bytes:
         EventFormat.RESOURCE_LOG: record.get("properties"),
         EventFormat.EVENT_GRID: record.get("data"),
         EventFormat.CLOUDEVENTS: record.get("data"),
+        EventFormat.LOG_ANALYTICS: record,  # a projection may add columns the table lacks
     }[fmt]
     grid = fmt in {EventFormat.EVENT_GRID, EventFormat.CLOUDEVENTS}
     for column, raw in fields.items():
@@ -155,13 +158,20 @@ def test_without_bounds_decode_checks_against_the_wall_clock() -> None:
     assert decode(one(EventFormat.NATIVE, time=now)).events
 
 
-@pytest.mark.parametrize("fmt", [EventFormat.RESOURCE_LOG, EventFormat.EVENT_GRID])
+@pytest.mark.parametrize(
+    "fmt", [EventFormat.RESOURCE_LOG, EventFormat.EVENT_GRID, EventFormat.LOG_ANALYTICS]
+)
 def test_only_the_record_with_the_bad_time_is_rejected(fmt: EventFormat) -> None:
     docs = [orjson.loads(encode(event(f"r{i}"), fmt)) for i in range(3)]
-    items = [d["records"][0] for d in docs] if fmt is EventFormat.RESOURCE_LOG else docs
-    time_key = "time" if fmt is EventFormat.RESOURCE_LOG else "eventTime"
+    envelope = fmt is not EventFormat.EVENT_GRID
+    items = [d["records"][0] for d in docs] if envelope else docs
+    time_key = {
+        EventFormat.RESOURCE_LOG: "time",
+        EventFormat.EVENT_GRID: "eventTime",
+        EventFormat.LOG_ANALYTICS: "TimeGenerated",
+    }[fmt]
     items[1][time_key] = "0001-01-01T00:00:00+01:00"
-    value = orjson.dumps({"records": items} if fmt is EventFormat.RESOURCE_LOG else items)
+    value = orjson.dumps({"records": items} if envelope else items)
     decoded = decode(value, bounds=BOUNDS)
     assert [e.RunId for e in decoded.events] == ["r0", "r2"]
     assert decoded.rejected is not None
@@ -255,7 +265,9 @@ def test_a_nested_value_whose_json_text_grows_past_the_limit_is_too_long() -> No
     assert reason_of(value, small) == "too_long"
 
 
-@pytest.mark.parametrize("fmt", [EventFormat.RESOURCE_LOG, EventFormat.EVENT_GRID])
+@pytest.mark.parametrize(
+    "fmt", [EventFormat.RESOURCE_LOG, EventFormat.EVENT_GRID, EventFormat.LOG_ANALYTICS]
+)
 def test_envelopes_over_the_record_limit_are_refused_whole(fmt: EventFormat) -> None:
     events = [event(f"r{i}") for i in range(6)]
     assert reason_of(encode_many(events, fmt), IngestLimits(max_records=5).at(NOW)) == (

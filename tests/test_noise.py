@@ -329,7 +329,8 @@ def test_routing_tree_beside_rule_receivers(
 
 
 def test_owner_routing_mails_the_runs_user(store: Store, smtp: SmtpServer) -> None:
-    noise = {"owners": {"addresses": {"alice": "alice@lab.example"}, "domain": "corp.example"}}
+    owners = {"addresses": {"alice": "alice@lab.example"}, "domain": "corp.example"}
+    noise = {"owners": {**owners, "allow": "[a-z]+"}}
     bench = Bench(store, noise, smtp=smtp)
     bench.write(
         bench.alert("r1", "owner", user="alice"),
@@ -340,8 +341,8 @@ def test_owner_routing_mails_the_runs_user(store: Store, smtp: SmtpServer) -> No
     assert bench.states() == {
         ("r1", "owner:alice@lab.example"): ("pending", None),
         ("r2", "owner:bob@corp.example"): ("pending", None),
-        ("r3", "owner"): ("dead", "unknown_receiver"),
-        ("r4", "owner"): ("dead", "unknown_receiver"),
+        ("r3", "owner"): ("dead", "unknown_owner"),
+        ("r4", "owner"): ("dead", "unknown_owner"),
     }
     with bench:
         wait_for(lambda: len(smtp.mails) == 2, timeout=10)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from consumers.errors import ConfigError
 from consumers.model.matchers import Matcher
 from consumers.noise.config import NoiseSettings, OwnerSettings
+from consumers.noise.owners import resolve
 from consumers.noise.policy import NoisePolicy
 from consumers.noise.routing import Router
 from consumers.noise.timeintervals import TimeEntry, active
@@ -73,7 +74,7 @@ def test_bad_time_entries(data: dict[str, Any], message: str) -> None:
         ({"defaults": {"mute_time_intervals": ["nights"]}}, "unknown time interval 'nights'"),
         ({"route": {"routes": [{"matchers": ["a=~("]}]}}, "bad regex"),
         ({"route": {"receiver": "x", "group_wait": "30"}}, "expected a duration"),
-        ({"owners": {"addresses": {"al": "not-an-address"}}}, "not an email address"),
+        ({"owners": {"addresses": {"al": "not-an-address"}}}, "not a plain email address"),
         ({"storm": {"max_per_minut": 3}}, "Extra inputs"),
     ],
 )
@@ -131,12 +132,14 @@ def test_routing_walk(labels: dict[str, str], expected: list[str]) -> None:
 
 
 def test_owner_addresses() -> None:
-    owners = OwnerSettings(addresses={"Alice Smith": "alice@lab.example"}, domain="corp.example")
-    assert owners.address("Alice Smith") == "alice@lab.example"
-    assert owners.address("bob") == "bob@corp.example"
-    assert owners.address("bob\r\nBcc: x@evil.example") is None
-    assert owners.address(None) is None
-    assert OwnerSettings().address("bob") is None
+    owners = OwnerSettings(
+        addresses={"Alice Smith": "alice@lab.example"}, domain="corp.example", allow="[a-z]+"
+    )
+    assert resolve(owners, "Alice Smith").receiver == "owner:alice@lab.example"
+    assert resolve(owners, "bob").receiver == "owner:bob@corp.example"
+    assert resolve(owners, "bob\r\nBcc: x@evil.example").receiver == "owner"
+    assert resolve(owners, None).receiver == "owner"
+    assert resolve(OwnerSettings(), "bob").receiver == "owner"
 
 
 def test_the_service_config_reads_noise_and_names_a_bad_key(tmp_path: Path) -> None:

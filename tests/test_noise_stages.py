@@ -335,7 +335,7 @@ def test_owner_receiver_becomes_the_runs_address_or_stays_dead() -> None:
     Recorder(KINDS, NoisePolicy(_settings(owners))).record(state, alerts, NOW)
     assert state.states() == {
         ("r1", "owner:alice@lab.example"): ("pending", None),
-        ("r2", "owner"): ("dead", "unknown_receiver"),
+        ("r2", "owner"): ("dead", "unknown_owner"),
     }
     assert state.rows[alerts[0].dedup_key("owner:alice@lab.example")]["receiver_type"] == "email"
 
@@ -345,7 +345,7 @@ def test_without_a_policy_each_rules_receivers_and_nothing_suppressed() -> None:
     Recorder(KINDS).record(state, [alert("r1", "mail", "owner")], NOW)
     assert state.states() == {
         ("r1", "mail"): ("pending", None),
-        ("r1", "owner"): ("dead", "unknown_receiver"),
+        ("r1", "owner"): ("dead", "unknown_owner"),
     }
 
 

@@ -4,16 +4,23 @@ storm control and owner routing. Validated at start-up like every other section.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    model_validator,
+)
 
 from consumers.model.matchers import parse_all
+from consumers.model.receivers import OWNER, is_address, is_domain, is_local_part
 from consumers.noise.timeintervals import TimeEntry
 from consumers.rules.model import parse_duration
-
-_ADDRESS = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
-_LOCAL_PART = re.compile(r"^[A-Za-z0-9._%+-]+$")
 
 
 def _matchers(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -66,27 +73,74 @@ class StormSettings(_Section):
 
 
 class OwnerSettings(_Section):
-    """Where the `owner` receiver sends: the address mapped to the run's TriggeringUserName,
-    else `user@domain` when `domain` is set and the user name is a plain local part."""
+    """Whom the `owner` receiver may mail (consumers/noise/owners.py resolves it). A user
+    name in `addresses` gets that address; one that `allow` (a regex over the whole name)
+    or `allow_file` (one name a line, `#` comments; read at start-up) allows gets
+    `user@domain`. Anyone else -- including whatever a producer makes up -- goes to the
+    `fallback` receiver, or is recorded dead (unknown_owner). `domain` alone (any name at
+    the domain) is refused: a producer could mail `all-staff@` that way."""
 
     addresses: dict[str, str] = Field(default_factory=dict)
     domain: str | None = None
+    allow: str | None = None
+    allow_file: Path | None = None
+    fallback: str | None = None
+    _allow: re.Pattern[str] | None = PrivateAttr(default=None)
+    _listed: frozenset[str] = PrivateAttr(default_factory=frozenset)
 
     @model_validator(mode="after")
     def _valid(self) -> OwnerSettings:
         for user, address in self.addresses.items():
-            if not _ADDRESS.match(address):
-                raise ValueError(f"owners.addresses.{user}: not an email address: {address!r}")
+            if not is_address(address):
+                raise ValueError(f"owners.addresses.{user}: not a plain email address: {address!r}")
+        if self.fallback == OWNER:
+            raise ValueError("owners.fallback: must be a configured receiver, not `owner`")
+        allowing = self.allow is not None or self.allow_file is not None
+        if self.domain is not None:
+            if not is_domain(self.domain):
+                raise ValueError(f"owners.domain: not a mail domain: {self.domain!r}")
+            if not allowing:
+                raise ValueError(
+                    "owners.domain mails only the user names that owners.allow or "
+                    "owners.allow_file allow: give one of them (any name a producer sends "
+                    "would be mailed otherwise)"
+                )
+        elif allowing:
+            raise ValueError("owners.allow and owners.allow_file need owners.domain")
+        if self.allow is not None:
+            try:
+                self._allow = re.compile(self.allow)
+            except re.error as exc:
+                raise ValueError(
+                    f"owners.allow: not a regular expression: {self.allow!r}: {exc}"
+                ) from None
+        if self.allow_file is not None:
+            self._listed = _read_names(self.allow_file)
         return self
 
-    def address(self, user: str | None) -> str | None:
-        if not user:
-            return None
-        if user in self.addresses:
-            return self.addresses[user]
-        if self.domain and _LOCAL_PART.match(user):
-            return f"{user}@{self.domain}"
-        return None
+    def allowed(self, user: str) -> bool:
+        """Listed in allow_file or matched whole by allow (the caller checks it is plain)."""
+        if user in self._listed:
+            return True
+        return self._allow is not None and self._allow.fullmatch(user) is not None
+
+
+def _read_names(path: Path) -> frozenset[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"owners.allow_file: cannot read {path}: {exc}") from None
+    names = set()
+    for number, line in enumerate(text.splitlines(), 1):
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        if not is_local_part(name):
+            raise ValueError(
+                f"owners.allow_file: {path.name}:{number}: not a plain user name: {name!r}"
+            )
+        names.add(name)
+    return frozenset(names)
 
 
 DEFAULT_GROUP_WAIT = 30.0

@@ -14,20 +14,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from prometheus_client import Counter
 
 from consumers.alerts import Alert
 from consumers.errors import ConfigError
 from consumers.model.notifications import NOISE_SUPPRESSED
-from consumers.model.receivers import OWNER, owner_receiver
+from consumers.model.receivers import OWNER
 from consumers.noise.config import NoiseSettings
 from consumers.noise.decision import Candidate, Decision
 from consumers.noise.grouping import Grouper
 from consumers.noise.inhibit import Inhibitor
 from consumers.noise.matchers import alert_labels
 from consumers.noise.muting import Muting
+from consumers.noise.owners import resolve
 from consumers.noise.routing import Router, Target
 from consumers.noise.silences import Silencer
 from consumers.noise.state import NoiseState
@@ -40,11 +41,27 @@ class Stage(Protocol):
         ...
 
 
+class Routed(NamedTuple):
+    """One receiver an alert goes to: its name (`owner` resolved), the route's options, and
+    whether it stands for an owner who is not mapped or allowed (the fallback, or `owner`)."""
+
+    receiver: str
+    target: Target
+    unknown_owner: bool = False
+
+
 class NoisePolicy:
     """Built once from the config; `begin` makes the per-batch `Plan`."""
 
-    def __init__(self, settings: NoiseSettings, suppressed: Counter | None = None) -> None:
+    def __init__(
+        self,
+        settings: NoiseSettings,
+        suppressed: Counter | None = None,
+        *,
+        unknown_owners: Counter | None = None,
+    ) -> None:
         self.settings = settings
+        self._unknown_owners = unknown_owners
         self.router = Router(settings.route, settings.defaults)
         self.inhibitor = Inhibitor(settings.inhibit_rules)
         self.muting = Muting(settings.time_intervals)
@@ -56,6 +73,9 @@ class NoisePolicy:
         unknown = sorted(self.router.receivers() - configured - {OWNER})
         if unknown:
             raise ConfigError("noise.route", f"routes name unknown receivers: {unknown}")
+        fallback = self.settings.owners.fallback
+        if fallback is not None and fallback not in configured:
+            raise ConfigError("noise.owners.fallback", f"not a configured receiver: {fallback!r}")
 
     def begin(self, state: NoiseState, alerts: Sequence[Alert], now: datetime) -> Plan:
         return Plan(self, state, alerts, now)
@@ -63,6 +83,11 @@ class NoisePolicy:
     def count(self, state: str) -> None:
         if self._suppressed is not None and state in NOISE_SUPPRESSED:
             self._suppressed.labels(reason=state).inc()
+
+    def count_unknown_owner(self, receiver: str) -> None:
+        if self._unknown_owners is not None:
+            outcome = "dead" if receiver == OWNER else "fallback"
+            self._unknown_owners.labels(outcome=outcome).inc()
 
     def recheck(
         self, state: NoiseState, alerts: Sequence[Alert], now: datetime
@@ -112,16 +137,16 @@ class Plan:
             labels = self._labels[id(alert)] = alert_labels(alert)
         return labels
 
-    def targets(self, alert: Alert) -> list[tuple[str, Target]]:
-        """(receiver name, options); `owner` becomes `owner:<address>`, or stays `owner`
-        (recorded dead, unknown_receiver) when the run's user has no address."""
+    def targets(self, alert: Alert) -> list[Routed]:
+        """`owner` becomes `owner:<address>` for a mapped or allowed user, else the owners'
+        fallback receiver, else stays `owner` (recorded dead, unknown_owner)."""
         out = []
         for target in self.policy.router.targets(alert.receivers, self.labels(alert)):
-            name = target.receiver
-            if name == OWNER:
-                address = self.policy.settings.owners.address(alert.event.TriggeringUserName)
-                name = owner_receiver(address)
-            out.append((name, target))
+            if target.receiver == OWNER:
+                owner = resolve(self.policy.settings.owners, alert.event.TriggeringUserName)
+                out.append(Routed(owner.receiver, target, owner.unknown))
+            else:
+                out.append(Routed(target.receiver, target))
         return out
 
     def decide(

@@ -1,5 +1,6 @@
 """The recorder: one row per (alert, receiver), each with its state decided here in order --
-stale (older than the replay horizon: `suppressed`), receiver not configured (`dead`),
+stale (older than the replay horizon: `suppressed`), receiver not configured (`dead`,
+`unknown_receiver`; `unknown_owner` for an owner not mapped or allowed, with no fallback),
 within the rule's throttle (`throttled`), then noise control (consumers/noise) -- and marked
 as a follow-up when an earlier row of the same alert fingerprint went to that receiver.
 
@@ -16,7 +17,7 @@ from datetime import datetime, timedelta
 
 from consumers.alerts import Alert
 from consumers.model.notifications import NotificationState
-from consumers.model.receivers import owner_address
+from consumers.model.receivers import OWNER, owner_address
 from consumers.noise.decision import Decision
 from consumers.noise.policy import NoisePolicy, Plan
 from consumers.noise.routing import Target
@@ -25,6 +26,7 @@ from consumers.outbox.state import OutboxState
 
 _STALE = Decision(NotificationState.SUPPRESSED, "stale")
 _UNKNOWN = Decision(NotificationState.DEAD, "unknown_receiver")
+_UNKNOWN_OWNER = Decision(NotificationState.DEAD, "unknown_owner")
 _THROTTLED = Decision(NotificationState.THROTTLED, "throttled")
 _PENDING = Decision()
 
@@ -54,7 +56,7 @@ class Recorder:
         created = 0
         for alert in alerts:
             alert_json = alert.model_dump(mode="json")
-            for receiver, target in self._targets(plan, alert):
+            for receiver, target, unknown_owner in self._targets(plan, alert):
                 key = alert.dedup_key(receiver)
                 kind = self.kind(receiver)
                 decision = self._decide(state, plan, alert, receiver, kind, target, key, now)
@@ -66,6 +68,8 @@ class Recorder:
                     created += 1
                     if self._noise is not None:
                         self._noise.count(decision.state)
+                        if unknown_owner:
+                            self._noise.count_unknown_owner(receiver)
         return created
 
     def kind(self, receiver: str) -> str | None:
@@ -74,14 +78,15 @@ class Recorder:
             return "email"
         return self._kinds.get(receiver)
 
-    def _targets(self, plan: Plan | None, alert: Alert) -> list[tuple[str, Target | None]]:
+    def _targets(self, plan: Plan | None, alert: Alert) -> list[tuple[str, Target | None, bool]]:
+        """(receiver, route options, an unknown owner's stand-in)."""
         if plan is None:
-            return [(receiver, None) for receiver in alert.receivers]
+            return [(receiver, None, False) for receiver in alert.receivers]
         targets = plan.targets(alert)
         if alert.status == "resolved":
             chosen = set(alert.receivers) | self._resolved
-            targets = [(name, t) for name, t in targets if t.receiver in chosen]
-        return list(targets)
+            targets = [routed for routed in targets if routed.target.receiver in chosen]
+        return [(r.receiver, r.target, r.unknown_owner) for r in targets]
 
     def _decide(
         self,
@@ -97,7 +102,7 @@ class Recorder:
         if alert.stale:
             return _STALE
         if kind is None:
-            return _UNKNOWN
+            return _UNKNOWN_OWNER if receiver == OWNER else _UNKNOWN
         if alert.throttle_s > 0:
             since = now - timedelta(seconds=alert.throttle_s)
             if state.is_throttled(alert.rule, alert.throttle_key, receiver, key, since):

@@ -117,12 +117,15 @@ class Outbox:
             return max(result.rowcount, 0)
 
     def retry(self, notification_id: str, now: datetime) -> bool:
-        """`runwatch notifications retry ID`: a dead (or waiting) one is due again now."""
+        """`runwatch notifications retry ID`: a dead (or waiting) one is due again now, with
+        its age and attempts counted afresh (notify.max_age_s, notify.max_attempts)."""
         with self._lock, self._engine.begin() as conn:
             result = conn.execute(
                 update(n)
                 .where(n.c.id == notification_id, n.c.state.in_([s.value for s in RETRYABLE]))
-                .values(state=_PENDING, next_attempt_at=now, created_at=now, reason=None)
+                .values(
+                    state=_PENDING, next_attempt_at=now, created_at=now, reason=None, attempts=0
+                )
             )
             return result.rowcount == 1
 

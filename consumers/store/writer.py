@@ -55,6 +55,9 @@ class DeadLetter:
     error: str
     key: bytes | None
     payload: bytes | None
+    # The message's own Kafka headers (a binary-mode CloudEvent's attributes are there): they
+    # go to the dead-letter topic with it; the store keeps only the payload.
+    headers: tuple[tuple[str, bytes | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
