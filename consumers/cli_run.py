@@ -196,3 +196,7 @@ def register(sub: Any, common: Common) -> None:
     p = add("show", "one run's details (JSON, or the timeline with -o table)", cmd_show)
     p.add_argument("run_id")
     p.add_argument("--output", "-o", choices=["table", "json"], default="json")
+
+    from consumers.cli_exec import register as register_exec  # exec, wait, flush
+
+    register_exec(cmds, add)

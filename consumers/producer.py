@@ -37,11 +37,11 @@ from consumers.kafka_clients import (
     refusal,
     stuck_producer,
 )
-from consumers.metrics import Metrics
 from consumers.redact import redact
 from consumers.settings import KafkaSettings
 
-if TYPE_CHECKING:  # a type only: publishing runs (the client) must not load the store writer
+if TYPE_CHECKING:  # types only: publishing runs (the client) loads neither the store writer
+    from consumers.metrics import Metrics  # nor the metrics (prometheus_client)
     from consumers.store.writer import DeadLetter
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ SERVER_SIDE = (
 )
 DEFERRED = ("consumers.store", "consumers.producer", "consumers.settings", "kafka", "sqlalchemy")
 DEFERRED += ("psycopg",)
-CLI = ("cli", "cli_run", "cli_options")
+CLI = ("cli", "cli_run", "cli_options", "cli_exec", "entry")
 
 
 def loaded_after(script: str, env: dict[str, str] | None = None) -> set[str]:

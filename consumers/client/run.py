@@ -20,6 +20,15 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from consumers.client.env import (
+    ENV_EXPERIMENT,
+    ENV_PARENT,
+    ENV_ROOT,
+    ENV_RUN_ID,
+    new_child_id,
+    new_run_id,
+    note_in_journal,
+)
 from consumers.client.filters import LabelFilter, matches, status_names
 from consumers.client.workspace import Workspace
 from consumers.encoding import RUN_STATUS_OPERATION
@@ -30,10 +39,8 @@ from consumers.updates import RunUpdate
 if TYPE_CHECKING:
     from consumers.client.reads import StoredRun
 
-ENV_RUN_ID = "RUNWATCH_RUN_ID"
-ENV_EXPERIMENT = "RUNWATCH_RUN_EXPERIMENT"
-ENV_PARENT = "RUNWATCH_RUN_PARENT_ID"
-ENV_ROOT = "RUNWATCH_RUN_ROOT_ID"
+__all__ = ["ENV_EXPERIMENT", "ENV_PARENT", "ENV_ROOT", "ENV_RUN_ID", "Experiment", "Run"]
+
 RUN_TYPE = "runwatch.run"
 _TICK = timedelta(microseconds=1)
 _ENVELOPE_RECORDS = 200  # children per message: well under the 1 MiB message limit
@@ -110,11 +117,11 @@ class Run:
         return dict(self._properties)
 
     # ---- publishing -----------------------------------------------------------------
-    def _time(self) -> datetime:
+    def _time(self, at: datetime | None = None) -> datetime:
         """Strictly increasing per run, also across Run objects of one run in this process:
         (RunId, TimeGenerated, Status) is the natural key, and a read waits for a change by
-        comparing its time with the store's latest."""
-        now = self.workspace.clock()
+        comparing its time with the store's latest. `at`: when it happened, if not now."""
+        now = self.workspace.clock() if at is None else at
         published = self.workspace.ledger.latest(self.id)
         latest = max((t for t in (self._last, published) if t is not None), default=None)
         at = now if latest is None or now > latest else latest + _TICK
@@ -122,9 +129,14 @@ class Run:
         return at
 
     def _event(
-        self, status: str, message: str | None = None, code: str | None = None
+        self,
+        status: str,
+        message: str | None = None,
+        code: str | None = None,
+        *,
+        at: datetime | None = None,
     ) -> RunStatusEvent:
-        at = self._time()
+        at = self._time(at)
         self._status = status
         return RunStatusEvent.model_validate(
             {
@@ -157,6 +169,7 @@ class Run:
                 f"run {self.id} is already {self._status}; it cannot become {status}"
             )
         self.workspace.publish([self._event(status, message, code)])
+        note_in_journal(self.id, {"status": status})
 
     def complete(self) -> None:
         self._finish(Status.Completed)
@@ -173,6 +186,7 @@ class Run:
         """CancelRequested, then Canceled: two status changes, two events."""
         self._finish(Status.CancelRequested)
         self.workspace.publish([self._event(Status.Canceled)])
+        note_in_journal(self.id, {"status": Status.Canceled.value})
 
     def __enter__(self) -> Run:
         return self
@@ -191,8 +205,16 @@ class Run:
 
     # ---- tags, properties, description ----------------------------------------------
     def _update(self, **change: Any) -> None:
+        self.workspace.publish_update(self._update_record(**change))
+        labels = {k: v for k, v in change.items() if k != "Description"}
+        if labels:
+            note_in_journal(self.id, labels)
+
+    def _update_record(self, **change: Any) -> RunUpdate:
+        """A run-update record of this run; without a change, a heartbeat (it only moves
+        the run's UpdatedTime and LastSeen)."""
         at = self._time()
-        update = RunUpdate(
+        return RunUpdate(
             TimeGenerated=at,
             RunId=self.id,
             ParentRunId=self.parent_id,
@@ -201,7 +223,6 @@ class Run:
             WorkspaceName=self.workspace.name,
             **change,
         )
-        self.workspace.publish_update(update)
 
     def tag(self, key: str, value: str | None = None) -> None:
         """Set a tag (mutable; None means a tag without a value)."""
@@ -285,7 +306,7 @@ class Run:
     ) -> Run:
         return Run(
             self.experiment,
-            run_id or f"{self.id}_{uuid.uuid4().hex[:8]}",
+            run_id or new_child_id(self.id),
             parent=self,
             root_id=self.root_id or self.id,
             tags={k: None if v is None else _text(v) for k, v in (tags or {}).items()},
@@ -357,6 +378,35 @@ class Run:
             for kid in found
             if matches(kid.record, tags=tags, properties=properties, statuses=wanted)
         ]
+
+    def submit_child(
+        self,
+        command: str | Sequence[str],
+        *,
+        run_id: str | None = None,
+        name: str | None = None,
+        tags: Mapping[str, str | None] | None = None,
+        properties: Mapping[str, Any] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Run:
+        """Start `command` (a shell line, or program and arguments) as a child run, as
+        `runwatch run exec --parent` does; returns it Queued, without waiting."""
+        root = self.root_id or self.id
+        return self.experiment._submit(
+            command, new_child_id(self.id) if run_id is None else run_id, (self, root),
+            name, tags, properties, cwd, env,
+        )  # fmt: skip
+
+    def wait_for_completion(
+        self, timeout: float | None = None, show_output: bool = False, raise_on_error: bool = True
+    ) -> dict[str, Any]:
+        """Block until the run has ended; its details (as `get_details()`). `show_output`
+        prints each status change; `raise_on_error` raises RunFailedError (its Message) if
+        it Failed. WaitTimeoutError after `timeout` seconds."""
+        from consumers.client.wait import wait_for_completion
+
+        return wait_for_completion(self, timeout, show_output, raise_on_error)
 
     # ---- attaching to an existing run -----------------------------------------------
     @classmethod
@@ -431,7 +481,7 @@ class Experiment:
         return f"Experiment({self.workspace.name!r}, {self.name!r})"
 
     def _run_id(self, now: datetime) -> str:
-        return f"{self.name}_{int(now.timestamp())}_{uuid.uuid4().hex[:8]}"
+        return new_run_id(self.name, now.timestamp())
 
     def start_logging(
         self,
@@ -454,6 +504,62 @@ class Experiment:
         run._start()
         if description is not None:
             run.set_description(description)
+        return run
+
+    def submit(
+        self,
+        command: str | Sequence[str],
+        *,
+        run_id: str | None = None,
+        name: str | None = None,
+        tags: Mapping[str, str | None] | None = None,
+        properties: Mapping[str, Any] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Run:
+        """Start `command` (a shell line, or program and arguments) as a run of this
+        experiment, as `runwatch run exec` does; returns it Queued, without waiting."""
+        run_id = run_id or self._run_id(self.workspace.clock())
+        return self._submit(command, run_id, None, name, tags, properties, cwd, env)
+
+    def _submit(
+        self,
+        command: str | Sequence[str],
+        run_id: str,
+        parent: tuple[Run, str] | None,
+        name: str | None,
+        tags: Mapping[str, str | None] | None,
+        properties: Mapping[str, Any] | None,
+        cwd: str | os.PathLike[str] | None,
+        env: Mapping[str, str] | None,
+    ) -> Run:
+        """`runwatch run exec` in a process of its own (consumers.client.submit)."""
+        from consumers.client.submit import launch, track
+
+        tag_texts = {k: None if v is None else _text(v) for k, v in (tags or {}).items()}
+        property_texts = {k: _text(v) for k, v in (properties or {}).items()}
+        process = launch(
+            command,
+            experiment=self.name,
+            workspace=self.workspace.name,
+            run_id=run_id,
+            environment={**os.environ, **self.workspace.environment(), **(env or {})},
+            parent=None if parent is None else (parent[0].id, parent[1]),
+            name=name,
+            tags=tag_texts,
+            properties=property_texts,
+            cwd=cwd,
+        )
+        run = Run(
+            self,
+            run_id,
+            parent=None if parent is None else parent[0],
+            root_id=None if parent is None else parent[1],
+            status=Status.Queued,
+            tags=tag_texts,
+            properties=property_texts,
+        )
+        track(run, process)
         return run
 
     def get_runs(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from consumers.client.env import ENV_CONFIG, ENV_WORKSPACE
 from consumers.client.ledger import Ledger, Mark, Placement, ledger_for
 from consumers.errors import RunNotFoundError, StoreLagError
 
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
     from consumers.store import Store
     from consumers.updates import RunUpdate
 
-ENV_WORKSPACE = "RUNWATCH_RUN_WORKSPACE"
+__all__ = ["DEFAULT_WORKSPACE", "ENV_WORKSPACE", "Workspace"]
+
 DEFAULT_WORKSPACE = "default"
 _SHOWN = 5  # run ids named in a StoreLagError
 
@@ -79,8 +81,13 @@ class Workspace:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Workspace:
         """The workspace of the run a parent process started (see `Run.environment`);
-        Kafka and store come from the `RUNWATCH_*` settings variables."""
+        Kafka and store come from the `RUNWATCH_*` settings variables, over the config file
+        the parent was given (RUNWATCH_RUN_CONFIG, set by `runwatch run exec --config`)."""
         env = os.environ if environ is None else environ
+        if env.get(ENV_CONFIG) and "settings" not in options:
+            from consumers.settings import load_settings
+
+            options["settings"] = load_settings(env[ENV_CONFIG])
         return cls(env.get(ENV_WORKSPACE) or DEFAULT_WORKSPACE, **options)
 
     def environment(self) -> dict[str, str]:

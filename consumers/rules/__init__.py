@@ -2,12 +2,38 @@
 
 `load_rules` / `check_rules` read a directory, `RuleSet.evaluate` turns an event into
 alerts, `RuleWatcher` keeps the rules in force current while the service runs.
+
+The names are resolved on first use: the settings import the rule-file schema
+(`consumers.rules.model`, for durations), and loading it must not load the rules engine and
+the metrics with it (a client running `runwatch run exec` imports the settings, never the
+engine).
 """
 
-from consumers.rules.engine import RuleSet, event_data
-from consumers.rules.loader import check_rules, load_rules, read_rules, rule_files
-from consumers.rules.model import Rule, RuleFile, Throttle, When, parse_duration
-from consumers.rules.reload import RuleWatcher
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from consumers.rules.engine import RuleSet, event_data
+    from consumers.rules.loader import check_rules, load_rules, read_rules, rule_files
+    from consumers.rules.model import Rule, RuleFile, Throttle, When, parse_duration
+    from consumers.rules.reload import RuleWatcher
+
+_HOMES = {
+    "RuleSet": "engine",
+    "event_data": "engine",
+    "check_rules": "loader",
+    "load_rules": "loader",
+    "read_rules": "loader",
+    "rule_files": "loader",
+    "Rule": "model",
+    "RuleFile": "model",
+    "Throttle": "model",
+    "When": "model",
+    "parse_duration": "model",
+    "RuleWatcher": "reload",
+}
 
 __all__ = [
     "Rule",
@@ -23,3 +49,10 @@ __all__ = [
     "read_rules",
     "rule_files",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{home}"), name)

@@ -2,13 +2,22 @@
 
 Stuck: a run whose latest status is one of `limits` and has not changed for longer than that
 status's limit. One alert instance per run; it resolves when the run moves on (a new status,
-or its end). Flatline: no event matching `when` within `window`, per group; it resolves
-when a matching event arrives. A flatline judges only time that the store has seen: right
-after the first start (no history yet) it waits one window before it can fire.
+or its end). With `since: last_seen` the clock is the run's last sign of life instead: its
+latest status event or run-update record (the heartbeats of `runwatch run exec`), i.e. the
+store's LastSeen. Run updates are not events, so the tracker never sees them: before a run
+is judged silent, its LastSeen is read from the store (`LastSeen`, given by the scheduler),
+only for the runs whose last known sign of life is older than the limit; a heartbeating run
+is thus looked up about once per limit, and it resolves when heartbeats come back. Without
+that reader (`runwatch rules test`) the events alone are judged.
+
+Flatline: no event matching `when` within `window`, per group; it resolves when a matching
+event arrives. A flatline judges only time that the store has seen: right after the first
+start (no history yet) it waits one window before it can fire.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 
 from consumers.events import RunStatusEvent
@@ -18,7 +27,10 @@ from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Finding
 from consumers.rules.model import Rule
 from consumers.rules.threshold import group_key, group_values
-from consumers.rules.tracker import RunTracker
+from consumers.rules.tracker import ActiveRun, RunTracker
+
+# Run ids -> their LastSeen in the store (the ones it has).
+LastSeen = Callable[[Collection[str]], Mapping[str, datetime]]
 
 
 class StuckRuns:
@@ -26,35 +38,58 @@ class StuckRuns:
         assert rule.absence is not None
         self.rule = rule
         self.limits = rule.absence.limits
+        self.by_last_seen = rule.absence.since == "last_seen"
         # `when.status` would contradict the limits; the other conditions filter runs.
         when = rule.when.model_copy(update={"status": None})
         self.matcher = Matcher.compile(rule, when, guard=guard)
+        self._seen: dict[str, datetime] = {}  # LastSeen read from the store, per run
 
-    def evaluate(self, runs: RunTracker, now: datetime) -> list[Finding]:
-        findings: list[Finding] = []
+    def _since(self, run: ActiveRun) -> datetime:
+        if not self.by_last_seen:
+            return run.since
+        seen = self._seen.get(run.event.RunId)
+        latest = run.event.TimeGenerated
+        return latest if seen is None or seen < latest else seen
+
+    def evaluate(
+        self, runs: RunTracker, now: datetime, last_seen: LastSeen | None = None
+    ) -> list[Finding]:
+        over: list[tuple[ActiveRun, float]] = []
         for run in runs.active.values():
-            status = run.event.Status
-            limit = self.limits.get(status)
-            if limit is None:
+            limit = self.limits.get(run.event.Status)
+            if limit is None or (now - self._since(run)).total_seconds() <= limit:
                 continue
-            stuck_for = (now - run.since).total_seconds()
-            if stuck_for <= limit or not self.matcher.matches(run.event):
-                continue
-            event = run.event
-            findings.append(
-                Finding(
-                    event.RunId,
-                    True,
-                    event,
-                    summary=(
-                        f"run {event.RunId} has been {status} for {span(stuck_for)} "
-                        f"(limit {span(limit)})"
-                    ),
-                    group={"RunId": event.RunId, "Status": status},
-                    value=stuck_for,
-                )
+            if self.matcher.matches(run.event):
+                over.append((run, limit))
+        if self.by_last_seen:
+            self._seen = {k: v for k, v in self._seen.items() if k in runs.active}
+            if over and last_seen is not None:
+                self._seen.update(last_seen([run.event.RunId for run, _ in over]))
+                over = [
+                    (run, limit)
+                    for run, limit in over
+                    if (now - self._since(run)).total_seconds() > limit
+                ]
+        return [self._finding(run, limit, now) for run, limit in over]
+
+    def _finding(self, run: ActiveRun, limit: float, now: datetime) -> Finding:
+        event, status = run.event, run.event.Status
+        quiet = (now - self._since(run)).total_seconds()
+        if self.by_last_seen:
+            summary = (
+                f"run {event.RunId} ({status}) has sent nothing for {span(quiet)} "
+                f"(limit {span(limit)}): no heartbeat, no status change"
             )
-        return findings
+        else:
+            summary = f"run {event.RunId} has been {status} for {span(quiet)} (limit {span(limit)})"
+        return Finding(
+            event.RunId,
+            True,
+            event,
+            summary=summary,
+            group={"RunId": event.RunId, "Status": status},
+            value=quiet,
+        )
 
 
 class Flatline:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from consumers.alerts import Alert
 from consumers.events import RunStatusEvent, Status
+from consumers.rules.absence import LastSeen
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Describe, Instances, Key
 from consumers.rules.kinds import Context, ScheduledRule, Seen, build
@@ -42,6 +43,7 @@ class Evaluation:
         describe: Describe | None = None,
         max_runs: int = DEFAULT_MAX_RUNS,
         on_evict: Callable[[str], None] | None = None,
+        last_seen: LastSeen | None = None,
     ) -> None:
         self.rules = tuple(r for r in rules if r.enabled and not r.per_event)
         self.guard = guard if guard is not None else RuleGuard()
@@ -51,6 +53,7 @@ class Evaluation:
         self.instances = Instances(states, resolved_receivers)
         self.instances.forget_rules_except(r.name for r in self.rules)
         self.context = Context(self.instances, self.runs, self.guard, describe, self.horizon)
+        self.context.last_seen = last_seen
         self.kinds: tuple[ScheduledRule, ...] = tuple(build(r, self.context) for r in self.rules)
         run_kinds = [k for k in self.kinds if k.run_reads is not None]
         self.needs_runs = bool(run_kinds)

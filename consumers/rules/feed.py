@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +39,7 @@ _RUN_FIELDS = (
 )
 _CHUNK = 5000
 _RUN_CHUNK = 25
+_ID_CHUNK = 500  # run ids per IN list
 _MAX_GAPS = 10_000
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,24 @@ def current_runs(
     with store.engine.connect() as conn:
         for row in conn.execute(query.execution_options(yield_per=_RUN_CHUNK)):
             yield run_event(row)
+
+
+def last_seen(store: Store) -> Callable[[Collection[str]], dict[str, datetime]]:
+    """The runs' LastSeen (latest status event or run update, heartbeats included), for
+    absence rules with `since: last_seen`; one indexed lookup per run asked about."""
+
+    def read(run_ids: Collection[str]) -> dict[str, datetime]:
+        ids = list(run_ids)
+        found: dict[str, datetime] = {}
+        with store.engine.connect() as conn:
+            for start in range(0, len(ids), _ID_CHUNK):
+                query = select(runs.c.RunId, runs.c.LastSeen).where(
+                    runs.c.RunId.in_(ids[start : start + _ID_CHUNK])
+                )
+                found.update((row.RunId, to_utc(row.LastSeen)) for row in conn.execute(query))
+        return found
+
+    return read
 
 
 def run_details(store: Store) -> Callable[[RunStatusEvent], RunStatusEvent]:

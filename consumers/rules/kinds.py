@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from consumers.alerts import Alert
 from consumers.events import RunStatusEvent
-from consumers.rules.absence import Flatline, StuckRuns
+from consumers.rules.absence import Flatline, LastSeen, StuckRuns
 from consumers.rules.durations import LongRuns
 from consumers.rules.engine import EventData
 from consumers.rules.guard import RuleGuard
@@ -51,6 +51,7 @@ class Context:
     describe: Describe | None = None  # the full run for an alert about to fire
     horizon: timedelta | None = None  # replay safety (tree roll-ups)
     watching_since: datetime | None = None  # the start of the history judged (flatlines)
+    last_seen: LastSeen | None = None  # the store's LastSeen of runs (absence, since: last_seen)
 
 
 class ScheduledRule(Protocol):
@@ -162,7 +163,11 @@ class _PerRun:
 class _Stuck(_PerRun):
     def __init__(self, rule: Rule, context: Context) -> None:
         stuck = StuckRuns(rule, context.guard)
-        super().__init__(rule, context, stuck.evaluate)
+
+        def judge(runs: RunTracker, now: datetime) -> list[Finding]:
+            return stuck.evaluate(runs, now, context.last_seen)
+
+        super().__init__(rule, context, judge)
         self.run_reads = stuck.matcher.reads
 
 

@@ -189,9 +189,12 @@ def _limits(value: dict[str, Any]) -> dict[str, float]:
 
 
 class AbsenceSpec(_Strict):
-    """A run whose last status is non-terminal and unchanged for longer than its limit."""
+    """A run whose last status is non-terminal and unchanged for longer than its limit;
+    `since: last_seen`: a run in such a status that has sent nothing (no status event, no
+    run update such as `runwatch run exec`'s heartbeats) for longer than the limit."""
 
     limits: Annotated[dict[str, float], BeforeValidator(_limits)]
+    since: Literal["status", "last_seen"] = "status"
     every: Duration = 60.0
 
 

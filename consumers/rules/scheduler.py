@@ -30,6 +30,7 @@ from consumers.rules.feed import (
     current_runs,
     earliest_event,
     events_between,
+    last_seen,
     run_details,
 )
 from consumers.rules.tracker import DEFAULT_MAX_RUNS
@@ -164,6 +165,7 @@ class Scheduler:
             describe=run_details(self._store),
             max_runs=self._max_runs,
             on_evict=self._on_evict,
+            last_seen=last_seen(self._store),
         )
         window = evaluation.longest_window
         if window > 0:

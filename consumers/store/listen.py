@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import psycopg
 from sqlalchemy import Connection, Engine, text
@@ -17,6 +17,10 @@ from sqlalchemy import Connection, Engine, text
 log = logging.getLogger(__name__)
 
 CHANNEL = "runwatch_outbox"
+# Runs whose status changed: the payload is their ids, one per line, or empty when they do
+# not fit (NOTIFY takes under 8000 bytes): then every waiter looks (Run.wait_for_completion).
+RUNS_CHANNEL = "runwatch_runs"
+_PAYLOAD_MAX = 7900
 _RECONNECT_S = 1.0
 
 
@@ -24,6 +28,18 @@ def notify_outbox(conn: Connection) -> None:
     """In the writing transaction: PostgreSQL delivers it only if that commits."""
     if conn.dialect.name == "postgresql":
         conn.execute(text(f"NOTIFY {CHANNEL}"))
+
+
+def notify_runs(conn: Connection, run_ids: Iterable[str]) -> None:
+    """In the writing transaction, for the runs whose status events it stores."""
+    if conn.dialect.name != "postgresql":
+        return
+    payload = "\n".join(sorted(set(run_ids)))
+    if len(payload.encode()) > _PAYLOAD_MAX:
+        payload = ""
+    conn.execute(
+        text("SELECT pg_notify(:channel, :payload)"), {"channel": RUNS_CHANNEL, "payload": payload}
+    )
 
 
 def libpq_url(engine: Engine) -> str:

@@ -36,7 +36,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from consumers.alerts import Alert
 from consumers.events import STATUS_RANK, TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
 from consumers.redact import redact
-from consumers.store.listen import notify_outbox
+from consumers.store.listen import notify_outbox, notify_runs
 from consumers.store.schema import dead_letters, events, runs
 from consumers.updates import RunUpdate, apply_update
 
@@ -292,6 +292,7 @@ def write_batch(
         # A pydantic model keeps its fields in __dict__, named as the columns.
         rows = [event.__dict__ for event in batch]
         inserted = _execute(conn, "events", _insert_events, events, rows)
+        notify_runs(conn, (event.RunId for event in batch))  # wakes Run.wait_for_completion
     start = 0
     for position, group in groupby(updates, key=itemgetter(0)):
         run_count += _upsert_runs(conn, batch[start:position])
