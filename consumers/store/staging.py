@@ -24,12 +24,13 @@ from typing import Any
 
 import orjson
 import psycopg
-from sqlalchemy import JSON, Connection, Table, column, exc, table
+from sqlalchemy import JSON, Connection, Table, column, delete, exc, table
 
 
 @dataclass(frozen=True, slots=True)
 class Stage:
-    """A temporary table shaped like `columns` of `target`, emptied at every commit."""
+    """A temporary table shaped like `columns` of `target`; the statement reading it empties
+    it, and so does every commit (ON COMMIT DELETE ROWS), whatever failed in between."""
 
     target: Table
     columns: tuple[str, ...]
@@ -39,10 +40,13 @@ class Stage:
         digest = zlib.crc32(",".join(self.columns).encode())
         return f"runwatch_stage_{self.target.name}_{digest:08x}"
 
-    def table(self) -> Any:
-        """The stage as a selectable, for statements that read it."""
+    def drained(self) -> Any:
+        """The staged rows, for the statement that moves them on, which empties the stage as
+        it reads it (`DELETE ... RETURNING` in a CTE): a second COPY in the same
+        transaction (a batch cut by run updates) then holds only its own rows."""
         types = {c.name: c.type for c in self.target.columns}
-        return table(self.name, *(column(name, types[name]) for name in self.columns))
+        stage = table(self.name, *(column(name, types[name]) for name in self.columns))
+        return delete(stage).returning(*stage.c).cte(f"{self.name}_rows")
 
     def copy(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
         """Create the stage if this session has none yet, and COPY `rows` into it (in this

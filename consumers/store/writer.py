@@ -281,7 +281,7 @@ _RUN_STAGE = Stage(
 def _events_from_stage() -> Any:
     """Natural-key order: two replicas inserting the same events (a rebalance) take the
     unique index's locks in the same order and cannot deadlock."""
-    stage = _EVENT_STAGE.table()
+    stage = _EVENT_STAGE.drained()
     query = select(*(stage.c[name] for name in _EVENT_STAGE.columns), func.now()).order_by(
         stage.c.RunId, stage.c.TimeGenerated, stage.c.Status
     )
@@ -296,7 +296,7 @@ def _events_from_stage() -> Any:
 @functools.cache
 def _runs_from_stage() -> Any:
     """RunId order, for the same reason as the events' natural-key order."""
-    stage = _RUN_STAGE.table()
+    stage = _RUN_STAGE.drained()
     query = select(*(stage.c[name] for name in _RUN_STAGE.columns)).order_by(stage.c.RunId)
     return _on_run_conflict(postgresql.insert(runs).from_select(_RUN_STAGE.columns, query))
 
