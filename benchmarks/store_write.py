@@ -3,7 +3,8 @@ fresh SQLite file and a fresh PostgreSQL database (partitioned events table), so
 path's own cost is measured apart from everything around it.
 
 Each batch is written once (new rows) and then again (all duplicates: a Kafka redelivery);
-rate = events / seconds spent in write_batch, per pass.
+rate = events / seconds spent in write_batch, per pass; and the CPU the writing process
+itself spent per event (what a replica's GIL pays; the database's own CPU is not in it).
 
     python benchmarks/store_write.py [--events 50000] [--batch 5000] [--profile sqlite|pg]
 """
@@ -26,18 +27,21 @@ from consumers.simulator import Simulator
 from consumers.store import open_store
 
 
-def passes(url: str, batches: list[list[RunStatusEvent]]) -> tuple[float, float]:
+def passes(url: str, batches: list[list[RunStatusEvent]]) -> tuple[float, float, float]:
+    """(events/s new, events/s redelivered, client CPU us per event over both passes)"""
     store = open_store(url)
     try:
         rates = []
+        cpu = 0.0
         for _ in range(2):  # new rows, then the same batches again
             spent = 0.0
             for batch in batches:
-                started = time.perf_counter()
+                started, started_cpu = time.perf_counter(), time.process_time()
                 store.write_batch(batch)
                 spent += time.perf_counter() - started
+                cpu += time.process_time() - started_cpu
             rates.append(sum(map(len, batches)) / spent)
-        return rates[0], rates[1]
+        return rates[0], rates[1], cpu / (2 * sum(map(len, batches))) * 1e6
     finally:
         store.dispose()
 
@@ -60,10 +64,11 @@ def main() -> int:
                     profile.runcall(passes, url, batches)
                     pstats.Stats(profile).sort_stats("cumulative").print_stats(30)
                     continue
-                new, again = passes(url, batches)
+                new, again, cpu = passes(url, batches)
                 print(
                     f"write_batch {label:<10} batches of {args.batch:,}: "
-                    f"{new:>9,.0f} events/s new, {again:>9,.0f} events/s redelivered"
+                    f"{new:>9,.0f} events/s new, {again:>9,.0f} events/s redelivered, "
+                    f"client CPU {cpu:.1f} us/event"
                 )
         finally:
             for name in names:
