@@ -12,6 +12,11 @@ The staged columns are derived from the table definitions (consumers/store/schem
 column added there is staged, copied and inserted without another edit here. A stage's name
 carries a digest of its columns: a session that outlives a schema change never reuses a
 stage of the old shape.
+
+Measured and not kept: staging one JSON document per row (one orjson call per row, one COPY
+write, `json_populate_record` on the server) cost more client CPU (9.4-9.7 against 8.7-8.8
+us per event) and halved what the database took (26k against 41k events/s), so the rows go
+typed, through psycopg's C `write_row`.
 """
 
 from __future__ import annotations
