@@ -5,6 +5,7 @@ batches give the rows one in-order write gives, on SQLite and PostgreSQL alike."
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -196,3 +197,53 @@ def test_runs_updates_between_events_keep_topic_order(db: Store) -> None:
         ("after", "Completed", {"done": "y", "o": "a"}, NOW + timedelta(seconds=2)),
         ("between", "Completed", {"done": "y"}, NOW + timedelta(seconds=2)),
     ]
+
+
+def _at_once(stores: list[Store], batches: list[list[RunStatusEvent]]) -> list[Any]:
+    """Each store writes its batch in its own thread, all starting together: the results,
+    or the StoreError each raised."""
+    barrier = threading.Barrier(len(stores))
+    results: list[Any] = [None] * len(stores)
+
+    def write(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = stores[index].write_batch(batches[index])
+        except StoreError as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def test_replicas_writing_the_same_events_in_opposite_orders_never_deadlock(
+    pg_url: str,
+) -> None:
+    """Two replicas storing the same new events at once (a rebalance hands a partition over
+    mid-batch; an envelope carries runs of two trees): each takes the unique index's locks
+    in natural-key order and the runs' in RunId order, so one waits for the other instead
+    of both waiting for each other (a deadlock would fail a batch here: no retry)."""
+    _drop(pg_url)
+    open_store(pg_url, migrate=True).dispose()
+    replicas = [open_store(pg_url), open_store(pg_url)]
+    try:
+        for round_ in range(4):
+            events = [
+                ev(f"r{round_}-{i:03d}", status, i % 50 + step)
+                for i in range(300)
+                for step, status in enumerate(("Queued", "Running", "Completed"))
+            ]
+            random.Random(round_).shuffle(events)
+            results = _at_once(replicas, [events, events[::-1]])
+            assert not any(isinstance(result, StoreError) for result in results), results
+            assert sum(result.inserted for result in results) == len(events)
+        assert rows(replicas[0], 'SELECT count(*), count(DISTINCT "RunId") FROM events') == [
+            (4 * 900, 4 * 300)
+        ]
+    finally:
+        for store in replicas:
+            store.dispose()
