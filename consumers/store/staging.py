@@ -1,10 +1,12 @@
 """PostgreSQL's batch write: rows COPY'd into a session's temporary table, then moved on by
 one set-based statement per table.
 
-Why: multi-row `INSERT ... VALUES` with binds made PostgreSQL parse, bind and plan 27
-parameters per event, and the writer stalled at 4-5k events/s per replica. COPY streams the
-rows in the driver's C text format, and `INSERT ... SELECT ... ON CONFLICT` then does the
-idempotent insert (or the order-proof run upsert) for the whole batch at once. Only
+Why: multi-row `INSERT ... VALUES` carried 27 bound parameters per event (6,912 per
+statement), and handling them cost the replica ~150 us of its own CPU per event, under the
+GIL that decoding needs too: 4-5k events/s per replica (benchmarks/store_write.py). COPY
+streams the rows in psycopg's C text format (~9 us per event), and one
+`INSERT ... SELECT ... ON CONFLICT` then does the idempotent insert (or the order-proof run
+upsert) for the whole batch. Only
 PostgreSQL has COPY: SQLite keeps the multi-row VALUES path of consumers/store/writer.py,
 which is already one native step per 256 rows there (the dialect branch is in writer.py).
 
