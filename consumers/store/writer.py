@@ -2,10 +2,16 @@
 
 Everything here must give the same rows whether a batch is written once, twice (Kafka
 redelivery after a crash) or with its events shuffled (producers racing on partitions).
+
+One dialect branch: on PostgreSQL, events and folded run states go through COPY into a
+session's temporary table and one `INSERT ... SELECT` each (consumers/store/staging.py); on
+SQLite, through multi-row `INSERT ... VALUES` (below). The conflict clauses, the run fold and
+the column lists are shared, so both give the same rows.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +44,7 @@ from consumers.events import STATUS_RANK, TERMINAL_STATUSES, RunStatusEvent, Sta
 from consumers.redact import redact
 from consumers.store.listen import notify_outbox, notify_runs
 from consumers.store.schema import dead_letters, events, runs
+from consumers.store.staging import Stage
 from consumers.updates import RunUpdate, apply_update
 
 if TYPE_CHECKING:
@@ -227,7 +234,13 @@ _LATEST = ("Status", "StatusTime", "StatusRank", "Message", "Tags", "Properties"
 
 def _run_upsert(conn: Connection, rows: int) -> Any:
     # Description and UpdatedTime belong to run updates (_apply_updates), never to events.
-    stmt = _insert(conn, runs, rows, Description=null(), UpdatedTime=null())
+    return _on_run_conflict(_insert(conn, runs, rows, Description=null(), UpdatedTime=null()))
+
+
+def _on_run_conflict(stmt: Any) -> Any:
+    """The order-proof merge of a folded run row into the stored one: the latest status by
+    (StatusTime, StatusRank), the earliest FirstSeen/StartTime/EndTime, the latest LastSeen,
+    what the run is (_META) as first seen."""
     new, old = stmt.excluded, runs.c
     newer = or_(
         new.StatusTime > old.StatusTime,
@@ -243,10 +256,7 @@ def _run_upsert(conn: Connection, rows: int) -> Any:
         )
 
     updates: dict[str, Any] = {name: func.coalesce(old[name], new[name]) for name in _META}
-    updates |= {
-        name: latest(name)
-        for name in ("Status", "StatusTime", "StatusRank", "Message", "Tags", "Properties")
-    }
+    updates |= {name: latest(name) for name in _LATEST}
     updates |= {
         "FirstSeen": extreme("FirstSeen", lambda a, b: a < b),
         "LastSeen": extreme("LastSeen", lambda a, b: a > b),
@@ -254,6 +264,49 @@ def _run_upsert(conn: Connection, rows: int) -> Any:
         "EndTime": extreme("EndTime", lambda a, b: a < b),
     }
     return stmt.on_conflict_do_update(index_elements=[runs.c.RunId], set_=updates)
+
+
+# What COPY stages: every column but those the database or run updates fill. Derived from
+# the tables, so a new column in consumers/store/schema.py (with the event field of its
+# name) reaches both dialects' inserts with no edit here.
+_EVENT_STAGE = Stage(
+    events, tuple(c.name for c in events.columns if c.name not in ("id", "IngestedAt"))
+)
+_RUN_STAGE = Stage(
+    runs, tuple(c.name for c in runs.columns if c.name not in ("Description", "UpdatedTime"))
+)
+
+
+@functools.cache
+def _events_from_stage() -> Any:
+    """Natural-key order: two replicas inserting the same events (a rebalance) take the
+    unique index's locks in the same order and cannot deadlock."""
+    stage = _EVENT_STAGE.drained()
+    query = select(*(stage.c[name] for name in _EVENT_STAGE.columns), func.now()).order_by(
+        stage.c.RunId, stage.c.TimeGenerated, stage.c.Status
+    )
+    return (
+        postgresql.insert(events)
+        .from_select([*_EVENT_STAGE.columns, "IngestedAt"], query)
+        .on_conflict_do_nothing()
+        .execution_options(preserve_rowcount=True)
+    )
+
+
+@functools.cache
+def _runs_from_stage() -> Any:
+    """RunId order, for the same reason as the events' natural-key order."""
+    stage = _RUN_STAGE.drained()
+    query = select(*(stage.c[name] for name in _RUN_STAGE.columns)).order_by(stage.c.RunId)
+    return _on_run_conflict(postgresql.insert(runs).from_select(_RUN_STAGE.columns, query))
+
+
+def _write_events(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+    """The events not stored yet; returns how many were new."""
+    if conn.dialect.name == "postgresql":
+        _EVENT_STAGE.copy(conn, rows)
+        return max(conn.execute(_events_from_stage()).rowcount, 0)
+    return _execute(conn, "events", _insert_events, events, rows)
 
 
 def _insert_events(conn: Connection, rows: int) -> Any:
@@ -291,7 +344,7 @@ def write_batch(
     if batch:
         # A pydantic model keeps its fields in __dict__, named as the columns.
         rows = [event.__dict__ for event in batch]
-        inserted = _execute(conn, "events", _insert_events, events, rows)
+        inserted = _write_events(conn, rows)
         notify_runs(conn, (event.RunId for event in batch))  # wakes Run.wait_for_completion
     start = 0
     for position, group in groupby(updates, key=itemgetter(0)):
@@ -356,7 +409,11 @@ def _upsert_runs(conn: Connection, batch: Sequence[RunStatusEvent]) -> int:
     if not batch:
         return 0
     run_rows = _run_rows(batch)
-    _execute(conn, "runs", _run_upsert, runs, run_rows)
+    if conn.dialect.name == "postgresql":
+        _RUN_STAGE.copy(conn, run_rows)
+        conn.execute(_runs_from_stage())
+    else:
+        _execute(conn, "runs", _run_upsert, runs, run_rows)
     return len(run_rows)
 
 
