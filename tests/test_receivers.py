@@ -19,7 +19,7 @@ from jsonschema.protocols import Validator
 from prometheus_client import CollectorRegistry
 
 from consumers.alerts import Alert
-from consumers.dispatcher import Dispatcher
+from consumers.dispatch.dispatcher import Dispatcher
 from consumers.events import RunStatusEvent
 from consumers.metrics import Metrics
 from consumers.model.notifications import NotificationKind
