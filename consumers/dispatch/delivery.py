@@ -134,18 +134,24 @@ class Delivery:
             return recheck(state, self._noise, digest, self._clock())
 
     async def _context(self, notification: Notification, variant: str) -> dict[str, Any]:
-        """The reads a context needs, off the loop unless the run is cached; then the
-        context (consumers.dispatch.context)."""
+        """On the loop when the run is cached (no I/O), else on a thread: the reads and,
+        for a digest of many alerts, the building too stay off the loop."""
+        if not variant:
+            hit, detail = self._runs.lookup(notification.run_id)
+            if hit:
+                return contexts.alert_context(notification, detail, self._run_url)
+        return await asyncio.to_thread(self._read_context, notification, variant)
+
+    def _read_context(self, notification: Notification, variant: str) -> dict[str, Any]:
+        """The reads a context needs, then the context (consumers.dispatch.context)."""
         if variant == "storm":
             start, end = contexts.storm_window(notification)
-            held = await asyncio.to_thread(stormed, self._store, notification.receiver, start, end)
+            held = stormed(self._store, notification.receiver, start, end)
             return contexts.storm_context(notification, held)
         if variant == "digest":
-            labels = await asyncio.to_thread(group_labels, self._store, notification.group_key)
+            labels = group_labels(self._store, notification.group_key)
             return contexts.digest_context(notification, labels, self._run_url)
-        hit, detail = self._runs.lookup(notification.run_id)
-        if not hit:
-            detail = await asyncio.to_thread(self._runs.get, notification.run_id)
+        detail = self._runs.get(notification.run_id)
         return contexts.alert_context(notification, detail, self._run_url)
 
     async def _failed(
