@@ -39,7 +39,7 @@ from ingest import messages_for, produce
 
 from consumers.alerts import Alert
 from consumers.broker import EmbeddedBroker, create_topics, free_port
-from consumers.dispatcher import Dispatcher
+from consumers.dispatch.dispatcher import Dispatcher
 from consumers.events import RunStatusEvent
 from consumers.ingest import Ingestor
 from consumers.kafka_loop import KafkaLoop

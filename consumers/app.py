@@ -28,7 +28,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 
 from consumers.alerts import Alert
-from consumers.dispatcher import Dispatcher
+from consumers.dispatch.dispatcher import Dispatcher
 from consumers.endpoints import Check, OpsServer
 from consumers.errors import RunwatchError
 from consumers.events import RunStatusEvent

@@ -8,21 +8,11 @@ does not exist, or raises anything at all (`range(10**9)` is an OverflowError in
 `1 // 0` a ZeroDivisionError), fails to render; the notification then goes dead with reason
 `template`.
 
-The context every template gets (built by dispatcher.Dispatcher.context):
-
-    notification  {id, receiver, attempt, created_at}
-    alert         {rule, severity (0-4), severity_name, labels, annotations, fingerprint,
-                   kind, instance, status, summary, group, value, details}
-    event         the event's columns (TimeGenerated, RunId, Status, ExperimentName, Tags, ...)
-    run           the run now (runId, status, startTimeUtc, durationSeconds, ...), or None
-    timeline      [{status, time, seconds_in_state, message}] oldest first
-    children      {total, by_status: {status: count}, failed: [run records, at most 10]}
-    run_url       a link to the run, or None
-
-Digests and storm summaries get `notification` plus the context documented in
-consumers/noise/digest.py (`group` and `alerts`, or `storm`): email/digest/* and
-email/storm/*; for webhooks webhook/<format>.digest.json.j2 (<format>.storm.json.j2), else
-the format-neutral webhook/digest.json.j2 (webhook/storm.json.j2).
+The context every template gets (one alert, a digest, a storm summary) is defined, and
+documented, in one place: consumers/dispatch/context.py. Templates: email/* and
+webhook/<format>.json.j2; digests and storm summaries email/digest/* and email/storm/*, for
+webhooks webhook/<format>.digest.json.j2 (<format>.storm.json.j2), else the format-neutral
+webhook/digest.json.j2 (webhook/storm.json.j2).
 
 Receiver-specific helpers (one home each, used by the shipped templates):
 

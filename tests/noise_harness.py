@@ -11,7 +11,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from consumers.alerts import Alert
-from consumers.dispatcher import Dispatcher
+from consumers.dispatch.dispatcher import Dispatcher
 from consumers.events import RunStatusEvent
 from consumers.metrics import Metrics
 from consumers.noise.policy import NoisePolicy

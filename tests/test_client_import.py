@@ -22,7 +22,7 @@ from tests.conftest import Topics
 SERVER_SIDE = (
     "consumers.rules",
     "consumers.noise",
-    "consumers.dispatcher",
+    "consumers.dispatch",
     "consumers.metrics",
     "consumers.app",
     "consumers.ingest",

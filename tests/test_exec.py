@@ -531,7 +531,7 @@ def test_exec_loads_no_server_side_layer(served: Served, store: Store) -> None:
     server = (
         "consumers.rules",
         "consumers.noise",
-        "consumers.dispatcher",
+        "consumers.dispatch",
         "consumers.metrics",
         "consumers.app",
         "consumers.ingest",

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import text, update
 
 from consumers.alerts import Alert
-from consumers.dispatcher import Dispatcher
+from consumers.dispatch.dispatcher import Dispatcher
 from consumers.errors import SendError, StoreError
 from consumers.events import RunStatusEvent
 from consumers.metrics import Metrics

@@ -22,7 +22,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from consumers.alerts import Alert
-from consumers.dispatcher import Dispatcher
+from consumers.dispatch.dispatcher import Dispatcher
 from consumers.events import RunStatusEvent
 from consumers.metrics import Metrics
 from consumers.settings import Settings

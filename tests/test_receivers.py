@@ -1,7 +1,8 @@
 """Every webhook body runwatch renders, checked against the schema or struct its consumer
 publishes (tests/samples/schemas, listed with their sources in tests/samples/README.md), and
 event data that must stay inert in chat messages. The notifications go through the real
-store and the dispatcher's template context; only the HTTP POST is left out."""
+store and the template context the dispatcher builds (consumers/dispatch/context.py); only
+the HTTP POST is left out."""
 
 from __future__ import annotations
 
@@ -16,19 +17,19 @@ import jsonschema
 import orjson
 import pytest
 from jsonschema.protocols import Validator
-from prometheus_client import CollectorRegistry
 
 from consumers.alerts import Alert
-from consumers.dispatcher import Dispatcher
+from consumers.dispatch.context import RunUrl, alert_context
+from consumers.dispatch.context import digest_context as build_digest_context
+from consumers.dispatch.context import storm_context as build_storm_context
 from consumers.events import RunStatusEvent
-from consumers.metrics import Metrics
 from consumers.model.notifications import NotificationKind
-from consumers.noise import digest
 from consumers.notify import inert
 from consumers.notify.pagerduty import with_routing_key
 from consumers.settings import Settings, WebhookFormat
 from consumers.store import Store
 from consumers.store.outbox import Outbox
+from consumers.store.queries import get_run
 from consumers.templating import Renderer
 
 SCHEMAS = Path(__file__).resolve().parent / "samples" / "schemas"
@@ -110,9 +111,9 @@ def contexts(store: Store, *alerts: Alert, config: Settings | None = None) -> li
     first (through the real store: the row's JSON is what the template sees)."""
     events = list({id(a.event): a.event for a in alerts}.values())
     store.write_batch(events, alerts=alerts, receiver_kinds={"hook": "webhook"})
-    dispatcher = Dispatcher(store, config or settings(), Metrics(CollectorRegistry()))
+    run_url = RunUrl((config or settings()).run_url_template)
     rows = sorted(Outbox(store).list(limit=100), key=lambda n: n.created_at)
-    return [dispatcher.context(row) for row in rows]
+    return [alert_context(row, get_run(store, row.run_id), run_url) for row in rows]
 
 
 def render(
@@ -180,9 +181,8 @@ def digest_context(store: Store, *alerts: Alert) -> dict[str, Any]:
     rows = sorted(Outbox(store).list(limit=100), key=lambda n: (n.event_time, n.run_id))
     grouped = [dataclasses.replace(r, group_key="0f" * 12) for r in rows]
     head = dataclasses.replace(grouped[0], members=tuple(grouped))
-    dispatcher = Dispatcher(store, settings(), Metrics(CollectorRegistry()))
     labels = {"workspace": "ml-prod", "team": "vision"}
-    return digest.digest_context(head, labels, dispatcher._run_url)
+    return build_digest_context(head, labels, RunUrl(settings().run_url_template))
 
 
 def storm_context(store: Store) -> dict[str, Any]:
@@ -199,7 +199,7 @@ def storm_context(store: Store) -> dict[str, Any]:
             "window_end": (start + timedelta(minutes=1)).isoformat(),
         },
     )
-    return digest.storm_context(summary, held)
+    return build_storm_context(summary, held)
 
 
 def by_status(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from consumers.rules.evaluation import mark_stale
 from consumers.rules.model import Rule
-from consumers.store import Store
+from consumers.rules.tracker import RunTracker
+from consumers.store import Store, open_store
 from tests.rulekit import (
     Clock,
     SwitchLease,
@@ -301,6 +302,76 @@ def test_duration_baseline_from_the_store_after_restart(store: Store) -> None:
     store.write_batch([event(60, "slow", "Running")])
     clock.at(60 + 21)
     assert scheduler(store, DURATION, clock).run_once().alerts == 1
+
+
+def test_duration_baseline_counts_a_backlogged_run_once(store: Store) -> None:
+    """Issue 13: runs that completed before the warm-up but reached the store after it (a
+    restart with a backlog, a backfill) were counted twice, once by the warm-up's baseline
+    load and once by the feed: two completed runs made a baseline of 3 (or 4) entries."""
+    _backlogged_runs_count_once(store)
+
+
+def test_duration_baseline_counts_a_backlogged_run_once_on_postgresql(fresh_pg: str) -> None:
+    pg = open_store(fresh_pg, migrate=True)
+    try:
+        _backlogged_runs_count_once(pg)
+    finally:
+        pg.dispose()
+
+
+def _backlogged_runs_count_once(store: Store) -> None:
+    clock = Clock()
+    clock.at(10)
+    run = scheduler(store, DURATION, clock)
+    run.run_once()  # warm-up on an empty store at minute 10
+    # The backlog: two runs that completed at minutes 1-2 and 3-4, stored only now.
+    store.write_batch(_completed(1, 1, "b1") + _completed(3, 1, "b2"))
+    store.write_batch([event(5, "slow", "Running")])
+    clock.at(5 + 50)  # 50 min: far over 2 x p90 (1 min), but only 2 of the 3 runs exist
+    assert run.run_once().alerts == 0
+    assert run.evaluation is not None
+    assert run.evaluation.runs.baseline("train", 2) == [60.0, 60.0]
+    assert run.evaluation.runs.baseline("train", 3) is None
+    store.write_batch(_completed(6, 1, "b3"))  # the third: now the relative limit applies
+    clock.at(5 + 51)
+    assert run.run_once().alerts == 1
+    assert summaries(store)[0][2] == (
+        "run slow has been Running for 51m 00s (2 x p90 1m 00s of the last 3 completed runs)"
+    )
+
+
+def test_duration_baseline_counts_a_run_once_whichever_way_it_arrives(store: Store) -> None:
+    """A run stored before the warm-up (loaded from the store) whose completion the feed
+    also delivers, and a run seen by both the load and the feed after a re-warm-up."""
+    clock = Clock()
+    store.write_batch(_completed(0, 1, "b1"))
+    clock.at(10)
+    run = scheduler(store, DURATION, clock)
+    run.run_once()
+    store.write_batch([event(11, "b2", "Running")])
+    clock.at(12)
+    run.run_once()
+    store.write_batch([event(12, "b2", "Completed"), event(13, "slow", "Running")])
+    clock.at(13 + 30)
+    assert run.run_once().alerts == 0
+    assert run.evaluation is not None
+    assert run.evaluation.runs.baseline("train", 2) == [60.0, 60.0]
+    assert run.evaluation.runs.baseline("train", 3) is None
+
+
+def test_run_tracker_counts_a_completed_run_once_from_load_and_feed() -> None:
+    """The tracker's side of the same defect: whatever its loader returns, a run the feed
+    then completes again is one baseline entry, and the baseline keeps the last n runs."""
+    loaded = [("b1", 60.0), ("b2", 120.0)]
+    tracker = RunTracker(lambda experiment, n: loaded[-n:], 3)
+    for run_id, start in (("b2", 10), ("b3", 20)):
+        tracker.observe(event(start, run_id, "Running"))
+        tracker.observe(event(start + 2, run_id, "Completed"))
+    assert tracker.baseline("train", 3) == [60.0, 120.0, 120.0]
+    assert tracker.baseline("train", 4) is None
+    tracker.observe(event(30, "b4", "Running"))
+    tracker.observe(event(35, "b4", "Completed"))
+    assert tracker.baseline("train", 3) == [120.0, 120.0, 300.0]
 
 
 TREE = """

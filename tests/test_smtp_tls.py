@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumers.dispatcher import Dispatcher
+from consumers.dispatch.dispatcher import Dispatcher
 from consumers.errors import ConfigError, SendError
 from consumers.metrics import Metrics
 from consumers.notify.email import EmailSender, Mail

@@ -1,5 +1,5 @@
 """What delivering one notification raised, as a SendError: the dispatcher's one boundary
-(Dispatcher.deliver) records every failure through this, so whatever goes wrong -- a
+(consumers.dispatch.delivery) records every failure through this, so whatever goes wrong -- a
 receiver, a template, a store read, a bug -- ends in a retry with backoff or `dead` with a
 reason, never in a row left `sending` for the lease to send again.
 

@@ -109,7 +109,7 @@ def dry_run(
     evaluation = Evaluation(
         rules,
         resolved_receivers=resolved_receivers,
-        baseline=baseline_loader(store, lambda: since),
+        baseline=baseline_loader(store, ended_before=since),
         guard=per_event.guard,
     )
     result = DryRun(since, until)

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select
 
 from consumers.events import TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
+from consumers.rules.tracker import BaselineLoader
 from consumers.store.engine import Store
 from consumers.store.schema import events, runs
 
@@ -63,18 +64,24 @@ def run_event(row: Any) -> tuple[RunStatusEvent, datetime | None]:
 
 
 class EventFeed:
-    """The events stored since the last read, in id order."""
+    """The events stored since the last read, in id order.
+
+    The feed is what the scheduler has seen: rows up to `start` (the last id at the
+    warm-up) are history the warm-up reads from the store, every later row is delivered
+    here once. Whatever the warm-up loads is bounded by `start`, never by a time.
+    """
 
     def __init__(self, store: Store, *, gap_s: float = 60.0) -> None:
         self._store = store
         self.cursor = 0
+        self.start = 0
         self._gap_s = gap_s
         self._gaps: dict[int, float] = {}  # id -> monotonic time it was first missed
 
     def start_at_end(self) -> None:
         with self._store.engine.connect() as conn:
             last = select(events.c.id).order_by(events.c.id.desc()).limit(1)
-            self.cursor = int(conn.execute(last).scalar() or 0)
+            self.cursor = self.start = int(conn.execute(last).scalar() or 0)
         self._gaps.clear()
 
     def read(self, limit: int = 50_000) -> list[RunStatusEvent]:
@@ -206,14 +213,18 @@ def run_details(store: Store) -> Callable[[RunStatusEvent], RunStatusEvent]:
 
 
 def baseline_loader(
-    store: Store, before: Callable[[], datetime | None]
-) -> Callable[[str, int], list[float]]:
-    """Durations of the last n completed runs of an experiment that ended before `before()`
-    (the start of the events fed since), oldest first."""
+    store: Store, *, stored_up_to: int | None = None, ended_before: datetime | None = None
+) -> BaselineLoader:
+    """The last n completed runs of an experiment as (run id, seconds), oldest first: those
+    the caller is not fed. The live scheduler's boundary is the feed's own, a row id
+    (`stored_up_to`: the run's completion was stored at or below it), not a time: a run that
+    completed before the warm-up but was stored after it is the feed's to deliver. The dry
+    run replays by time, so its boundary is a time (`ended_before`). Either way the tracker
+    counts a run once (consumers.rules.tracker.Baseline)."""
 
-    def load(experiment: str, n: int) -> list[float]:
+    def load(experiment: str, n: int) -> list[tuple[str, float]]:
         query = (
-            select(runs.c.StartTime, runs.c.EndTime)
+            select(runs.c.RunId, runs.c.StartTime, runs.c.EndTime)
             .where(
                 runs.c.ExperimentName == experiment,
                 runs.c.Status == Status.Completed.value,
@@ -223,11 +234,20 @@ def baseline_loader(
             .order_by(runs.c.LastSeen.desc())
             .limit(n)
         )
-        cutoff = before()
-        if cutoff is not None:
-            query = query.where(runs.c.EndTime <= cutoff)
+        if stored_up_to is not None:
+            completion = select(events.c.id).where(
+                events.c.RunId == runs.c.RunId,
+                events.c.Status == Status.Completed.value,
+                events.c.id <= stored_up_to,
+            )
+            query = query.where(completion.exists())
+        if ended_before is not None:
+            query = query.where(runs.c.EndTime <= ended_before)
         with store.engine.connect() as conn:
             rows = list(conn.execute(query))
-        return [(to_utc(r.EndTime) - to_utc(r.StartTime)).total_seconds() for r in reversed(rows)]
+        return [
+            (r.RunId, (to_utc(r.EndTime) - to_utc(r.StartTime)).total_seconds())
+            for r in reversed(rows)
+        ]
 
     return load

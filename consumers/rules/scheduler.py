@@ -99,8 +99,7 @@ class Scheduler:
         self._recorder = Recorder(self._kinds, noise, resolved_receivers=resolved_receivers)
         self._ruleset: RuleSet | None = None
         self._evaluation: Evaluation | None = None
-        self._feed = EventFeed(store)
-        self._feed_start: datetime | None = None
+        self._feed = EventFeed(store)  # what this replica has seen (see EventFeed)
 
     @property
     def evaluation(self) -> Evaluation | None:
@@ -154,13 +153,13 @@ class Scheduler:
     def _warm_up(self, ruleset: RuleSet, now: datetime) -> None:
         self._ruleset = ruleset
         self._feed.start_at_end()
-        self._feed_start = now
+        seen = self._feed.start
         evaluation = Evaluation(
             ruleset.scheduled,
             states=load_states(self._store),
             resolved_receivers=self._resolved,
             horizon_s=self._horizon,
-            baseline=baseline_loader(self._store, lambda: self._feed_start),
+            baseline=baseline_loader(self._store, stored_up_to=seen),
             guard=ruleset.guard,
             describe=run_details(self._store),
             max_runs=self._max_runs,
@@ -169,9 +168,7 @@ class Scheduler:
         )
         window = evaluation.longest_window
         if window > 0:
-            for event in events_between(
-                self._store, now - timedelta(seconds=window), max_id=self._feed.cursor
-            ):
+            for event in events_between(self._store, now - timedelta(seconds=window), max_id=seen):
                 evaluation.observe(event, runs=False)
         if evaluation.needs_runs:
             tree_since = now - evaluation.tree_keep if evaluation.runs.track_trees else None

@@ -17,8 +17,8 @@ not judged until its next event brings it back, and a firing alert about it stay
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -30,7 +30,8 @@ from consumers.rules.reads import Reads
 _ENDED_MEMORY = 200_000
 DEFAULT_MAX_RUNS = 20_000  # about 40 MB: ~1.9 KB per run kept (cut down)
 
-BaselineLoader = Callable[[str, int], list[float]]
+# (experiment, n) -> the last n completed runs as (run id, seconds), oldest first
+BaselineLoader = Callable[[str, int], list[tuple[str, float]]]
 
 
 @dataclass(slots=True)
@@ -38,6 +39,39 @@ class ActiveRun:
     event: RunStatusEvent  # the latest event, cut to what the rules read
     since: datetime  # when the current status began
     started: datetime | None  # first Running
+
+
+class Baseline:
+    """The durations of an experiment's last `size` completed runs, keyed by run.
+
+    A completed run can reach the tracker twice: from the store's history (loaded when the
+    experiment is first asked about) and from the feed (its completion event). Keyed by run,
+    it counts once whichever way, and in whichever order, it came.
+    """
+
+    __slots__ = ("_runs", "size")
+
+    def __init__(self, size: int, runs: Iterable[tuple[str, float]] = ()) -> None:
+        self.size = size
+        self._runs: OrderedDict[str, float] = OrderedDict()
+        for run_id, seconds in runs:
+            self.add(run_id, seconds)
+
+    def add(self, run_id: str, seconds: float) -> None:
+        if run_id in self._runs:
+            return
+        self._runs[run_id] = seconds
+        while len(self._runs) > self.size:
+            self._runs.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def last(self, n: int) -> list[float] | None:
+        """The last `n` durations (oldest first), or None while fewer than `n` exist."""
+        if len(self._runs) < n:
+            return None
+        return list(self._runs.values())[-n:]
 
 
 @dataclass(slots=True)
@@ -87,7 +121,7 @@ class RunTracker:
         self._on_evict = on_evict
         self._baseline_loader = baseline
         self.baseline_size = baseline_size
-        self._baselines: dict[str, deque[float]] = {}
+        self._baselines: dict[str, Baseline] = {}
 
     def observe(self, event: RunStatusEvent) -> None:
         run_id = event.RunId
@@ -183,27 +217,17 @@ class RunTracker:
         experiment = event.ExperimentName
         if experiment is None or seconds < 0:
             return
+        self._baseline(experiment).add(event.RunId, seconds)
+
+    def _baseline(self, experiment: str) -> Baseline:
         durations = self._baselines.get(experiment)
         if durations is None:
-            if self._baseline_loader is None:
-                durations = self._baselines[experiment] = deque(maxlen=self.baseline_size)
-            else:
-                durations = self._load(experiment)
-        durations.append(seconds)
-
-    def _load(self, experiment: str) -> deque[float]:
-        loader = self._baseline_loader
-        loaded = loader(experiment, self.baseline_size) if loader is not None else []
-        durations = deque(loaded, maxlen=self.baseline_size)
-        self._baselines[experiment] = durations
+            loader = self._baseline_loader
+            loaded = loader(experiment, self.baseline_size) if loader is not None else []
+            durations = self._baselines[experiment] = Baseline(self.baseline_size, loaded)
         return durations
 
     def baseline(self, experiment: str, n: int) -> list[float] | None:
         """The last `n` completed durations of `experiment` (oldest first), or None while
         fewer than `n` exist."""
-        durations = self._baselines.get(experiment)
-        if durations is None:
-            durations = self._load(experiment)
-        if len(durations) < n:
-            return None
-        return list(durations)[-n:]
+        return self._baseline(experiment).last(n)

@@ -1,6 +1,6 @@
 """The dispatcher's side of grouping and storm control in SQL: a claim takes a group's due
 rows together (a claim limit must not split a digest), a digest shows its group's labels,
-a storm summary lists the rows it held back. consumers/noise/digest.py builds the template
+a storm summary lists the rows it held back. consumers/dispatch/context.py builds the template
 contexts from what these return."""
 
 from __future__ import annotations
