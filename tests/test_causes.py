@@ -24,7 +24,7 @@ from consumers.causes import (
 from consumers.errors import RuleError
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "alert_rules" / "causes" / "default.yaml"
+SHIPPED = ROOT / "alert_rules" / "causes.yaml"
 MESSAGES = ROOT / "tests" / "samples" / "failure_messages"
 CASES: list[dict[str, Any]] = yaml.safe_load((MESSAGES / "cases.yaml").read_text())["cases"]
 
