@@ -15,7 +15,7 @@ engineer wants to read.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,6 +35,7 @@ __all__ = [
     "CauseRule",
     "CauseTable",
     "Matchers",
+    "cause_text",
     "check_causes",
     "classify_event",
     "load_causes",
@@ -343,6 +344,16 @@ def classify_event(table: CauseTable, event: RunStatusEvent) -> RunStatusEvent:
         return event.model_copy(update={"cause": None, "cause_detail": None})
     cause = table.classify(event.Message, event.ResultType, event.ResultSignature)
     return event.model_copy(update={"cause": cause.name, "cause_detail": cause.detail})
+
+
+def cause_text(event: Mapping[str, Any]) -> str:
+    """How notifications show a cause: "user_code (ValueError at train.py:42)", "cuda_oom";
+    "" for an event without one. `event` as in a template context."""
+    name = event.get("cause")
+    if not name:
+        return ""
+    detail = event.get("cause_detail")
+    return f"{name} ({detail})" if detail else str(name)
 
 
 def _window(message: str) -> str:
