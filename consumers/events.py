@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
 from consumers.limits import TIME_OUT_OF_RANGE, IngestLimits, json_text, limits_of
@@ -197,8 +197,11 @@ class RunStatusEvent(BaseModel):
     Tags: TagsField = Field(default_factory=dict)
     Properties: PropertiesField = Field(default_factory=dict)
     # The workspace's Azure Resource Manager ID, where the source says it (a resource log's
-    # resourceId, an Event Grid topic, a Log Analytics _ResourceId): consumers/decoding.
-    ResourceId: str | None = None
+    # resourceId, an Event Grid topic, a Log Analytics _ResourceId): consumers/decoding. A
+    # Log Analytics row read as a native event spells it `_ResourceId`.
+    ResourceId: str | None = Field(
+        default=None, validation_alias=AliasChoices("ResourceId", "_ResourceId")
+    )
     # Why a failed run failed (consumers/causes.py): set at ingest from the cause table,
     # never taken from the input. `cause` is a label; `cause_detail` the exception and the
     # frame that raised it ("ValueError at train.py:42") when the message holds a traceback.
