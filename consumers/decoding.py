@@ -106,7 +106,8 @@ SHOWN_REJECTIONS = 5
 _FIELDS = frozenset(RunStatusEvent.model_fields)
 _COLUMNS: dict[str, str | None] = {
     name.lower(): name for name in _FIELDS if name not in DERIVED_FIELDS
-} | {"_resourceid": "ResourceId"}  # a Log Analytics row's name for it
+}
+_COLUMNS["_resourceid"] = "ResourceId"  # a Log Analytics row's name for it
 _REQUIRED = ("timegenerated", "runid", "status")
 # Per-format renames; None drops a key that only looks like a column (the record's property bag).
 _RECORD_KEYS: dict[str, str | None] = {**_COLUMNS, "time": "TimeGenerated", "properties": None}
