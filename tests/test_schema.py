@@ -55,7 +55,7 @@ def _upgrade_from_0005_with_a_row(url: str) -> tuple[Any, Any]:
             conn.execute(
                 text(
                     'INSERT INTO events ("TimeGenerated", "RunId", "Status", "Level", "Tags", '
-                    '"Properties", "IngestedAt") VALUES (:t, \'r1\', \'Failed\', \'Error\', '
+                    "\"Properties\", \"IngestedAt\") VALUES (:t, 'r1', 'Failed', 'Error', "
                     "'{}', '{}', :t)"
                 ),
                 {"t": "2026-01-01 00:00:00"},

@@ -8,7 +8,7 @@ and the stormed rows from the store and hands them in. Template contexts (in add
             alerts    [{alert, event, run_url}] by event time, then run id (alert and
                       event as in a one-alert notification)
     storm   storm     {receiver, window_start, window_end, count, by_rule: {rule: count},
-                       alerts: [{rule, severity, run_id, status, experiment, workspace,
+                       alerts: [{rule, severity, run_id, status, experiment, workspace, cause,
                        time}] at most 50}
 """
 
@@ -127,6 +127,7 @@ def storm_context(notification: Notification, stormed: Sequence[Notification]) -
                 "status": row.status,
                 "experiment": event.get("ExperimentName"),
                 "workspace": event.get("WorkspaceName"),
+                "cause": event.get("cause"),
                 "time": row.event_time.isoformat(),
             }
         )
