@@ -162,6 +162,8 @@ class Ingestor:
             return result
         table = self._causes()
         events = tuple(classify_event(table, event) for event in result.events)
+        if all(new is old for new, old in zip(events, result.events, strict=True)):
+            return result  # the common case (no failure): nothing copied
         return replace(result, events=events)
 
     def _log_internal(self, record: Record, exc: BaseException) -> None:
