@@ -43,7 +43,7 @@ from consumers.rules.evaluation import mark_stale
 from consumers.rules.loader import load_rules
 from consumers.rules.reload import RuleWatcher
 from consumers.rules.scheduler import Scheduler
-from consumers.settings import Settings
+from consumers.settings import Settings, shipped
 from consumers.store import Store, open_store
 from consumers.store.lease import Lease
 
@@ -92,8 +92,11 @@ class Service:
         self._ensure_partitions()
         # A bad rule file at start-up stops it (there are no old rules to keep running).
         load_rules(settings.rules_dir)
-        self.rules = RuleWatcher(settings.rules_dir, self.metrics)
-        self.rules.reload()
+        self.rules = RuleWatcher(
+            settings.rules_dir, self.metrics, causes_dir=shipped("alert_rules")
+        )
+        if not self.rules.reload() and self.rules.last_errors:
+            raise self.rules.last_errors[0]  # a bad cause table stops it too
         self.noise = NoisePolicy(
             settings.noise, self.metrics.suppressed, unknown_owners=self.metrics.unknown_owners
         )
@@ -261,6 +264,7 @@ class Service:
             on_notified=self.dispatcher.wake,
             noise=self.noise,
             limits=self.settings.ingest,
+            causes=lambda: self.rules.causes,
         )
         loop = self._loop = KafkaLoop(kafka, ingestor.prepare, ingestor.write, self.metrics)
         self._start_metrics()

@@ -1,6 +1,6 @@
 """Why a run failed: a failed run's Message (and ResultType / ResultSignature) -> a cause.
 
-The cause table is YAML (alert_rules/causes/default.yaml ships the defaults); the first
+The cause table is YAML (alert_rules/causes.yaml ships the defaults); the first
 cause whose matchers hit names the failure, `unknown` when none does. Classification is pure
 and bounded: whatever the size of a message, only its first HEAD and last TAIL characters
 are examined (the summary line and the end of the log, where the fatal error is), and
@@ -15,7 +15,7 @@ engineer wants to read.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,20 +24,27 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from consumers.errors import RuleError
+from consumers.events import RunStatusEvent, Status
 
 __all__ = [
     "HEAD",
+    "TABLE_FILE",
     "TAIL",
     "UNKNOWN",
     "Cause",
     "CauseRule",
     "CauseTable",
     "Matchers",
+    "cause_text",
     "check_causes",
+    "classify_event",
     "load_causes",
     "parse_traceback",
     "read_causes",
+    "table_files",
 ]
+
+TABLE_FILE = "causes.yaml"  # in the shipped rules directory, and optionally in the user's
 
 HEAD = 4 * 1024  # the summary Azure ML puts first ("Execution failed. User process ...")
 TAIL = 60 * 1024  # the end of the log: the fatal error and the last traceback
@@ -143,6 +150,15 @@ class Cause:
     exception: str | None = None
     frame: str | None = None
     user_frame: str | None = None
+
+    @property
+    def detail(self) -> str | None:
+        """What a mail shows after the name: "ValueError at train.py:42" (the user's own
+        frame when there is one), None without a traceback."""
+        where = self.user_frame or self.frame
+        if self.exception and where:
+            return f"{self.exception} at {where}"
+        return self.exception or where
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +335,27 @@ class CauseTable:
         return Cause(name, *frames)
 
 
+def classify_event(table: CauseTable, event: RunStatusEvent) -> RunStatusEvent:
+    """A failed run's event with its `cause` and `cause_detail`; any other event without
+    them, whatever its input said (a cause is runwatch's verdict, and a bounded label)."""
+    if event.Status != Status.Failed:
+        if event.cause is None and event.cause_detail is None:
+            return event
+        return event.model_copy(update={"cause": None, "cause_detail": None})
+    cause = table.classify(event.Message, event.ResultType, event.ResultSignature)
+    return event.model_copy(update={"cause": cause.name, "cause_detail": cause.detail})
+
+
+def cause_text(event: Mapping[str, Any]) -> str:
+    """How notifications show a cause: "user_code (ValueError at train.py:42)", "cuda_oom";
+    "" for an event without one. `event` as in a template context."""
+    name = event.get("cause")
+    if not name:
+        return ""
+    detail = event.get("cause_detail")
+    return f"{name} ({detail})" if detail else str(name)
+
+
 def _window(message: str) -> str:
     if len(message) <= HEAD + TAIL:
         return message
@@ -390,6 +427,19 @@ def load_causes(path: Path, extra: Path | None = None) -> CauseTable:
     if errors:
         raise errors[0]
     return CauseTable.of(causes)
+
+
+def table_files(shipped_dir: Path, rules_dir: Path) -> tuple[Path, Path | None]:
+    """The shipped table, and the user's `causes.yaml` beside their rules (tried first) when
+    their rules directory has one and it is not the shipped file itself."""
+    shipped = Path(shipped_dir) / TABLE_FILE
+    user = Path(rules_dir) / TABLE_FILE
+    try:
+        if not user.is_file() or user.resolve() == shipped.resolve():
+            return shipped, None
+    except OSError:
+        return shipped, None
+    return shipped, user
 
 
 def check_causes(path: Path, extra: Path | None = None) -> list[RuleError]:

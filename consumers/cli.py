@@ -25,7 +25,7 @@ from consumers.events import RunStatusEvent, parse_status
 from consumers.model.notifications import NotificationState
 from consumers.model.receivers import OWNER
 from consumers.redact import redact
-from consumers.settings import Settings, load_settings
+from consumers.settings import Settings, load_settings, shipped
 
 if TYPE_CHECKING:
     from consumers.store import Store
@@ -139,6 +139,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
             properties=tuple((k, v or "") for k, v in parse_pairs(args.property, need_value=True)),
             query=args.query,
             limit=args.limit,
+            cause=args.cause,
         )
         records = list_runs(store, flt)
     except ValueError as exc:
@@ -179,20 +180,32 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
+    """The rule files and the cause table the service would load with them: the shipped
+    causes.yaml and the user's beside their rules (or the causes.yaml given)."""
+    from consumers.causes import TABLE_FILE, CauseTable, read_causes, table_files
     from consumers.rules.loader import check_rules
 
     settings = load_settings(args.config) if args.config else None
     directory = args.dir or (settings.rules_dir if settings else Settings().rules_dir)
     receivers = {*settings.receivers, OWNER} if settings else None  # owner: noise.owners
-    errors = check_rules(directory, receivers=receivers)
+    only_causes = directory.is_file() and directory.name == TABLE_FILE
+    errors = [] if only_causes else check_rules(directory, receivers=receivers)
+    where = directory.parent if directory.is_file() else directory
+    files = table_files(shipped("alert_rules"), where)
+    causes, cause_errors = read_causes(*files)
+    errors += cause_errors
     for error in errors:
         print(error, file=sys.stderr)
     if errors:
         return 1
     from consumers.rules.loader import load_rules
 
-    ruleset = load_rules(directory, receivers=receivers)
-    print(f"{directory}: {len(ruleset.rules)} rule(s) OK")
+    if not only_causes:
+        ruleset = load_rules(directory, receivers=receivers)
+        print(f"{directory}: {len(ruleset.rules)} rule(s) OK")
+    table = CauseTable.of(causes)
+    names = " + ".join(str(f) for f in reversed(files) if f is not None)
+    print(f"{names}: {len(table.causes)} failure cause(s) OK")
     return 0
 
 
@@ -380,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", action="append", metavar="K[=V]")
     p.add_argument("--property", action="append", metavar="K=V")
     p.add_argument("--query", metavar="JMESPATH", help="e.g. \"[?tags.team=='nlp']\"")
+    p.add_argument(
+        "--cause", help="a failed run's cause, or a word of one: oom (cuda_oom, host_oom)"
+    )
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--output", "-o", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_runs_list)

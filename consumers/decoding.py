@@ -21,6 +21,7 @@ cannot hold or that are implausible, too many or too long labels and texts.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +35,7 @@ from pydantic_core import PydanticCustomError, SchemaValidator
 from consumers import log_analytics
 from consumers.cloudevents_binding import KafkaHeaders, binary_attributes
 from consumers.errors import DecodeError
-from consumers.events import RunStatusEvent
+from consumers.events import DERIVED_FIELDS, RunStatusEvent
 from consumers.limits import (
     DEFAULT_LIMITS,
     LIMIT_REASONS,
@@ -103,7 +104,10 @@ MAX_DETAIL = 500
 SHOWN_REJECTIONS = 5
 
 _FIELDS = frozenset(RunStatusEvent.model_fields)
-_COLUMNS: dict[str, str | None] = {name.lower(): name for name in _FIELDS}
+_COLUMNS: dict[str, str | None] = {
+    name.lower(): name for name in _FIELDS if name not in DERIVED_FIELDS
+}
+_COLUMNS["_resourceid"] = "ResourceId"  # a Log Analytics row's name for it
 _REQUIRED = ("timegenerated", "runid", "status")
 # Per-format renames; None drops a key that only looks like a column (the record's property bag).
 _RECORD_KEYS: dict[str, str | None] = {**_COLUMNS, "time": "TimeGenerated", "properties": None}
@@ -131,6 +135,12 @@ _FOREIGN_FIRST_KEYS = frozenset(
 _ROW_KEYS = frozenset(_REQUIRED)
 _WHITESPACE = b" \t\r\n"
 _MISSING: Any = object()
+# /subscriptions/<id>/resourceGroups/<rg>/providers/<namespace>/<type>/<name>[/...], any case
+_ARM_ID = re.compile(
+    r"/subscriptions/[^/\s]{1,100}/resourcegroups/[^/\s]{1,100}/providers/[^/\s]{1,200}"
+    r"/[^/\s]{1,200}/[^/\s]{1,260}",
+    re.IGNORECASE,
+)
 
 
 def _fast_path_validator() -> SchemaValidator:
@@ -409,8 +419,7 @@ def _record(record: Any) -> dict[str, Any] | None:
         raise _schema(f"properties: a JSON {_kind(props)}, not an object")
     fields = _columns(props, _COLUMNS)
     fields.update(_columns(record, _RECORD_KEYS))  # the record's own keys win over the bag
-    if not fields.get("WorkspaceName"):
-        _fill_workspace(fields, _find(record, "resourceId"))
+    _resource(fields, _find(record, "resourceId"))
     return fields
 
 
@@ -424,8 +433,7 @@ def _row(row: Any) -> dict[str, Any] | None:
     if _other_table(row):
         return None
     fields = _columns(row, _COLUMNS)
-    if not fields.get("WorkspaceName"):
-        _fill_workspace(fields, _find(row, "_ResourceId"))
+    _resource(fields, _find(row, "_ResourceId"))
     return fields
 
 
@@ -472,8 +480,7 @@ def _grid_event(event: dict[str, Any], *, cloud: bool) -> dict[str, Any] | None:
     event_id = _find(event, "id")
     if event_id is not _MISSING:
         fields["CorrelationId"] = event_id
-    if not fields.get("WorkspaceName"):
-        _fill_workspace(fields, _find(event, source_key))
+    _resource(fields, _find(event, source_key))
     status = fields.get("Status")
     failed = isinstance(status, str) and status.strip().lower() == "failed"
     fields["Level"] = "Error" if failed else "Informational"
@@ -530,6 +537,19 @@ def _azure_values(fields: dict[str, Any], limits: IngestLimits) -> bool:
         fields["Level"] = _NUMERIC_LEVELS[level]
         changed = True
     return changed
+
+
+def _resource(fields: dict[str, Any], resource_id: Any) -> None:
+    """The envelope's ARM ID (resource log `resourceId`, Event Grid `topic`, CloudEvents
+    `source`, Log Analytics `_ResourceId`) -> ResourceId, unless the event gives its own, and
+    WorkspaceName from it when the event has none. Only what reads as an ARM ID is kept: a
+    CloudEvents `source` may be any URI reference."""
+    if not isinstance(resource_id, str):
+        return
+    if not fields.get("ResourceId") and _ARM_ID.match(resource_id):
+        fields["ResourceId"] = resource_id
+    if not fields.get("WorkspaceName"):
+        _fill_workspace(fields, resource_id)
 
 
 def _fill_workspace(fields: dict[str, Any], resource_id: Any) -> None:

@@ -14,6 +14,11 @@ Used by `runwatch emit --format`, the run simulator, benchmarks and tests. What 
 - log-analytics is a workspace data export (`{"records": [...]}` of table rows, `Type` for
   `category`): the table's columns only, every one a string and `""` for none, as Kusto keeps
   them. The table has no ExperimentName, ExperimentId, RunType, Tags or Properties column.
+
+ResourceId is the envelope's ARM ID in every Azure format (resourceId, _ResourceId, topic,
+source): the event's own when it has one, else one made from the workspace name, so it comes
+back equal only when the event had one. The derived columns (`cause`, `cause_detail`) are
+ingest's verdict and are never encoded in an Azure format.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 import orjson
 
 from consumers.decoding import RUN_CATEGORY, RUN_EVENT_TYPE, EventFormat
-from consumers.events import RunStatusEvent
+from consumers.events import DERIVED_FIELDS, RunStatusEvent
 from consumers.log_analytics import TABLE
 
 __all__ = ["ROUND_TRIP", "RUN_STATUS_OPERATION", "encode", "encode_many"]
@@ -37,16 +42,17 @@ RESOURCE_GROUP = "ml-platform-rg"
 LOG_ANALYTICS_WORKSPACE_ID = "a1b2c3d4-0000-4000-8000-00000000ab12"  # a row's TenantId
 
 _ALL = frozenset(RunStatusEvent.model_fields)
+_AZURE = _ALL - {"ResourceId", *DERIVED_FIELDS}
 _GRID = frozenset(
     {"TimeGenerated", "RunId", "Status", "ExperimentId", "ExperimentName", "WorkspaceName"}
     | {"RunType", "Tags", "Properties"}
 )
 ROUND_TRIP: dict[EventFormat, frozenset[str]] = {
     EventFormat.NATIVE: _ALL,
-    EventFormat.RESOURCE_LOG: _ALL - {"OperationName"},
+    EventFormat.RESOURCE_LOG: _AZURE - {"OperationName"},
     EventFormat.EVENT_GRID: _GRID,
     EventFormat.CLOUDEVENTS: _GRID,
-    EventFormat.LOG_ANALYTICS: _ALL
+    EventFormat.LOG_ANALYTICS: _AZURE
     - {"ExperimentName", "ExperimentId", "RunType", "Tags", "Properties"},
 }
 """Columns that always come back equal; the module docstring says what happens to the rest."""
@@ -67,7 +73,8 @@ _ROW_COLUMNS = tuple(sorted(ROUND_TRIP[EventFormat.LOG_ANALYTICS] - {"TimeGenera
 _BAG_COLUMNS = tuple(
     name
     for name in RunStatusEvent.model_fields
-    if name not in _RECORD_KEYS and name not in {"TimeGenerated", "OperationName", "Level"}
+    if name not in _RECORD_KEYS
+    and name not in {"TimeGenerated", "OperationName", "Level", "ResourceId", *DERIVED_FIELDS}
 )
 
 
@@ -119,7 +126,8 @@ def _record(event: RunStatusEvent, subscription_id: str, resource_group: str) ->
     columns = event.model_dump(mode="json")
     record: dict[str, Any] = {
         "time": _azure_time(event.TimeGenerated),
-        "resourceId": _resource_id(subscription_id, resource_group, event.WorkspaceName).upper(),
+        "resourceId": event.ResourceId
+        or _resource_id(subscription_id, resource_group, event.WorkspaceName).upper(),
         "category": RUN_CATEGORY,
         "operationName": event.OperationName or RUN_STATUS_OPERATION,
         "level": event.Level,
@@ -137,14 +145,17 @@ def _row(event: RunStatusEvent, subscription_id: str, resource_group: str) -> di
     """A row of the table as a workspace data export sends it: strings, "" for none."""
     columns = event.model_dump(mode="json")
     row: dict[str, Any] = {name: _kusto(columns[name]) for name in _ROW_COLUMNS}
-    resource = _resource_id(subscription_id, resource_group, event.WorkspaceName)
+    resource = (
+        event.ResourceId
+        or _resource_id(subscription_id, resource_group, event.WorkspaceName).lower()
+    )
     row |= {
         "TimeGenerated": _azure_time(event.TimeGenerated),
         "OperationVersion": "",
         "SourceSystem": "Azure",
         "TenantId": LOG_ANALYTICS_WORKSPACE_ID,
         "Type": TABLE,
-        "_ResourceId": resource.lower(),
+        "_ResourceId": resource,
         "_SubscriptionId": subscription_id,
     }
     return row
@@ -159,7 +170,7 @@ def _grid_event(
 ) -> dict[str, Any]:
     """Microsoft.MachineLearningServices.RunStatusChanged, in Event Grid or CloudEvents schema."""
     time = _azure_time(event.TimeGenerated)
-    source = _resource_id(subscription_id, resource_group, event.WorkspaceName)
+    source = event.ResourceId or _resource_id(subscription_id, resource_group, event.WorkspaceName)
     subject = f"experiments/{event.ExperimentId or event.ExperimentName or '-'}/runs/{event.RunId}"
     derived = uuid.uuid5(uuid.NAMESPACE_URL, f"{source}/{subject}/{time}/{event.Status}")
     event_id = event.CorrelationId or str(derived)

@@ -1,7 +1,8 @@
 """The run-status event: one status change of one run, named as in `AmlRunStatusChangedEvent`.
 
 Column names are kept verbatim (PascalCase) so that a field reads the same in the JSON on
-Kafka, in this model, in the store and in rule expressions.
+Kafka, in this model, in the store and in rule expressions. The lower-case ones (`cause`,
+`cause_detail`) are runwatch's own, derived at ingest.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
 from consumers.limits import TIME_OUT_OF_RANGE, IngestLimits, json_text, limits_of
@@ -30,6 +31,9 @@ StatusName = Literal[
     "Canceled",
     "NotResponding",
 ]
+# Derived at ingest (consumers/ingest.py), whatever the input says.
+DERIVED_FIELDS = ("cause", "cause_detail")
+
 LevelName = Literal["Informational", "Warning", "Error", "Critical"]
 
 
@@ -192,6 +196,17 @@ class RunStatusEvent(BaseModel):
     RunType: str | None = None
     Tags: TagsField = Field(default_factory=dict)
     Properties: PropertiesField = Field(default_factory=dict)
+    # The workspace's Azure Resource Manager ID, where the source says it (a resource log's
+    # resourceId, an Event Grid topic, a Log Analytics _ResourceId): consumers/decoding. A
+    # Log Analytics row read as a native event spells it `_ResourceId`.
+    ResourceId: str | None = Field(
+        default=None, validation_alias=AliasChoices("ResourceId", "_ResourceId")
+    )
+    # Why a failed run failed (consumers/causes.py): set at ingest from the cause table,
+    # never taken from the input. `cause` is a label; `cause_detail` the exception and the
+    # frame that raised it ("ValueError at train.py:42") when the message holds a traceback.
+    cause: str | None = None
+    cause_detail: str | None = None
 
     @property
     def is_terminal(self) -> bool:

@@ -13,11 +13,12 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from consumers.alerts import Alert
+from consumers.causes import UNKNOWN, CauseTable, classify_event
 from consumers.decoding import INTERNAL, Decoded, decode
 from consumers.errors import DecodeError, StoreError
 from consumers.events import RunStatusEvent
@@ -31,6 +32,7 @@ from consumers.updates import RunUpdate
 log = logging.getLogger(__name__)
 _TRACEBACKS_PER_TYPE = 1  # an internal error's traceback is logged once per exception type
 
+_NO_CAUSES = CauseTable.of(())  # no table given: every failure's cause is `unknown`
 _CRASH_AFTER_STORE_COMMIT = os.environ.get("RUNWATCH_CHAOS_KILL_AFTER_STORE_COMMIT") == "1"
 
 
@@ -95,7 +97,9 @@ class Ingestor:
         on_notified: Callable[[], None] | None = None,
         noise: NoisePolicy | None = None,
         limits: IngestLimits = DEFAULT_LIMITS,
+        causes: Callable[[], CauseTable] = lambda: _NO_CAUSES,
     ) -> None:
+        """`causes` gives the cause table in force (it may be reloaded between batches)."""
         self._store = store
         self._sink = sink
         self._metrics = metrics
@@ -107,6 +111,7 @@ class Ingestor:
         self._on_notified = on_notified
         self._noise = noise
         self._limits = limits
+        self._causes = causes
         self._traced: Counter[str] = Counter()
 
     def handle(self, records: Sequence[Record]) -> IngestResult:
@@ -137,6 +142,7 @@ class Ingestor:
         try:
             headers = getattr(record, "headers", None)  # test doubles may have none
             result = decode(record.value, max_bytes=self._max_bytes, bounds=bounds, headers=headers)
+            result = self._classify(result)
             if result.rejected is None:
                 return result, None
             # The good records are stored; the whole message is kept for the bad ones.
@@ -149,6 +155,16 @@ class Ingestor:
         except Exception as exc:
             self._log_internal(record, exc)
             return None, _letter(record, INTERNAL, f"{type(exc).__name__}: {exc}"[:500])
+
+    def _classify(self, result: Decoded) -> Decoded:
+        """Failed runs get their cause here, before the rules see them (`cause` is a label)."""
+        if not result.events:
+            return result
+        table = self._causes()
+        events = tuple(classify_event(table, event) for event in result.events)
+        if all(new is old for new, old in zip(events, result.events, strict=True)):
+            return result  # the common case (no failure): nothing copied
+        return replace(result, events=events)
 
     def _log_internal(self, record: Record, exc: BaseException) -> None:
         """A bug, not bad input: the first of each exception type with its traceback, the
@@ -285,6 +301,7 @@ class Ingestor:
         by_key: Counter[tuple[str, str]] = Counter()
         skipped: Counter[str] = Counter()
         failures: Counter[str] = Counter()
+        causes: Counter[str] = Counter()
         now = self._clock()
         observe = metrics.ingest_delay.observe
         for _, result in decoded:
@@ -296,11 +313,14 @@ class Ingestor:
                 observe(max((now - event.TimeGenerated).total_seconds(), 0.0))
                 if event.Status == "Failed":
                     failures[event.ExperimentName or ""] += 1
+                    causes[event.cause or UNKNOWN] += 1
         for (fmt, status), count in by_key.items():
             metrics.events.labels(format=fmt, status=status).inc(count)
         for experiment, count in failures.items():
             label = metrics.experiment_label(experiment)
             metrics.run_failures.labels(experiment=label).inc(count)
+        for cause, count in causes.items():
+            metrics.run_failure_causes.labels(cause=cause).inc(count)
         for fmt, count in skipped.items():
             metrics.skipped.labels(format=fmt).inc(count)
         for letter in letters:

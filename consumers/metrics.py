@@ -250,6 +250,13 @@ class Metrics:
             ["experiment"],
             registry=registry,
         )
+        self.run_failure_causes = Counter(
+            "runwatch_run_failures_by_cause_total",
+            "Failed run-status events, by cause (the names of the cause table, unknown when "
+            "none matched).",
+            ["cause"],
+            registry=registry,
+        )
         self.receiver_notifications = Counter(
             "runwatch_receiver_notifications_total",
             "Notification outcomes by configured receiver: sent, retry, dead.",

@@ -23,7 +23,7 @@ from consumers.store.queries import RunDetail
 
 Output = Literal["table", "json"]
 _MAX_CELL = 48
-_RUN_COLUMNS = ("RUN ID", "STATUS", "EXPERIMENT", "STARTED", "DURATION", "TAGS")
+_RUN_COLUMNS = ("RUN ID", "STATUS", "EXPERIMENT", "STARTED", "DURATION", "CAUSE", "TAGS")
 
 
 def _json(value: Any) -> str:
@@ -132,6 +132,7 @@ def _run_row(record: Any) -> list[str]:
         clean(_get(record, "experimentName")),
         _when(_get(record, "startTimeUtc")),
         humanize_seconds(_get(record, "durationSeconds")),
+        clean(_get(record, "cause")),
         clean(_labels(_get(record, "tags"))),
     ]
 
@@ -160,6 +161,7 @@ def _timeline_json(detail: RunDetail) -> list[dict[str, Any]]:
 _DETAIL_FIELDS = (
     ("Run ID", "runId"),
     ("Status", "status"),
+    ("Cause", "cause"),
     ("Experiment", "experimentName"),
     ("Experiment ID", "experimentId"),
     ("Workspace", "workspaceName"),
@@ -206,9 +208,9 @@ def format_run_detail(detail: RunDetail, output: Output = "table") -> str:
     else:
         parts.append("Timeline: no events stored")
     if detail.children:
-        child_rows = (_run_row(child)[:5] for child in detail.children)
+        child_rows = (_run_row(child)[:6] for child in detail.children)
         parts.append(
-            f"Children ({len(detail.children)}):\n" + _table(_RUN_COLUMNS[:5], child_rows, "  ")
+            f"Children ({len(detail.children)}):\n" + _table(_RUN_COLUMNS[:6], child_rows, "  ")
         )
     else:
         parts.append("Children: none")

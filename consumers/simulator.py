@@ -24,7 +24,7 @@ USERS = ("alice@example.com", "bob@example.com", "carol@example.com")
 ERRORS = (
     "UserError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.78 GiB total)",
     "UserError: FileNotFoundError: [Errno 2] No such file or directory: 'data/train.csv'",
-    "SystemError: ExecutionTimeout: the run exceeded its 12h limit",
+    "SystemError: ExecutionTimeout: the run exceeded its maximum run duration (12h)",
     "UserError: ModuleNotFoundError: No module named 'transformers'",
     "SystemError: the compute target was preempted (low-priority VM evicted)",
 )

@@ -21,11 +21,15 @@ Receiver-specific helpers (one home each, used by the shipped templates):
              pagerduty_severity  0-4 -> critical, error, warning, info, info
              azure_time          a time as Azure's log search alerts write it
              rfc3339             a time as RFC 3339 in UTC with `Z`
+             cause               `event | cause`: "user_code (ValueError at train.py:42)",
+                                 "" when the event has no cause (consumers/causes.py)
     globals  alertmanager_labels(alert, event), alertmanager_annotations(alert, event, run_url),
              alertmanager_common(mappings), alertmanager_group_labels(values),
              alertmanager_group_key(labels) (consumers/notify/alertmanager.py)
-             azure_resource_id(event): the workspace's ARM ID (`azure_resource_id_template`)
+             azure_resource_id(event): the workspace's ARM ID: the event's own ResourceId,
+                                 else `azure_resource_id_template` filled from its columns
              azure_table(events), azure_query(alert, event), azure_dimensions(alert, event),
+             azure_properties(alert, event),
              azure_minutes(start, end), azure_severity[0-4] (consumers/notify/azure.py)
 """
 
@@ -41,6 +45,7 @@ import jinja2
 import orjson
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from consumers.causes import cause_text
 from consumers.errors import TemplateError
 from consumers.events import to_utc
 from consumers.notify import alertmanager, azure, inert, pagerduty
@@ -127,15 +132,19 @@ class Renderer:
         self._env.filters["pagerduty_severity"] = pagerduty.severity
         self._env.filters["azure_time"] = azure.azure_time
         self._env.filters["rfc3339"] = rfc3339
+        self._env.filters["cause"] = cause_text
         self._env.globals["alertmanager_labels"] = alertmanager.alert_labels
         self._env.globals["alertmanager_annotations"] = alertmanager.alert_annotations
         self._env.globals["alertmanager_common"] = alertmanager.common
         self._env.globals["alertmanager_group_labels"] = alertmanager.group_labels
         self._env.globals["alertmanager_group_key"] = alertmanager.group_key
-        self._env.globals["azure_resource_id"] = lambda event: fill(resource_id_template, event)
+        self._env.globals["azure_resource_id"] = lambda event: (
+            event.get("ResourceId") or fill(resource_id_template, event)
+        )
         self._env.globals["azure_table"] = azure.search_table
         self._env.globals["azure_query"] = azure.search_query
         self._env.globals["azure_dimensions"] = azure.dimensions
+        self._env.globals["azure_properties"] = azure.custom_properties
         self._env.globals["azure_minutes"] = azure.minutes_between
         self._env.globals["azure_severity"] = azure.SEVERITY_DESCRIPTIONS
 

@@ -17,14 +17,21 @@ from consumers.causes import (
     Cause,
     CauseRule,
     CauseTable,
+    cause_text,
     check_causes,
+    classify_event,
     load_causes,
     parse_traceback,
+    table_files,
 )
 from consumers.errors import RuleError
+from consumers.events import RunStatusEvent
+from consumers.rules.engine import RuleSet
+from consumers.rules.loader import load_rules, rule_files
+from consumers.rules.model import Rule
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "alert_rules" / "causes" / "default.yaml"
+SHIPPED = ROOT / "alert_rules" / "causes.yaml"
 MESSAGES = ROOT / "tests" / "samples" / "failure_messages"
 CASES: list[dict[str, Any]] = yaml.safe_load((MESSAGES / "cases.yaml").read_text())["cases"]
 
@@ -324,3 +331,62 @@ def test_literal_prefilter_never_changes_a_verdict(table: CauseTable) -> None:
             for text in texts:
                 expected = pattern.regex.search(text) is not None
                 assert pattern.search(text, text.casefold()) == expected, (pattern, text[:80])
+
+
+# --- the integration's pure parts ----------------------------------------------------------
+
+
+def _event(status: str, message: str | None = None, **more: Any) -> RunStatusEvent:
+    return RunStatusEvent.model_validate(
+        {"TimeGenerated": "2026-01-01T00:00:00Z", "RunId": "r", "Status": status}
+        | {"Message": message}
+        | more
+    )
+
+
+def test_classify_event_sets_a_failures_cause_and_clears_any_other(table: CauseTable) -> None:
+    traceback = (MESSAGES / "28-python-zerodivision.txt").read_text()
+    failed = classify_event(table, _event("Failed", traceback, cause="cuda_oom"))
+    assert (failed.cause, failed.cause_detail) == (
+        "user_code",
+        "ZeroDivisionError at /tmp/ws/src/metrics.py:2",
+    )
+    assert (
+        cause_text(failed.model_dump())
+        == "user_code (ZeroDivisionError at /tmp/ws/src/metrics.py:2)"
+    )
+    running = _event("Running", "CUDA out of memory", cause="cuda_oom", cause_detail="x")
+    assert classify_event(table, running).cause is None
+    assert classify_event(table, running).cause_detail is None
+    quiet = _event("Completed")
+    assert classify_event(table, quiet) is quiet  # nothing to change: no copy
+    assert classify_event(table, _event("Failed")).cause == UNKNOWN
+    assert cause_text(quiet.model_dump()) == ""
+
+
+def test_the_table_lives_beside_the_rules_and_is_no_rule_file(tmp_path: Path) -> None:
+    shipped_dir = SHIPPED.parent
+    assert table_files(shipped_dir, shipped_dir) == (SHIPPED, None)
+    assert table_files(shipped_dir, tmp_path) == (SHIPPED, None)  # none of the user's
+    (tmp_path / "causes.yaml").write_text("causes: []\n")
+    (tmp_path / "rules.yaml").write_text("rules: []\n")
+    assert table_files(shipped_dir, tmp_path) == (SHIPPED, tmp_path / "causes.yaml")
+    assert [p.name for p in rule_files(tmp_path)] == ["rules.yaml"]
+    assert "causes.yaml" not in [p.name for p in rule_files(shipped_dir)]
+    assert len(load_rules(shipped_dir).rules) > 0  # the shipped table is not read as rules
+
+
+def test_a_rule_matches_the_cause_by_glob(table: CauseTable) -> None:
+    rule = Rule.model_validate(
+        {"name": "oom", "when": {"status": ["Failed"], "cause": "*oom"}, "notify": ["infra"]}
+    )
+    rules = RuleSet([rule])
+    oom = classify_event(table, _event("Failed", "CUDA out of memory. Tried to allocate 2 GiB"))
+    other = classify_event(table, _event("Failed", "something else"))
+    assert [a.rule for a in rules.evaluate(oom)] == ["oom"]
+    assert rules.evaluate(other) == []
+    where = Rule.model_validate(
+        {"name": "w", "when": {"where": "cause == 'host_oom'"}, "notify": ["infra"]}
+    )
+    host = classify_event(table, _event("Failed", "Killed\nexit code 137"))
+    assert [a.rule for a in RuleSet([where]).evaluate(host)] == ["w"]

@@ -53,6 +53,8 @@ def full_event(index: int = 0, **changes: Any) -> RunStatusEvent:
         "RunType": "azureml.scriptrun",
         "Tags": {"team": "vision", "quality": None},
         "Properties": {"author": "azureml-user"},
+        "ResourceId": "/subscriptions/5f0c7e2a-3b1d-4c8e-9a6f-2d4b8e1c7a90/resourceGroups/"
+        "ml-platform-rg/providers/Microsoft.MachineLearningServices/workspaces/ml-prod",
     }
     values.update(changes)
     return RunStatusEvent.model_validate(values)
@@ -470,7 +472,8 @@ def test_resource_log_fills_a_missing_operation_name() -> None:
 
 
 def test_encoded_shapes_look_like_azure() -> None:
-    envelope = orjson.loads(encode(full_event(), EventFormat.RESOURCE_LOG))
+    # Without an ARM ID of its own, the encoder makes one from the workspace, as Azure writes it.
+    envelope = orjson.loads(encode(full_event(ResourceId=None), EventFormat.RESOURCE_LOG))
     (rec,) = envelope["records"]
     assert rec["category"] == "AmlRunStatusChangedEvent"
     assert rec["time"] == "2024-05-01T12:34:56.1234560Z"

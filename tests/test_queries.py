@@ -153,6 +153,7 @@ def test_run_record_fields(seeded: Store) -> None:
         "runType": None,
         "triggeringUserName": None,
         "message": None,
+        "cause": None,
         "tags": FANTASTIC,
         "properties": AUTHOR,
         "firstSeenUtc": "2024-05-01T12:00:00Z",
@@ -167,6 +168,34 @@ def test_run_record_fields(seeded: Store) -> None:
     assert b1 is not None
     assert b1.run["durationSeconds"] is None  # never ran: no start
     assert orjson.loads(orjson.dumps(a1)) == a1
+
+
+def test_cause_filter_takes_a_cause_or_a_word_of_one(store: Store) -> None:
+    """`runs list --cause oom` is every out-of-memory cause (cuda_oom, host_oom, a user's
+    gpu_oom); `cuda_oom` only itself; a run whose latest event is not a failure has none."""
+    for run, cause in (
+        ("c", "cuda_oom"),
+        ("h", "host_oom"),
+        ("g", "gpu_oom"),
+        ("e", "cuda_error"),
+        ("b", "boom"),  # "oom" is a word of a name, not any substring
+        ("o", "oom"),
+        ("u", "unknown"),
+    ):
+        store.write_batch([ev(run, "Failed", 60, cause=cause)])
+    store.write_batch([ev("x", "Failed", 60, cause="cuda_oom"), ev("x", "Running", 0)])
+    store.write_batch([ev("y", "Failed", 60, cause="host_oom"), ev("y", "Completed", 120)])
+
+    def causes(word: str) -> set[str]:
+        return {r["runId"] for r in list_runs(store, RunFilter(cause=word))}
+
+    assert causes("oom") == {"c", "h", "g", "o", "x"}
+    assert causes("cuda_oom") == {"c", "x"}
+    assert causes("cuda") == {"c", "e", "x"}
+    assert causes("unknown") == {"u"}
+    assert causes("error") == {"e"}
+    with pytest.raises(ValueError, match="cause"):
+        RunFilter(cause="OOM%")
 
 
 def test_out_of_order_arrival(store: Store) -> None:
@@ -266,7 +295,8 @@ def test_format_runs(seeded: Store) -> None:
     records = list_runs(seeded, RunFilter(), now=NOW)
     table = format_runs(records, "table")
     lines = table.splitlines()
-    assert lines[0].split() == ["RUN", "ID", "STATUS", "EXPERIMENT", "STARTED", "DURATION", "TAGS"]
+    header = ["RUN", "ID", "STATUS", "EXPERIMENT", "STARTED", "DURATION", "CAUSE", "TAGS"]
+    assert lines[0].split() == header
     a1 = lines[1]
     assert a1.startswith("a1 ") and "2024-05-01 12:01:00" in a1 and "1h 00m" in a1
     assert "quality=fantastic run, flag" in a1

@@ -35,3 +35,57 @@ def test_migrations_build_the_declared_schema_on_sqlite(store_url: str) -> None:
 def test_migrations_build_the_declared_schema_on_postgresql(pg_url: str) -> None:
     left = [d for d in _differences(pg_url) if not _table(d).startswith("events_")]
     assert left == []
+
+
+def _upgrade_from_0005_with_a_row(url: str) -> tuple[Any, Any]:
+    """A store at the revision before 0007_causes holding an event and a run, upgraded: the
+    rows stay, with no cause and no ARM ID (nothing classified them)."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from consumers.store.engine import _alembic_config
+
+    engine = create_engine(url)
+    try:
+        config = _alembic_config()
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0005_rules")
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    'INSERT INTO events ("TimeGenerated", "RunId", "Status", "Level", "Tags", '
+                    "\"Properties\", \"IngestedAt\") VALUES (:t, 'r1', 'Failed', 'Error', "
+                    "'{}', '{}', :t)"
+                ),
+                {"t": "2026-01-01 00:00:00"},
+            )
+            conn.execute(
+                text(
+                    'INSERT INTO runs ("RunId", "Status", "StatusTime", "StatusRank", "Tags", '
+                    '"Properties", "FirstSeen", "LastSeen") VALUES (\'r1\', \'Failed\', :t, 9, '
+                    "'{}', '{}', :t, :t)"
+                ),
+                {"t": "2026-01-01 00:00:00"},
+            )
+    finally:
+        engine.dispose()
+    store = open_store(url, migrate=True)
+    try:
+        assert store.revision() == "0007_causes"
+        with store.engine.connect() as conn:
+            event = conn.execute(
+                text('SELECT "RunId", "ResourceId", cause, cause_detail FROM events')
+            ).one()
+            run = conn.execute(text('SELECT "RunId", cause FROM runs')).one()
+        return tuple(event), tuple(run)
+    finally:
+        store.dispose()
+
+
+def test_0007_causes_keeps_existing_rows_on_sqlite(store_url: str) -> None:
+    assert _upgrade_from_0005_with_a_row(store_url) == (("r1", None, None, None), ("r1", None))
+
+
+def test_0007_causes_keeps_existing_rows_on_postgresql(fresh_pg: str) -> None:
+    assert _upgrade_from_0005_with_a_row(fresh_pg) == (("r1", None, None, None), ("r1", None))

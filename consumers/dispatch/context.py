@@ -25,7 +25,8 @@ A digest (`email/digest/*`, `webhook/<format>.digest.json.j2`): `notification` a
 A storm summary (`email/storm/*`, `webhook/<format>.storm.json.j2`): `notification` and
 
     storm         {receiver, window_start, window_end, count, by_rule: {rule: count},
-                   alerts: [{rule, severity, run_id, status, experiment, workspace, time}]
+                   alerts: [{rule, severity, run_id, status, experiment, workspace, cause,
+                   time}]
                    at most 50}
 """
 
@@ -171,6 +172,7 @@ def storm_context(notification: Notification, stormed: Sequence[Notification]) -
                 "status": row.status,
                 "experiment": event.get("ExperimentName"),
                 "workspace": event.get("WorkspaceName"),
+                "cause": event.get("cause"),
                 "time": row.event_time.isoformat(),
             }
         )

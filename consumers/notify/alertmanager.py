@@ -67,6 +67,7 @@ def alert_labels(alert: Mapping[str, Any], event: Mapping[str, Any]) -> dict[str
             "status": event.get("Status"),
             "experiment": event.get("ExperimentName"),
             "workspace": event.get("WorkspaceName"),
+            "cause": event.get("cause"),
         }
     else:
         own = {label_name(k): v for k, v in alert.get("group", {}).items()}

@@ -71,11 +71,26 @@ def search_query(alert: Mapping[str, Any], event: Mapping[str, Any]) -> str:
 
 
 def dimensions(alert: Mapping[str, Any], event: Mapping[str, Any]) -> list[dict[str, str]]:
+    """A per-event alert's run, status and (a failed run's) cause; a stateful alert's group."""
     if alert.get("kind", "event") == "event":
         values = {"RunId": event["RunId"], "Status": event["Status"]}
+        if event.get("cause"):
+            values["cause"] = event["cause"]
     else:
         values = dict(alert.get("group") or {})
     return [{"name": str(k), "value": str(v)} for k, v in values.items()]
+
+
+def custom_properties(alert: Mapping[str, Any], event: Mapping[str, Any]) -> dict[str, str]:
+    """customProperties: the rule's labels and annotations, and the event's cause (with the
+    exception and frame, when known) unless a label already says `cause`."""
+    properties = {str(k): str(v) for k, v in alert.get("labels", {}).items()}
+    properties |= {str(k): str(v) for k, v in alert.get("annotations", {}).items()}
+    if event.get("cause"):
+        properties.setdefault("cause", str(event["cause"]))
+        if event.get("cause_detail"):
+            properties.setdefault("cause_detail", str(event["cause_detail"]))
+    return properties
 
 
 def minutes_between(start: str, end: str) -> str:

@@ -90,6 +90,7 @@ class _Matcher:
     where: _TreeNode | None  # the compiled expression's syntax tree
     statuses: frozenset[str] | None = None
     scope: str | None = None  # "child" or "root": tree rules evaluated per event
+    cause: re.Pattern[str] | None = None
 
     @classmethod
     def compile(cls, rule: Rule, when: When | None = None, *, guard: RuleGuard) -> _Matcher:
@@ -106,6 +107,7 @@ class _Matcher:
             jmespath.compile(when.where).parsed if when.where is not None else None,
             frozenset(when.status) if when.status is not None else None,
             scope,
+            _glob_regex(when.cause),
         )
 
     @property
@@ -154,6 +156,7 @@ class _Matcher:
             (self.experiment, event.ExperimentName),
             (self.workspace, event.WorkspaceName),
             (self.run_type, event.RunType),
+            (self.cause, event.cause),
         ):
             if regex is not None and (value is None or regex.match(value) is None):
                 return False

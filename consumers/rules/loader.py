@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from consumers.causes import TABLE_FILE
 from consumers.errors import RuleError
 from consumers.rules.engine import RuleSet
 from consumers.rules.model import (
@@ -45,11 +46,15 @@ _MODELS: dict[str, type[BaseModel]] = {
 
 
 def rule_files(directory: Path) -> list[Path]:
-    """Hidden files are skipped: editors park swap and lock files beside the real ones."""
+    """Hidden files are skipped: editors park swap and lock files beside the real ones. So is
+    the cause table (`causes.yaml`, consumers/causes.py), which lives beside the rules."""
     return sorted(
         p
         for p in directory.iterdir()
-        if p.suffix in RULE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        if p.suffix in RULE_SUFFIXES
+        and not p.name.startswith(".")
+        and p.name != TABLE_FILE
+        and p.is_file()
     )
 
 

@@ -118,6 +118,7 @@ class When(_Strict):
     experiment: Globs | None = None
     workspace: Globs | None = None
     run_type: Globs | None = None
+    cause: Globs | None = None  # a failed run's cause (alert_rules/causes.yaml): `*oom`
     where: Annotated[str, AfterValidator(_where)] | None = None
 
 

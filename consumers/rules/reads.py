@@ -36,6 +36,7 @@ IDENTITY = frozenset(
         "RunType",
         "TriggeringUserName",
         "Level",
+        "cause",  # a label of every alert (consumers/model/labels.py), and short
     }
 )
 DROPPABLE = tuple(c for c in RunStatusEvent.model_fields if c not in IDENTITY)

@@ -3,7 +3,9 @@
 A reload validates the whole directory before swapping anything, so a half-saved or broken
 file never leaves the service with no rules or half of them: the old set stays in force, the
 error is logged with its file and line, and `runwatch_rules_reload_total{result="error"}`
-counts it (alert on that, not on someone reading logs).
+counts it (alert on that, not on someone reading logs). The cause table (the shipped
+`causes.yaml` and the user's beside their rules, consumers/causes.py) is part of the set:
+validated with it, swapped with it, kept with it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from consumers.causes import TABLE_FILE, CauseTable, read_causes, table_files
 from consumers.errors import RuleError
 from consumers.metrics import Metrics
 from consumers.rules.engine import RuleSet
@@ -27,14 +30,19 @@ log = logging.getLogger(__name__)
 Snapshot = tuple[tuple[str, int, int], ...] | None
 
 
-def snapshot(directory: Path) -> Snapshot:
-    """Names, mtimes and sizes of the rule files: cheap to take every second, and any edit,
-    addition, removal or rename changes it. None when the directory cannot be read."""
+def snapshot(directory: Path, extra: tuple[Path, ...] = ()) -> Snapshot:
+    """Names, mtimes and sizes of the rule files (and of `extra` files, when they exist):
+    cheap to take every second, and any edit, addition, removal or rename changes it. None
+    when the directory cannot be read."""
     try:
         entries = []
         for path in rule_files(directory):
             stat = path.stat()
             entries.append((path.name, stat.st_mtime_ns, stat.st_size))
+        for path in extra:
+            if path.is_file():
+                stat = path.stat()
+                entries.append((str(path), stat.st_mtime_ns, stat.st_size))
         return tuple(entries)
     except OSError:
         return None
@@ -49,9 +57,18 @@ class RuleWatcher:
     """
 
     def __init__(
-        self, directory: Path, metrics: Metrics, receivers: Collection[str] | None = None
+        self,
+        directory: Path,
+        metrics: Metrics,
+        receivers: Collection[str] | None = None,
+        *,
+        causes_dir: Path | None = None,
     ) -> None:
+        """`causes_dir` holds the shipped cause table; without it, every failure's cause is
+        `unknown`."""
         self.directory = Path(directory)
+        self.causes_dir = Path(causes_dir) if causes_dir is not None else None
+        self.causes = CauseTable.of(())
         self.metrics = metrics
         self.receivers = frozenset(receivers) if receivers is not None else None
         # One isolation boundary for every rule set loaded: counts and log rate survive a reload.
@@ -65,8 +82,14 @@ class RuleWatcher:
     def reload(self) -> bool:
         """Load and validate everything, then swap; on any error keep the old rules."""
         with self._lock:
-            signature = snapshot(self.directory)  # before reading: a later edit reloads again
+            signature = self._snapshot()  # before reading: a later edit reloads again
             rules, errors = read_rules(self.directory, self.receivers)
+            causes = self.causes
+            if self.causes_dir is not None:
+                cause_rules, cause_errors = read_causes(*self._cause_files())
+                errors = errors + cause_errors
+                if not cause_errors:
+                    causes = CauseTable.of(cause_rules)
             self._signature = signature  # a broken file is reported once, not every poll
             self.last_errors = errors
             if errors:
@@ -80,13 +103,31 @@ class RuleWatcher:
                     )
                 return False
             self.current = RuleSet(rules, guard=self.guard)
+            self.causes = causes
+            for name in causes.names:  # each cause's series from the first scrape
+                self.metrics.run_failure_causes.labels(cause=name)
             self.metrics.rules_reloads.labels(result="ok").inc()
             self.metrics.rules_loaded.set(len(self.current))
-            log.info("loaded %d alert rules from %s", len(self.current), self.directory)
+            log.info(
+                "loaded %d alert rules and %d failure causes from %s",
+                len(self.current),
+                len(self.causes.causes),
+                self.directory,
+            )
             return True
 
+    def _cause_files(self) -> tuple[Path, Path | None]:
+        assert self.causes_dir is not None
+        return table_files(self.causes_dir, self.directory)
+
+    def _snapshot(self) -> Snapshot:
+        if self.causes_dir is None:
+            return snapshot(self.directory)
+        shipped, user = self._cause_files()
+        return snapshot(self.directory, (shipped, user or self.directory / TABLE_FILE))
+
     def changed(self) -> bool:
-        return snapshot(self.directory) != self._signature
+        return self._snapshot() != self._signature
 
     def start(self, stop: threading.Event, interval: float = 1.0) -> threading.Thread:
         """Poll every `interval` seconds (and act on SIGHUP) until `stop` is set."""

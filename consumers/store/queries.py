@@ -8,6 +8,7 @@ filter.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from typing import Any
 import jmespath
 from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
-from sqlalchemy import Row, Select, case, func, select
+from sqlalchemy import ColumnElement, Row, Select, case, func, or_, select
 from sqlalchemy.types import LargeBinary
 
 from consumers.events import STATUS_RANK, TERMINAL_STATUSES, Status, parse_status, to_utc
@@ -25,6 +26,7 @@ from consumers.store.engine import Store
 from consumers.store.schema import dead_letters, events, runs
 
 _GLOB_CHARS = frozenset("*?[")
+_CAUSE_WORDS = re.compile(r"[a-z][a-z0-9_]{0,39}")  # as the cause table names them
 _PREVIEW_CHARS = 120
 # A character is at most 4 UTF-8 bytes, so 4x the preview length always yields enough text.
 _PREVIEW_BYTES = 4 * _PREVIEW_CHARS
@@ -46,6 +48,7 @@ class RunFilter:
     properties: tuple[tuple[str, str], ...] = ()
     query: str | None = None
     limit: int = 100
+    cause: str | None = None  # a cause or a word of one: "oom" is cuda_oom and host_oom
     _compiled: ParsedResult | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -61,6 +64,11 @@ class RunFilter:
             object.__setattr__(self, "since", to_utc(self.since))
         if self.limit < 1:
             raise ValueError(f"limit must be at least 1, not {self.limit}")
+        if self.cause is not None and not _CAUSE_WORDS.fullmatch(self.cause):
+            raise ValueError(
+                f"cause {self.cause!r}: expected a cause name or a word of one "
+                "(lower case, digits, underscores: oom, cuda_oom)"
+            )
         if self.query is not None:
             try:
                 object.__setattr__(self, "_compiled", jmespath.compile(self.query))
@@ -162,6 +170,7 @@ def run_record(row: AnyRow | Mapping[str, Any], *, now: datetime | None = None) 
         "runType": m["RunType"],
         "triggeringUserName": m["TriggeringUserName"],
         "message": m["Message"],
+        "cause": m.get("cause"),  # a failed run's (consumers/causes.py); None otherwise
         "tags": _labels(m["Tags"]),
         "properties": _labels(m["Properties"]),
         "firstSeenUtc": _iso(m["FirstSeen"]),
@@ -170,6 +179,19 @@ def run_record(row: AnyRow | Mapping[str, Any], *, now: datetime | None = None) 
         "endTimeUtc": _iso(end),
         "durationSeconds": duration,
     }
+
+
+def cause_family(column: Any, word: str) -> ColumnElement[bool]:
+    """The cause `word`, or any cause it is a word of (words are `_`-separated): `oom` is
+    cuda_oom and host_oom, `cuda` is cuda_oom and cuda_error, `cuda_oom` only itself. So a
+    family needs no list in the table, and a user's `gpu_oom` joins `oom` by its name."""
+    like = word.replace("_", "\\_")
+    return or_(
+        column == word,
+        column.like(f"{like}\\_%", escape="\\"),
+        column.like(f"%\\_{like}", escape="\\"),
+        column.like(f"%\\_{like}\\_%", escape="\\"),
+    )
 
 
 def _runs_select(flt: RunFilter) -> AnySelect:
@@ -183,6 +205,8 @@ def _runs_select(flt: RunFilter) -> AnySelect:
         stmt = stmt.where(runs.c.Status.in_(flt.statuses))
     if flt.since is not None:
         stmt = stmt.where(runs.c.LastSeen >= flt.since)
+    if flt.cause is not None:
+        stmt = stmt.where(cause_family(runs.c.cause, flt.cause))
     stmt = stmt.order_by(runs.c.LastSeen.desc(), runs.c.RunId)
     return stmt if flt.needs_python else stmt.limit(flt.limit)
 

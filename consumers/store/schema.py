@@ -54,6 +54,10 @@ events = Table(
     Column("Tags", JSON, nullable=False),
     Column("Properties", JSON, nullable=False),
     Column("IngestedAt", Time, nullable=False),
+    # Migration 0007_causes: the workspace's ARM ID, and why a failed run failed.
+    Column("ResourceId", String()),
+    Column("cause", String()),
+    Column("cause_detail", Text),
     # The natural key: a redelivered or re-published event is the same row.
     UniqueConstraint("RunId", "TimeGenerated", "Status", name="uq_events_natural"),
     Index("ix_events_time", "TimeGenerated"),
@@ -86,11 +90,13 @@ runs = Table(
     # Set by run-update records (consumers.updates), never by status events.
     Column("Description", Text),
     Column("UpdatedTime", Time),
+    Column("cause", String()),  # the latest event's: a failed run's cause (0007_causes)
     Index("ix_runs_experiment_last", "ExperimentName", "LastSeen"),
     Index("ix_runs_status_last", "Status", "LastSeen"),
     Index("ix_runs_last", "LastSeen"),
     Index("ix_runs_parent", "ParentRunId"),
     Index("ix_runs_root", "RootRunId"),
+    Index("ix_runs_cause_last", "cause", "LastSeen"),
 )
 
 dead_letters = Table(

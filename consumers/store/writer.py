@@ -223,13 +223,14 @@ def _run_rows(batch: Sequence[RunStatusEvent]) -> list[dict[str, Any]]:
             "Message": event.Message,
             "Tags": event.Tags,
             "Properties": event.Properties,
+            "cause": event.cause,
         }
     # In key order: replicas upserting overlapping runs (a rebalance, an envelope mixing run
     # trees from two partitions) then lock rows in the same order and cannot deadlock.
     return [folded[run_id] for run_id in sorted(folded)]
 
 
-_LATEST = ("Status", "StatusTime", "StatusRank", "Message", "Tags", "Properties")
+_LATEST = ("Status", "StatusTime", "StatusRank", "Message", "Tags", "Properties", "cause")
 
 
 def _run_upsert(conn: Connection, rows: int) -> Any:
