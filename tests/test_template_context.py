@@ -190,6 +190,7 @@ def test_a_storm_summary_counts_every_held_row_and_lists_at_most_fifty() -> None
         "status": "Failed",
         "experiment": "bert",
         "workspace": "ml prod",
+        "cause": None,
         "time": "2026-03-01T12:00:00+00:00",
     }
 
