@@ -282,6 +282,7 @@ def part_broker(args: argparse.Namespace, workdir: Path) -> None:
                 duration + 300,
                 "every event and dead letter stored",
             )
+            s.settle(all_mailed(s, producer), 300, "every failure mailed")
             report_events(s, producer)
             # A broker that lost its state hands offsets out again, and a dead letter is one
             # per (partition, offset): two poison messages at one place are one letter.
