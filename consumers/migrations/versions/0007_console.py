@@ -1,0 +1,27 @@
+"""The web console's reads: a run's notifications, and the newest notifications (all, or in
+one state), each an index range scan instead of a sort of the whole table.
+
+Revision ID: 0007_console
+Revises: 0005_rules
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0007_console"
+down_revision = "0005_rules"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_index("ix_notifications_run", "notifications", ["run_id", "created_at"])
+    op.create_index("ix_notifications_created", "notifications", ["created_at"])
+    op.create_index("ix_notifications_state_created", "notifications", ["state", "created_at"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_notifications_state_created", "notifications")
+    op.drop_index("ix_notifications_created", "notifications")
+    op.drop_index("ix_notifications_run", "notifications")
