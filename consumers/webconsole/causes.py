@@ -1,8 +1,12 @@
 """The one place the console learns why a run failed.
 
 Today: the pure classifier (consumers/causes.py) applied to the failed event's stored
-Message, ResultType and ResultSignature. When events carry a stored `cause` column, this
-function (and FAILURE_COLUMNS, what the failures query reads for it) is all that changes.
+Message, ResultType and ResultSignature. When events carry a stored `cause` column, these
+two names change and nothing else: FAILURE_COLUMNS (what a query of failed events selects
+for it) and failure_cause() (the cause of one such row).
+
+The message is read as the classifier looks at it, its first HEAD and last TAIL characters,
+so a 1 MB log line costs a page no more than a 1 KB one.
 """
 
 from __future__ import annotations
@@ -10,20 +14,38 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from consumers.causes import Cause, CauseTable, load_causes
+from sqlalchemy import case, func
+
+from consumers.causes import HEAD, TAIL, Cause, CauseTable, load_causes
 from consumers.settings import shipped
 from consumers.store.schema import events
 
-# What the failures query selects so that failure_cause() can answer.
-FAILURE_COLUMNS = (events.c.Message, events.c.ResultType, events.c.ResultSignature)
+_LENGTH = func.length(events.c.Message)
+FAILURE_COLUMNS = (
+    func.substr(events.c.Message, 1, HEAD + TAIL).label("message_head"),
+    case((_LENGTH > HEAD + TAIL, func.substr(events.c.Message, _LENGTH - TAIL + 1))).label(
+        "message_tail"
+    ),
+    events.c.ResultType,
+    events.c.ResultSignature,
+)
 
 
 def cause_table(rules_dir: Path) -> CauseTable:
     """The rule directory's cause table when it has one, else the shipped defaults."""
     own = rules_dir / "causes" / "default.yaml"
-    return load_causes(own if own.is_file() else shipped("alert_rules") / "causes" / "default.yaml")
+    default = shipped("alert_rules") / "causes" / "default.yaml"
+    return load_causes(own if own.is_file() else default)
+
+
+def failure_message(row: Any) -> str | None:
+    """The examined part of a row's message (FAILURE_COLUMNS)."""
+    head: str | None = row.message_head
+    if head is None or row.message_tail is None:
+        return head
+    return f"{head[:HEAD]}\n...\n{row.message_tail}"
 
 
 def failure_cause(table: CauseTable, row: Any) -> Cause:
-    """`row` has the FAILURE_COLUMNS of one failed event."""
-    return table.classify(row.Message, row.ResultType, row.ResultSignature)
+    """The cause of one failed event, from a row holding FAILURE_COLUMNS."""
+    return table.classify(failure_message(row), row.ResultType, row.ResultSignature)

@@ -84,7 +84,7 @@ def human(seconds: float | None) -> str:
     """3 s, 4 min 5 s, 2 h 3 min, 1 d 4 h."""
     if seconds is None:
         return "-"
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s} s"
     if s < 3600:
