@@ -6,11 +6,14 @@ two names change and nothing else: FAILURE_COLUMNS (what a query of failed event
 for it) and failure_cause() (the cause of one such row).
 
 The message is read as the classifier looks at it, its first HEAD and last TAIL characters,
-so a 1 MB log line costs a page no more than a 1 KB one.
+so a 1 MB log line costs a page no more than a 1 KB one; and a failed event never changes,
+so its cause is remembered (FailureCauses), and a page classifies only the new failures.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +52,28 @@ def failure_message(row: Any) -> str | None:
 def failure_cause(table: CauseTable, row: Any) -> Cause:
     """The cause of one failed event, from a row holding FAILURE_COLUMNS."""
     return table.classify(failure_message(row), row.ResultType, row.ResultSignature)
+
+
+class FailureCauses:
+    """failure_cause() with the newest `size` answers remembered by (RunId, TimeGenerated):
+    the failures page reads the same few hundred failed events on every load."""
+
+    def __init__(self, table: CauseTable, size: int = 4096) -> None:
+        self.table = table
+        self.size = size
+        self._known: OrderedDict[tuple[Any, Any], Cause] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def of(self, row: Any) -> Cause:
+        key = (row.RunId, row.TimeGenerated)
+        with self._lock:
+            cause = self._known.get(key)
+            if cause is not None:
+                self._known.move_to_end(key)
+                return cause
+        cause = failure_cause(self.table, row)
+        with self._lock:
+            self._known[key] = cause
+            while len(self._known) > self.size:
+                self._known.popitem(last=False)
+        return cause

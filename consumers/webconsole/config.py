@@ -15,7 +15,7 @@ class ConsoleSettings(BaseModel):
     # themselves need none).
     session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
     # The failures page shows the newest this many failed runs, grouped.
-    failures_shown: int = Field(default=500, ge=10, le=5000)
+    failures_shown: int = Field(default=200, ge=10, le=2000)
 
 
 def refusal(enabled: bool, listen_host: str, has_auth: bool) -> str | None:

@@ -21,6 +21,7 @@ from consumers.store.outbox import Outbox
 from consumers.store.queries import get_run
 from consumers.store.silences import add_silence, expire_silence, list_silences
 from consumers.webconsole import reads
+from consumers.webconsole.causes import FailureCauses
 from consumers.webconsole.fate import fate
 from consumers.webconsole.timeline import chart
 
@@ -68,13 +69,16 @@ class Pages:
     store: Store
     causes: CauseTable
     wake: Callable[[], None]
-    failures_shown: int = 500
+    failures_shown: int = 200
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    def __post_init__(self) -> None:
+        self.failure_causes = FailureCauses(self.causes, size=4 * self.failures_shown)
 
     # -- reading -------------------------------------------------------------------------
 
     def failures(self, ask: Ask) -> Answer:
-        failures = reads.recent_failures(self.store, self.causes, self.failures_shown)
+        failures = reads.recent_failures(self.store, self.failure_causes, self.failures_shown)
         return Page(
             "failures.html",
             {

@@ -22,7 +22,7 @@ from consumers.model.notifications import Notification, NotificationState
 from consumers.store.engine import Store
 from consumers.store.schema import events
 from consumers.store.schema import notifications as n
-from consumers.webconsole.causes import FAILURE_COLUMNS, failure_cause
+from consumers.webconsole.causes import FAILURE_COLUMNS, FailureCauses, failure_cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +57,7 @@ def _summary(message: str | None) -> str:
     return ""
 
 
-def recent_failures(store: Store, table: CauseTable, limit: int) -> list[Failure]:
+def recent_failures(store: Store, causes: FailureCauses, limit: int) -> list[Failure]:
     """The newest `limit` failed runs (one entry per run), each with its cause."""
     query = (
         select(
@@ -86,7 +86,7 @@ def recent_failures(store: Store, table: CauseTable, limit: int) -> list[Failure
                 row.WorkspaceName,
                 to_utc(row.TimeGenerated),
                 _summary(row.message_head),
-                failure_cause(table, row),
+                causes.of(row),
             )
         )
     return out
