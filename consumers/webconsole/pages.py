@@ -94,7 +94,7 @@ class Pages:
         detail = get_run(self.store, run_id, now=self.now())
         if detail is None:
             return message(404, "No such run", f"No run {run_id!r} is stored.")
-        cause = reads.run_failure(self.store, self.causes, run_id)
+        cause = reads.run_failure(self.store, self.failure_causes, run_id)
         text = detail.run["message"] or ""
         if len(text) > MESSAGE_SHOWN:
             text = f"{text[: MESSAGE_SHOWN // 4]}\n...\n{text[-MESSAGE_SHOWN * 3 // 4 :]}"

@@ -22,7 +22,7 @@ from consumers.model.notifications import Notification, NotificationState
 from consumers.store.engine import Store
 from consumers.store.schema import events
 from consumers.store.schema import notifications as n
-from consumers.webconsole.causes import FAILURE_COLUMNS, FailureCauses, failure_cause
+from consumers.webconsole.causes import FAILURE_COLUMNS, FailureCauses
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +57,8 @@ def _summary(message: str | None) -> str:
     return ""
 
 
-def recent_failures(store: Store, causes: FailureCauses, limit: int) -> list[Failure]:
-    """The newest `limit` failed runs (one entry per run), each with its cause."""
-    query = (
+def failures_query(limit: int) -> Any:
+    return (
         select(
             events.c.RunId,
             events.c.ExperimentName,
@@ -71,6 +70,11 @@ def recent_failures(store: Store, causes: FailureCauses, limit: int) -> list[Fai
         .order_by(events.c.TimeGenerated.desc())
         .limit(limit)
     )
+
+
+def recent_failures(store: Store, causes: FailureCauses, limit: int) -> list[Failure]:
+    """The newest `limit` failed runs (one entry per run), each with its cause."""
+    query = failures_query(limit)
     with store.engine.connect() as conn:
         rows = conn.execute(query).all()
     seen: set[str] = set()
@@ -114,19 +118,41 @@ def group_failures(failures: Sequence[Failure], table: CauseTable) -> list[Cause
     return groups
 
 
-def run_failure(store: Store, table: CauseTable, run_id: str) -> Cause | None:
-    """The cause of a run's latest failure, None if it never failed."""
-    query = (
-        select(*FAILURE_COLUMNS)
-        .where(events.c.RunId == run_id, events.c.Status == Status.Failed.value)
+def run_events_query(run_id: str) -> Any:
+    """A run's events by RunId alone, newest first (the natural key's index). With Status in
+    the WHERE clause SQLite preferred the (Status, TimeGenerated) index and walked every
+    failure stored since this run's: 840 ms at p99 with 1M events."""
+    return (
+        select(events.c.RunId, events.c.TimeGenerated, events.c.Status, *FAILURE_COLUMNS)
+        .where(events.c.RunId == run_id)
         .order_by(events.c.TimeGenerated.desc())
-        .limit(1)
     )
+
+
+def run_failure(store: Store, causes: FailureCauses, run_id: str) -> Cause | None:
+    """The cause of a run's latest failure, None if it never failed."""
     with store.engine.connect() as conn:
-        row = conn.execute(query).first()
-    if row is None:
-        return None
-    return failure_cause(table, row)
+        for row in conn.execute(run_events_query(run_id)):
+            if row.Status == Status.Failed.value:
+                return causes.of(row)
+    return None
+
+
+def notifications_query(
+    *,
+    state: NotificationState | None = None,
+    run_id: str | None = None,
+    before: datetime | None = None,
+    limit: int = 100,
+) -> Any:
+    query = select(n).order_by(n.c.created_at.desc()).limit(limit)
+    if state is not None:
+        query = query.where(n.c.state == state.value)
+    if run_id is not None:
+        query = query.where(n.c.run_id == run_id)
+    if before is not None:
+        query = query.where(n.c.created_at < before)
+    return query
 
 
 def notifications(
@@ -138,13 +164,7 @@ def notifications(
     limit: int = 100,
 ) -> list[Notification]:
     """Newest first; `before` pages on (a created_at of the previous page)."""
-    query: Any = select(n).order_by(n.c.created_at.desc(), n.c.id).limit(limit)
-    if state is not None:
-        query = query.where(n.c.state == state.value)
-    if run_id is not None:
-        query = query.where(n.c.run_id == run_id)
-    if before is not None:
-        query = query.where(n.c.created_at < before)
+    query = notifications_query(state=state, run_id=run_id, before=before, limit=limit)
     with store.engine.connect() as conn:
         return [Notification.from_row(row) for row in conn.execute(query)]
 
