@@ -101,7 +101,7 @@ def test_the_console_is_behind_the_ops_listeners_auth(live: LiveConsole) -> None
 
 
 def test_every_form_post_needs_this_sessions_csrf_token(live: LiveConsole) -> None:
-    form = {"matchers": "experiment=csrf-test", "duration": "1h", "comment": "c"}
+    form = {"matchers": "experiment=csrf-test", "duration": "1h", "comment": HOSTILE_TAG}
     headers = {"Authorization": live.basic}
 
     async def attempts() -> list[int]:
@@ -135,6 +135,7 @@ def test_every_form_post_needs_this_sessions_csrf_token(live: LiveConsole) -> No
     assert asyncio.run(attempts()) == [403, 403, 403, 403, 303]
     _, body = live.get("/console/silences")
     assert body.count("experiment=csrf-test") == 1  # only the one with a valid token
+    assert "<b onmouseover" not in body and "&lt;b onmouseover=alert(3)&gt;" in body
 
 
 def test_the_session_cookie_is_httponly_and_samesite_strict(live: LiveConsole) -> None:

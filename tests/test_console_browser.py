@@ -134,6 +134,13 @@ def test_a_silence_created_in_the_page_stops_the_next_matching_mail(
     assert not any("run-a2" in body for body in bodies), "a silenced failure was mailed"
     assert any("run-b1" in body for body in bodies)
 
+    page.goto(f"{live.url}silences")
+    page.locator("tr", has_text="experiment=exp-noisy").get_by_role("button", name="Expire").click()
+    assert "expired" in page.locator("p.flash").inner_text()
+    assert "experiment=exp-noisy" not in page.locator("main").inner_text().split("New silence")[0]
+    live.publish(*run_events("run-a3", experiment="exp-noisy"))  # mailed again
+    wait_for(lambda: any("run-a3" in m.raw.decode() for m in live.smtp.server.mails), timeout=60)
+
 
 def test_a_dead_notification_retried_from_the_page_is_sent(live: LiveConsole, page: Page) -> None:
     live.smtp.refuse = True
