@@ -4,6 +4,7 @@ timeline chart's geometry, sessions and CSRF tokens, and each page query on an i
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,11 +13,13 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from consumers.events import RunStatusEvent
 from consumers.model.notifications import Notification, NotificationState
-from consumers.settings import EndpointAuth
-from consumers.store import Store
+from consumers.settings import EndpointAuth, shipped
+from consumers.store import Store, open_store
 from consumers.store.queries import TimelineEntry
 from consumers.webconsole import reads
+from consumers.webconsole.causes import FailureCauses, cause_table
 from consumers.webconsole.fate import fate
 from consumers.webconsole.session import Sessions
 from consumers.webconsole.timeline import MIN_WIDTH, WIDTH, chart, human
@@ -123,7 +126,9 @@ def test_every_page_query_reads_an_index_not_the_table(store: Store) -> None:
         "all": _plan(store, reads.notifications_query()),
         "dead": _plan(store, reads.notifications_query(state=NotificationState.DEAD)),
         "of a run": _plan(store, reads.notifications_query(run_id="r1")),
-        "older": _plan(store, reads.notifications_query(before=T0 + timedelta(days=1), limit=100)),
+        "older": _plan(
+            store, reads.notifications_query(before=(T0 + timedelta(days=1), "n9"), limit=100)
+        ),
     }
     assert "ix_events_status_time" in plans["failures"]
     assert "sqlite_autoindex_events_1 (RunId=?)" in plans["run"]
@@ -133,3 +138,73 @@ def test_every_page_query_reads_an_index_not_the_table(store: Store) -> None:
     assert "ix_notifications_created" in plans["older"]
     for name, plan in plans.items():
         assert "TEMP B-TREE" not in plan, (name, plan)  # no sort of the matching rows
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def both(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'c.db'}"
+    else:
+        url = request.getfixturevalue("fresh_pg")
+    opened = open_store(url, migrate=True)
+    opened.ensure_partitions(T0 - timedelta(days=1), interval_hours=24, ahead=3)
+    yield opened
+    opened.dispose()
+
+
+def test_a_long_message_is_read_as_the_classifier_reads_it(both: Store) -> None:
+    """Only the head and the tail leave the database; the cause is the one the whole
+    message gets, on SQLite and on PostgreSQL alike."""
+    filler = "step 1: loss=0.123 lr=3e-4\n" * 6000  # 150 KB
+    table = cause_table(shipped("alert_rules"))
+    messages = {
+        "tail": filler + "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB",
+        "head": "QuotaExceeded: Not enough quota available for Standard_NC6\n" + filler,
+        "short": "FileNotFoundError: [Errno 2] No such file or directory: 'data/x.csv'",
+        "middle": filler[:40_000] + "CUDA out of memory" + filler,  # beyond what is examined
+    }
+    both.write_batch(
+        [
+            RunStatusEvent.model_validate(
+                {"RunId": run, "Status": "Failed", "TimeGenerated": T0, "Message": text}
+            )
+            for run, text in messages.items()
+        ]
+    )
+    causes = FailureCauses(table)
+    listed = {f.run_id: f.cause.name for f in reads.recent_failures(both, causes, 10)}
+    expected = {run: table.classify(text).name for run, text in messages.items()}
+    assert listed == expected
+    assert expected["tail"] == "cuda_oom" and expected["head"] == "quota"
+    assert expected["middle"] != "cuda_oom"
+    for run in messages:
+        cause = reads.run_failure(both, FailureCauses(table), run)
+        assert cause is not None and cause.name == expected[run]
+    assert reads.run_failure(both, causes, "no-such-run") is None
+
+
+def test_notification_pages_lose_no_row_when_many_share_a_time(both: Store) -> None:
+    store = both
+    from consumers.store.schema import notifications
+
+    rows = [
+        {
+            "id": f"n{i:03d}", "dedup_key": f"d{i}", "rule": "run-failed", "severity": 1,
+            "fingerprint": "f", "throttle_key": "t", "receiver": "ml-oncall",
+            "receiver_type": "email", "followup": False, "state": "sent", "attempts": 1,
+            "run_id": "r1", "status": "Failed", "event_time": T0, "alert": {},
+            "created_at": T0 + timedelta(seconds=i // 100), "next_attempt_at": T0, "kind": "alert",
+        }
+        for i in range(250)
+    ]  # fmt: skip
+    with store.engine.begin() as conn:
+        conn.execute(notifications.insert(), rows)
+    seen: list[str] = []
+    before: tuple[datetime, str] | None = None
+    while True:
+        page = reads.notifications(store, before=before, limit=40)
+        seen.extend(n.id for n in page)
+        if len(page) < 40:
+            break
+        before = (page[-1].created_at, page[-1].id)
+    assert seen == sorted((r["id"] for r in rows), key=lambda i: (int(i[1:]) // 100, i))[::-1]

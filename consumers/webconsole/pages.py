@@ -124,18 +124,19 @@ class Pages:
                 return message(
                     400, "Unknown state", f"No notification state {ask.query['state']!r}."
                 )
-        before: datetime | None = None
+        before: tuple[datetime, str] | None = None
         if ask.query.get("before"):
             try:
-                before = datetime.fromisoformat(ask.query["before"])
+                at = datetime.fromisoformat(ask.query["before"])
             except ValueError:
                 return message(400, "Bad time", "?before= takes an ISO time.")
+            before = (at if at.tzinfo else at.replace(tzinfo=UTC), ask.query.get("after_id", ""))
         items = reads.notifications(
             self.store, state=state, before=before, limit=NOTIFICATIONS_SHOWN
         )
         older = None
         if len(items) == NOTIFICATIONS_SHOWN:
-            params = {"before": items[-1].created_at.isoformat()}
+            params = {"before": items[-1].created_at.isoformat(), "after_id": items[-1].id}
             if state is not None:
                 params["state"] = state.value
             older = urlencode(params)

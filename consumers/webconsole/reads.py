@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 
 from consumers.causes import Cause, CauseTable
 from consumers.events import Status, to_utc
@@ -142,16 +142,19 @@ def notifications_query(
     *,
     state: NotificationState | None = None,
     run_id: str | None = None,
-    before: datetime | None = None,
+    before: tuple[datetime, str] | None = None,
     limit: int = 100,
 ) -> Any:
-    query = select(n).order_by(n.c.created_at.desc()).limit(limit)
+    """Newest first, ties by id; `before` is the (created_at, id) of the last row of the
+    previous page. Every index it reads ends in (created_at, id), so no sort is needed."""
+    query = select(n).order_by(n.c.created_at.desc(), n.c.id.desc()).limit(limit)
     if state is not None:
         query = query.where(n.c.state == state.value)
     if run_id is not None:
         query = query.where(n.c.run_id == run_id)
     if before is not None:
-        query = query.where(n.c.created_at < before)
+        at, last = before  # a row-value comparison: one index range on both engines
+        query = query.where(n.c.created_at <= at, tuple_(n.c.created_at, n.c.id) < (at, last))
     return query
 
 
@@ -160,10 +163,10 @@ def notifications(
     *,
     state: NotificationState | None = None,
     run_id: str | None = None,
-    before: datetime | None = None,
+    before: tuple[datetime, str] | None = None,
     limit: int = 100,
 ) -> list[Notification]:
-    """Newest first; `before` pages on (a created_at of the previous page)."""
+    """Newest first; `before` pages on (notifications_query)."""
     query = notifications_query(state=state, run_id=run_id, before=before, limit=limit)
     with store.engine.connect() as conn:
         return [Notification.from_row(row) for row in conn.execute(query)]

@@ -16,9 +16,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_notifications_run", "notifications", ["run_id", "created_at"])
-    op.create_index("ix_notifications_created", "notifications", ["created_at"])
-    op.create_index("ix_notifications_state_created", "notifications", ["state", "created_at"])
+    op.create_index("ix_notifications_run", "notifications", ["run_id", "created_at", "id"])
+    op.create_index("ix_notifications_created", "notifications", ["created_at", "id"])
+    op.create_index(
+        "ix_notifications_state_created", "notifications", ["state", "created_at", "id"]
+    )
 
 
 def downgrade() -> None:
