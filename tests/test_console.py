@@ -133,6 +133,17 @@ def test_every_form_post_needs_this_sessions_csrf_token(live: LiveConsole) -> No
         return statuses
 
     assert asyncio.run(attempts()) == [403, 403, 403, 403, 303]
+
+    async def too_large() -> int:
+        async with (
+            aiohttp.ClientSession(headers=headers) as http,
+            http.post(
+                f"{live.url}silences", data={"matchers": "x" * 100_000}, allow_redirects=False
+            ) as answer,
+        ):
+            return answer.status
+
+    assert asyncio.run(too_large()) == 413
     _, body = live.get("/console/silences")
     assert body.count("experiment=csrf-test") == 1  # only the one with a valid token
     assert "<b onmouseover" not in body and "&lt;b onmouseover=alert(3)&gt;" in body

@@ -203,8 +203,12 @@ class Console:
         return handle
 
     async def _read_form(self, request: web.Request) -> dict[str, str] | None:
+        """The form's text fields; None when it did not arrive in time or is not a form.
+        Too large a body (past the ops server's 64 KiB) raises 413 from aiohttp."""
         try:
             data = await asyncio.wait_for(request.post(), self._body_timeout_s)
+        except web.HTTPRequestEntityTooLarge:
+            raise
         except (TimeoutError, web.HTTPException, ValueError):
             return None
         return {k: v for k, v in data.items() if isinstance(v, str)}
