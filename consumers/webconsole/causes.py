@@ -12,6 +12,7 @@ so its cause is remembered (FailureCauses), and a page classifies only the new f
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -23,6 +24,7 @@ from consumers.causes import HEAD, TAIL, Cause, CauseTable, load_causes
 from consumers.settings import shipped
 from consumers.store.schema import events
 
+log = logging.getLogger(__name__)
 _LENGTH = func.length(events.c.Message)
 FAILURE_COLUMNS = (
     func.substr(events.c.Message, 1, HEAD + TAIL).label("message_head"),
@@ -35,10 +37,17 @@ FAILURE_COLUMNS = (
 
 
 def cause_table(rules_dir: Path) -> CauseTable:
-    """The rule directory's cause table when it has one, else the shipped defaults."""
-    own = rules_dir / "causes" / "default.yaml"
-    default = shipped("alert_rules") / "causes" / "default.yaml"
-    return load_causes(own if own.is_file() else default)
+    """The rule directory's cause table when it has one, else the shipped defaults; with
+    neither (an installed package whose rules live elsewhere), every failure is `unknown`,
+    said once in the log. A table that exists but is broken stops start-up, as a rule does."""
+    for path in (
+        rules_dir / "causes" / "default.yaml",
+        shipped("alert_rules") / "causes" / "default.yaml",
+    ):
+        if path.is_file():
+            return load_causes(path)
+    log.warning("console: no cause table in %s/causes/: every failure shows as unknown", rules_dir)
+    return CauseTable.of([])
 
 
 def failure_message(row: Any) -> str | None:
