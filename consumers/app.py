@@ -29,7 +29,7 @@ from prometheus_client.platform_collector import PlatformCollector
 
 from consumers.alerts import Alert
 from consumers.dispatch.dispatcher import Dispatcher
-from consumers.endpoints import Check, OpsServer
+from consumers.endpoints import Check, Extension, OpsServer
 from consumers.errors import RunwatchError
 from consumers.events import RunStatusEvent
 from consumers.http_ingest import HttpIngest
@@ -155,14 +155,25 @@ class Service:
         if not self.settings.metrics.enabled:
             return
         host, port = self.settings.metrics.address
+        extensions: tuple[Extension, ...] = ()
+        if self.settings.console.enabled:
+            from consumers.webconsole.routes import Console
+
+            console = Console(self.store, self.settings, wake=self.dispatcher.wake)
+            extensions = (console.install,)
         self._http = OpsServer(
-            (host, port), self.registry, self.readiness, self.settings.metrics.auth
+            (host, port),
+            self.registry,
+            self.readiness,
+            self.settings.metrics.auth,
+            extensions=extensions,
         ).start()
         log.info(
-            "metrics on http://%s:%d/metrics (and /healthz, /readyz)%s",
+            "metrics on http://%s:%d/metrics (and /healthz, /readyz)%s%s",
             host,
             self._http.port,
             "" if self.settings.metrics.auth is None else " with auth",
+            ", console on /console/" if extensions else "",
         )
 
     @property

@@ -3,7 +3,9 @@
 The bundled broker, SQLite in a demo folder, the service with the shipped rules, a mail
 catcher (every mail kept as an .eml file) and a webhook catcher standing in for the
 receivers `ml-oncall` and `chat`, and simulated pipelines in all four input formats.
-Notifications are printed as they arrive, the newest runs every 15 s. Ctrl-C stops it all.
+Notifications are printed as they arrive, the newest runs every 15 s, and the web console
+(failures by cause, notifications and their fate, silences) is on the metrics port, with a
+password made for this demo and printed. Ctrl-C stops it all.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from consumers.settings import (
 from consumers.simulator import Simulator
 from consumers.store.queries import RunFilter, list_runs
 
+DEMO_USER = "demo"
 _FORMATS = (
     EventFormat.NATIVE,
     EventFormat.RESOURCE_LOG,
@@ -61,11 +64,21 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         create_topics(broker.bootstrap, {kafka.topic: 4, kafka.dead_letter_topic: 1})
         metrics_port = 9464 if _port_free(9464) else free_port()
+        # The web console, on the ops listener, behind its basic auth: a password per demo,
+        # in a private file (printed, a secret would be masked like every configured one).
+        password_file = folder / "console-password"
+        password_file.touch(mode=0o600)
+        password_file.chmod(0o600)
+        password_file.write_text(secrets.token_urlsafe(12) + "\n")
         settings = Settings.model_validate(
             {
                 "kafka": kafka.model_dump(),
                 "store": {"url": f"sqlite:///{folder / 'runwatch.db'}"},
-                "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
+                "metrics": {
+                    "listen": f"127.0.0.1:{metrics_port}",
+                    "auth": {"username": DEMO_USER, "password_file": str(password_file)},
+                },
+                "console": {"enabled": True},
                 "smtp": {
                     "host": "127.0.0.1",
                     "port": mail.port,
@@ -94,6 +107,8 @@ def run_demo(args: argparse.Namespace) -> int:
         print(
             f"runwatch demo: broker {broker.bootstrap}, store {settings.store.url}, "
             f"metrics http://127.0.0.1:{metrics_port}/metrics\n"
+            f"  console http://127.0.0.1:{metrics_port}/console/  "
+            f"(user {DEMO_USER}, password: cat {password_file}; the same login for /metrics)\n"
             f"  mail catcher 127.0.0.1:{mail.port} (mails in {folder / 'mail'}), "
             f"webhook catcher {hooks.url}\n"
             f"  try: runwatch runs list --store {settings.store.url} --status Failed\n"

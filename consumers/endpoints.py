@@ -54,6 +54,9 @@ class Check:
 
 
 Readiness = Callable[[], Mapping[str, Check]]
+# More routes on the same bounded server (the web console, consumers/webconsole): called
+# with the application before it starts, and the server (for its auth and bounds).
+Extension = Callable[[web.Application, "OpsServer"], None]
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,7 @@ class OpsServer:
         max_connections: int = 64,
         header_timeout_s: float = 10.0,
         idle_timeout_s: float = 30.0,
+        extensions: tuple[Extension, ...] = (),
     ) -> None:
         self.address = address
         self.registry = registry
@@ -163,6 +167,7 @@ class OpsServer:
         self.max_connections = max_connections
         self.header_timeout_s = header_timeout_s
         self.idle_timeout_s = idle_timeout_s
+        self.extensions = extensions
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="ops-http", daemon=True)
         self._work = ThreadPoolExecutor(2, thread_name_prefix="ops-http-work")
@@ -201,9 +206,12 @@ class OpsServer:
         return self
 
     async def _start(self) -> None:
-        app = web.Application(middlewares=[self._track])
+        # Bodies: only an extension's routes read one (a console form), up to 64 KiB.
+        app = web.Application(middlewares=[self._track], client_max_size=64 * 1024)
         for path in PATHS:
             app.router.add_get(path, self._handle)
+        for extend in self.extensions:
+            extend(app, self)
         self._runner = web.AppRunner(
             app,
             access_log=None,  # scrapes every few seconds are noise, and headers hold secrets

@@ -29,6 +29,7 @@ from consumers import redact
 from consumers.errors import ConfigError
 from consumers.limits import IngestLimits
 from consumers.noise.config import NoiseSettings
+from consumers.webconsole.config import ConsoleSettings, refusal
 
 ENV_PREFIX = "RUNWATCH_"
 
@@ -565,6 +566,7 @@ class Settings(BaseSettings):
     http_ingest: HttpIngestSettings = (
         HttpIngestSettings()
     )  # Event Grid push (consumers.http_ingest)
+    console: ConsoleSettings = ConsoleSettings()  # the web console (consumers/webconsole)
 
     @model_validator(mode="after")
     def _receivers(self) -> Settings:
@@ -573,6 +575,13 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"receivers.{name}: give exactly one of email, webhook or alertmanager"
                 )
+        if self.console.enabled and not self.metrics.enabled:
+            raise ValueError("console.enabled needs metrics.enabled: it is served there")
+        refused = refusal(
+            self.console.enabled, self.metrics.address[0], self.metrics.auth is not None
+        )
+        if refused is not None:
+            raise ValueError(refused)
         return self
 
     def secret_values(self, *, strict: bool = True) -> list[str]:

@@ -72,7 +72,7 @@ def _upgrade_from_0005_with_a_row(url: str) -> tuple[Any, Any]:
         engine.dispose()
     store = open_store(url, migrate=True)
     try:
-        assert store.revision() == "0007_causes"
+        assert store.revision() == "0008_console"  # the head: 0007_causes and all after it
         with store.engine.connect() as conn:
             event = conn.execute(
                 text('SELECT "RunId", "ResourceId", cause, cause_detail FROM events')

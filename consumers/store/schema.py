@@ -158,6 +158,10 @@ notifications = Table(
     Index("ix_notifications_group", "group_key", "fingerprint", "created_at"),
     Index("ix_notifications_storm", "kind", "receiver", "created_at"),  # leads with kind: the
     # per-receiver follow-up lookup must keep using the fingerprint index
+    # the web console (0008_console): a run's notifications, the newest ones (in one state)
+    Index("ix_notifications_run", "run_id", "created_at", "id"),
+    Index("ix_notifications_created", "created_at", "id"),
+    Index("ix_notifications_state_created", "state", "created_at", "id"),
 )
 
 # Noise control's state (migration 0006_noise; consumers/store/outbox_state.py reads and
