@@ -60,8 +60,11 @@ def make_consumer(settings: KafkaSettings, **overrides: Any) -> KafkaConsumer:
         "fetch_max_wait_ms": settings.fetch_max_wait_ms,
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "max_poll_interval_ms": settings.max_poll_interval_ms,
         "max_partition_fetch_bytes": max(settings.max_message_bytes * 2, 1_048_576),
     }
+    if settings.group_instance_id is not None:
+        options["group_instance_id"] = settings.group_instance_id
     options.update(overrides)
     try:
         return KafkaConsumer(**options)
