@@ -152,6 +152,17 @@ class _Writer(threading.Thread, Generic[P]):
                 raise StoppedError("stopped while retrying a batch; it will be redelivered")
             delay = min(delay * 2, _BACKOFF_MAX_S)
 
+    def discard_waiting(self) -> int:
+        """At stop: batches not started are dropped, uncommitted; their partitions' next
+        owner reads them again. Returns how many."""
+        dropped = 0
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.inbox.get_nowait()
+                self.inbox.task_done()
+                dropped += 1
+        return dropped
+
     def take_done(self) -> Offsets:
         with self._lock:
             done, self._done = self._done, []
@@ -275,10 +286,17 @@ class KafkaLoop(Generic[P]):
         return consumer
 
     def finish_in_flight(self) -> None:
-        """At stop: let the writer finish what it has, then commit it (consumer thread)."""
+        """At stop: let the writer finish the batch it is writing, commit it (consumer
+        thread), and no more: the group is left (close_consumer) one write after the signal,
+        and the partitions' next owner starts on the batches that were still waiting."""
         writer = self._writer
         if writer is None:
             return
+        dropped = writer.discard_waiting()
+        if dropped:
+            log.info(
+                "stopping: %d batches not written, left to the partitions' next owner", dropped
+            )
         with contextlib.suppress(queue.Full):
             writer.inbox.put(None, timeout=1)
         writer.join(timeout=60)

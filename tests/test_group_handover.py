@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
 from kafka import KafkaAdminClient
+from prometheus_client import CollectorRegistry
 
 from consumers.decoding import EventFormat
 from consumers.encoding import encode
+from consumers.kafka_loop import KafkaLoop
+from consumers.metrics import Metrics
 from consumers.simulator import Simulator
 from tests.conftest import Topics, serve, wait_for, write_config
 
@@ -95,3 +99,35 @@ def test_sigterm_hands_the_partitions_over_before_the_session_times_out(
             process.wait(timeout=60)
     assert b.returncode == 0, logs[1].read_text()[-3000:]
     print(f"partitions handed over {took:.1f}s after SIGTERM (session timeout {SESSION_MS} ms)")
+
+
+def test_at_stop_only_the_batch_being_written_is_finished(topics: Topics) -> None:
+    """A stop with a backlog: the batch in the writer's hands is written and committed, the
+    ones decoded and waiting are dropped (their next owner reads them again), so that the
+    group is left one write after the signal, not three."""
+    topics.produce([str(i).encode() for i in range(300)])
+    stop = threading.Event()
+    writing = threading.Event()
+    after_stop: list[int] = []
+    written: list[int] = []
+
+    def write(batch: list[bytes]) -> None:
+        if stop.is_set():
+            after_stop.append(len(batch))
+        writing.set()
+        time.sleep(0.5)  # a slow store: the consumer thread decodes ahead of it
+        written.extend(int(value) for value in batch)
+
+    settings = topics.kafka_settings(max_poll_records=20)
+    loop: KafkaLoop[list[bytes]] = KafkaLoop(
+        settings, lambda records: [r.value for r in records], write, Metrics(CollectorRegistry())
+    )
+    runner = threading.Thread(target=loop.run, args=(stop,))
+    runner.start()
+    writing.wait(timeout=60)
+    time.sleep(0.3)  # the inbox fills up behind the batch being written
+    stop.set()
+    runner.join(timeout=60)
+    assert not runner.is_alive()
+    assert after_stop == []  # nothing started after the stop
+    assert _committed(topics) == len(written) < 300
