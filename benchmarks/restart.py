@@ -17,7 +17,7 @@ Every figure is wall clock on a shared 2-core machine: the broker, PostgreSQL, t
 server, the producer and the replicas all run on those two cores.
 
     python benchmarks/restart.py [start] [rolling] [warmup] [--kill] [--rate 20]
-        [--kafka session_timeout_ms=6000 ...] [--history 300000] [--profile]
+        [--static] [--kafka session_timeout_ms=6000 ...] [--history 300000] [--profile]
 """
 
 from __future__ import annotations
@@ -267,6 +267,7 @@ def bench_rolling(
     kafka: dict[str, Any],
     rate: float,
     kill: bool,
+    static: bool,
 ) -> None:
     topic = f"roll-{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, {topic: 4, f"{topic}-dead": 1})
@@ -275,7 +276,12 @@ def bench_rolling(
     (rules / "rules.yaml").write_text(RULES)
     group = f"g-{uuid.uuid4().hex[:6]}"
     settings = settings_for(bootstrap, topic, group, url, smtp, rules, kafka)
-    replicas = [Replica(folder / name, settings) for name in ("a", "b")]
+    replicas = []
+    for name in ("a", "b"):
+        own = settings
+        if static:  # one stable name per replica, as a StatefulSet's pod names
+            own = {**settings, "kafka": {**settings["kafka"], "group_instance_id": f"rw-{name}"}}
+        replicas.append(Replica(folder / name, own))
     for replica in replicas:
         replica.start()
     wait_for(lambda: all(r.assigned() for r in replicas), 90, "both replicas assigned")
@@ -309,6 +315,8 @@ def bench_rolling(
     missing = [r for r in producer.sent if r not in mails]
     delays = sorted((mails[r] - t, r) for r, t in during.items() if r in mails)
     how = "SIGKILL" if kill else "SIGTERM"
+    if static:
+        how += ", static membership"
     print(f"2. rolling restart of 2 replicas ({how}), {rate:g} failures/s, settings {kafka}:")
     for name, (stopped, joined) in zip("AB", steps, strict=True):
         print(
@@ -462,6 +470,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("parts", nargs="*", default=["start", "rolling", "warmup"])
     parser.add_argument("--kill", action="store_true", help="rolling restart with SIGKILL")
+    parser.add_argument("--static", action="store_true", help="group_instance_id per replica")
     parser.add_argument("--rate", type=float, default=20.0, help="failures/s while rolling")
     parser.add_argument("--kafka", nargs="*", default=[], help="kafka settings, key=value")
     parser.add_argument("--rules", type=int, default=500)
@@ -511,6 +520,7 @@ def main() -> int:
                     kafka,
                     args.rate,
                     args.kill,
+                    args.static,
                 )
     finally:
         broker.stop()
