@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
 from consumers.errors import BrokerError, RunwatchError
@@ -335,7 +335,14 @@ class KafkaLoop(Generic[P]):
             self._metrics.commits.labels(result="ok").inc()
         except (CommitFailedError, KafkaError) as exc:
             self._metrics.commits.labels(result="failed").inc()
-            log.warning("offset commit failed, retrying with the next one: %s", exc)
+            # Refused while the group rebalances (every deploy): expected, and retried with
+            # the next commit; logged as a warning it filled the log at every restart.
+            expected = isinstance(exc, RebalanceInProgressError)
+            log.log(
+                logging.DEBUG if expected else logging.WARNING,
+                "offset commit failed, retrying with the next one: %s",
+                exc,
+            )
             if blocking:
                 with self._uncommitted_lock:
                     for tp, offset in merged.items():
