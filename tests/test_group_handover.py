@@ -104,7 +104,9 @@ def test_sigterm_hands_the_partitions_over_before_the_session_times_out(
 def test_at_stop_only_the_batch_being_written_is_finished(topics: Topics) -> None:
     """A stop with a backlog: the batch in the writer's hands is written and committed, the
     ones decoded and waiting are dropped (their next owner reads them again), so that the
-    group is left one write after the signal, not three."""
+    group is left one write after the signal. Before, the stop marker could not be queued
+    behind a full inbox, the writer wrote the waiting batches and then waited for more, and
+    the stop (and the LeaveGroup after it) came 60 s later."""
     topics.produce([str(i).encode() for i in range(300)])
     stop = threading.Event()
     writing = threading.Event()
@@ -115,7 +117,7 @@ def test_at_stop_only_the_batch_being_written_is_finished(topics: Topics) -> Non
         if stop.is_set():
             after_stop.append(len(batch))
         writing.set()
-        time.sleep(0.5)  # a slow store: the consumer thread decodes ahead of it
+        time.sleep(2.0)  # a slow store: the consumer thread decodes ahead of it
         written.extend(int(value) for value in batch)
 
     settings = topics.kafka_settings(max_poll_records=20)
@@ -127,7 +129,7 @@ def test_at_stop_only_the_batch_being_written_is_finished(topics: Topics) -> Non
     writing.wait(timeout=60)
     time.sleep(0.3)  # the inbox fills up behind the batch being written
     stop.set()
-    runner.join(timeout=60)
-    assert not runner.is_alive()
+    runner.join(timeout=30)
+    assert not runner.is_alive(), "the stop waited for the writer's 60 s join"
     assert after_stop == []  # nothing started after the stop
     assert _committed(topics) == len(written) < 300
