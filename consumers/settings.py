@@ -88,7 +88,7 @@ class KafkaSettings(_Section):
     ssl_check_hostname: bool = True
     max_poll_records: int = Field(default=5000, ge=1, le=100_000)
     fetch_max_wait_ms: int = Field(default=10, ge=0, le=10_000)
-    # Group membership (docs/operations.md, "Deploys and the consumer group"). A replica
+    # Group membership (docs/deploys.md). A replica
     # that dies without leaving keeps its partitions this long; 6 s is the least Apache Kafka
     # (group.min.session.timeout.ms) and Event Hubs accept. The bundled broker holds every
     # rebalance for about half of it. A heartbeat is when a member hears of a rebalance.
