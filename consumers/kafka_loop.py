@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
 from consumers.errors import BrokerError, RunwatchError
@@ -60,8 +60,11 @@ def make_consumer(settings: KafkaSettings, **overrides: Any) -> KafkaConsumer:
         "fetch_max_wait_ms": settings.fetch_max_wait_ms,
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "max_poll_interval_ms": settings.max_poll_interval_ms,
         "max_partition_fetch_bytes": max(settings.max_message_bytes * 2, 1_048_576),
     }
+    if settings.group_instance_id is not None:
+        options["group_instance_id"] = settings.group_instance_id
     options.update(overrides)
     try:
         return KafkaConsumer(**options)
@@ -148,6 +151,17 @@ class _Writer(threading.Thread, Generic[P]):
             if self._stop_requested.wait(delay):
                 raise StoppedError("stopped while retrying a batch; it will be redelivered")
             delay = min(delay * 2, _BACKOFF_MAX_S)
+
+    def discard_waiting(self) -> int:
+        """At stop: batches not started are dropped, uncommitted; their partitions' next
+        owner reads them again. Returns how many."""
+        dropped = 0
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.inbox.get_nowait()
+                self.inbox.task_done()
+                dropped += 1
+        return dropped
 
     def take_done(self) -> Offsets:
         with self._lock:
@@ -272,10 +286,17 @@ class KafkaLoop(Generic[P]):
         return consumer
 
     def finish_in_flight(self) -> None:
-        """At stop: let the writer finish what it has, then commit it (consumer thread)."""
+        """At stop: let the writer finish the batch it is writing, commit it (consumer
+        thread), and no more: the group is left (close_consumer) one write after the signal,
+        and the partitions' next owner starts on the batches that were still waiting."""
         writer = self._writer
         if writer is None:
             return
+        dropped = writer.discard_waiting()
+        if dropped:
+            log.info(
+                "stopping: %d batches not written, left to the partitions' next owner", dropped
+            )
         with contextlib.suppress(queue.Full):
             writer.inbox.put(None, timeout=1)
         writer.join(timeout=60)
@@ -314,7 +335,14 @@ class KafkaLoop(Generic[P]):
             self._metrics.commits.labels(result="ok").inc()
         except (CommitFailedError, KafkaError) as exc:
             self._metrics.commits.labels(result="failed").inc()
-            log.warning("offset commit failed, retrying with the next one: %s", exc)
+            # Refused while the group rebalances (every deploy): expected, and retried with
+            # the next commit; logged as a warning it filled the log at every restart.
+            expected = isinstance(exc, RebalanceInProgressError)
+            log.log(
+                logging.DEBUG if expected else logging.WARNING,
+                "offset commit failed, retrying with the next one: %s",
+                exc,
+            )
             if blocking:
                 with self._uncommitted_lock:
                     for tp, offset in merged.items():

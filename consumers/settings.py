@@ -89,8 +89,21 @@ class KafkaSettings(_Section):
     ssl_check_hostname: bool = True
     max_poll_records: int = Field(default=5000, ge=1, le=100_000)
     fetch_max_wait_ms: int = Field(default=10, ge=0, le=10_000)
-    session_timeout_ms: int = Field(default=10_000, ge=1000)
-    heartbeat_interval_ms: int = Field(default=3000, ge=100)
+    # Group membership (docs/deploys.md). A replica
+    # that dies without leaving keeps its partitions this long; 6 s is the least Apache Kafka
+    # (group.min.session.timeout.ms) and Event Hubs accept. The bundled broker holds every
+    # rebalance for about half of it. A heartbeat is when a member hears of a rebalance.
+    session_timeout_ms: int = Field(default=6000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=500, ge=100)
+    # A rebalance waits this long at most for a member busy with a batch (a member that
+    # polls no more for this long leaves the group). kafka-python's default.
+    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    # Static membership (KIP-345): a stable name per replica (a StatefulSet pod's name)
+    # rejoins with its old partitions and no rebalance if back within session_timeout_ms;
+    # it does not leave the group on SIGTERM. None: dynamic membership.
+    group_instance_id: str | None = Field(
+        default=None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$"
+    )
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_message_bytes: int = Field(default=1_048_576, ge=1024)
     # The largest record (key + value + headers) put on the dead-letter topic: a bigger letter
@@ -104,6 +117,15 @@ class KafkaSettings(_Section):
     # Reconnect attempts back off exponentially from 50 ms up to this (kafka-python's 30 s
     # default meant ingest resumed up to that long after the broker was back).
     reconnect_backoff_max_ms: int = Field(default=500, ge=50, le=60_000)
+
+    @model_validator(mode="after")
+    def _heartbeat(self) -> KafkaSettings:
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below "
+                f"session_timeout_ms ({self.session_timeout_ms}); a third of it at most is usual"
+            )
+        return self
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -136,6 +136,8 @@ def test_an_unknown_key_is_an_error_naming_its_dotted_path(tmp_path: Path) -> No
         ("store:\n  url: mysql://db/runs\n", "store.url", "postgresql://"),
         ("store: sqlite:///x.db\n", "store", "valid dictionary"),
         ("logging:\n  level: LOUD\n", "logging.level", "DEBUG"),
+        ("kafka:\n  heartbeat_interval_ms: 7000\n", "kafka", "heartbeat_interval_ms (7000)"),
+        ("kafka:\n  group_instance_id: pod 0\n", "kafka.group_instance_id", "pattern"),
     ],
 )
 def test_a_wrong_value_or_type_names_the_key(
