@@ -35,7 +35,7 @@ from percentiles import pct  # benchmarks/, on the path when run as a script
 
 from consumers.app import Service
 from consumers.broker import EmbeddedBroker, create_topics, free_port
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.settings import Settings
 
 RULES = """

@@ -36,9 +36,9 @@ from prometheus_client import CollectorRegistry
 from consumers.broker import EmbeddedBroker, create_topics
 from consumers.decoding import EventFormat
 from consumers.encoding import encode
-from consumers.events import RunStatusEvent
 from consumers.ingest import Ingestor
 from consumers.metrics import Metrics
+from consumers.model.events import RunStatusEvent
 from consumers.settings import KafkaSettings, MetricsSettings, Settings, StoreSettings
 from consumers.store.writer import DeadLetter
 

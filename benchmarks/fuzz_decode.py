@@ -27,10 +27,10 @@ import orjson
 with atheris.instrument_imports(include=["consumers"]):
     from consumers.decoding import INTERNAL, EventFormat, decode
     from consumers.encoding import encode, encode_many
-    from consumers.errors import DecodeError
-    from consumers.events import RunStatusEvent
-    from consumers.limits import IngestLimits
-    from consumers.updates import RunUpdate
+    from consumers.model.errors import DecodeError
+    from consumers.model.events import RunStatusEvent
+    from consumers.model.limits import IngestLimits
+    from consumers.model.updates import RunUpdate
 
 NOW = datetime.now(UTC)
 LIMITS = IngestLimits(max_labels=40, max_records=200, max_depth=16)

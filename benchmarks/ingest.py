@@ -38,11 +38,11 @@ from consumers.app import tune_gc
 from consumers.broker import EmbeddedBroker, create_topics
 from consumers.decoding import EventFormat, decode
 from consumers.encoding import encode, encode_many
-from consumers.events import RunStatusEvent
 from consumers.ingest import Ingestor, Prepared
 from consumers.kafka_loop import KafkaLoop
-from consumers.limits import DEFAULT_LIMITS
 from consumers.metrics import Metrics
+from consumers.model.events import RunStatusEvent
+from consumers.model.limits import DEFAULT_LIMITS
 from consumers.settings import KafkaSettings
 from consumers.simulator import Simulator
 from consumers.store import open_store

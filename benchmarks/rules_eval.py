@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.rules.engine import RuleSet
 from consumers.rules.model import Rule
 from consumers.rules.scheduler import Scheduler

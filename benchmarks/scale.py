@@ -37,13 +37,13 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest import messages_for, produce
 
-from consumers.alerts import Alert
 from consumers.broker import EmbeddedBroker, create_topics, free_port
 from consumers.dispatcher import Dispatcher
-from consumers.events import RunStatusEvent
 from consumers.ingest import Ingestor
 from consumers.kafka_loop import KafkaLoop
 from consumers.metrics import Metrics
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
 from consumers.settings import KafkaSettings, Settings
 from consumers.simulator import Simulator
 from consumers.store import open_store

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.rules.evaluation import Evaluation
 from consumers.rules.feed import current_runs
 from consumers.rules.model import RuleFile

@@ -27,15 +27,15 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 
-from consumers.alerts import Alert
 from consumers.dispatcher import Dispatcher
 from consumers.endpoints import Check, OpsServer
-from consumers.errors import RunwatchError
-from consumers.events import RunStatusEvent
 from consumers.http_ingest import HttpIngest
 from consumers.ingest import Ingestor
 from consumers.kafka_loop import KafkaLoop
 from consumers.metrics import Metrics
+from consumers.model.alerts import Alert
+from consumers.model.errors import RunwatchError
+from consumers.model.events import RunStatusEvent
 from consumers.model.receivers import OWNER
 from consumers.noise.policy import NoisePolicy
 from consumers.producer import DeadLetterPublisher

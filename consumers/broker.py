@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from consumers.errors import BrokerError
+from consumers.model.errors import BrokerError
 
 
 def tansu_binary() -> Path:

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from consumers.errors import RuleError
+from consumers.model.errors import RuleError
 
 __all__ = [
     "HEAD",

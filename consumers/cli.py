@@ -20,11 +20,11 @@ from pydantic import ValidationError
 from consumers.cli_options import parse_pairs, settings_from_args
 from consumers.console import guarded_output
 from consumers.decoding import EventFormat
-from consumers.errors import ConfigError, RunwatchError
-from consumers.events import RunStatusEvent, parse_status
+from consumers.model.errors import ConfigError, RunwatchError
+from consumers.model.events import RunStatusEvent, parse_status
 from consumers.model.notifications import NotificationState
 from consumers.model.receivers import OWNER
-from consumers.redact import redact
+from consumers.model.redact import redact
 from consumers.settings import Settings, load_settings
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from consumers.errors import ConfigError
+from consumers.model.errors import ConfigError
 from consumers.settings import Settings, load_settings
 
 

@@ -14,7 +14,7 @@ import orjson
 from consumers.cli_options import parse_pairs, settings_from_args
 from consumers.client import Experiment, Run, Workspace
 from consumers.client.workspace import DEFAULT_WORKSPACE
-from consumers.errors import ConfigError, RunNotFoundError, StoreLagError
+from consumers.model.errors import ConfigError, RunNotFoundError, StoreLagError
 
 Common = Callable[..., None]
 

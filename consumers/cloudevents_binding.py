@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from urllib.parse import unquote
 
-from consumers.errors import DecodeError
+from consumers.model.errors import DecodeError
 
 __all__ = ["KafkaHeaders", "binary_attributes", "kafka_headers_from_http"]
 

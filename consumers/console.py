@@ -9,7 +9,7 @@ escapes C0 controls; DEL, C1 controls and bidi/format characters it leaves raw).
 
 `guarded_output()` wraps sys.stdout and sys.stderr for the length of a CLI command, so that
 every print of every sub-command, argparse's messages and the log handler go through
-`sanitize` and consumers.redact without each call site having to remember it; table cells
+`sanitize` and consumers.model.redact without each call site having to remember it; table cells
 use `sanitize(..., cell=True)`, which also turns line breaks and tabs into spaces.
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from consumers.redact import redact
+from consumers.model.redact import redact
 
 # Line breaks and tabs: kept in text (a message's lines), spaces in a table cell.
 _LAYOUT = frozenset("\n\t")

@@ -14,7 +14,7 @@ and a dead-letter header); a bad record inside a multi-record message is counted
 Nothing else ever leaves `decode`: every decoder runs inside its isolation boundary (the
 message's in `decode`, each envelope record's in `_collect`; `_internal` is what both turn any
 other exception into: reason `internal`), and every event and run update passes one admission check
-(`_admit_event`, `_admit_update`) against the `ingest:` limits (consumers.limits): times UTC
+(`_admit_event`, `_admit_update`) against the `ingest:` limits (consumers.model.limits): times UTC
 cannot hold or that are implausible, too many or too long labels and texts.
 """
 
@@ -33,9 +33,9 @@ from pydantic_core import PydanticCustomError, SchemaValidator
 
 from consumers import log_analytics
 from consumers.cloudevents_binding import KafkaHeaders, binary_attributes
-from consumers.errors import DecodeError
-from consumers.events import RunStatusEvent
-from consumers.limits import (
+from consumers.model.errors import DecodeError
+from consumers.model.events import RunStatusEvent
+from consumers.model.limits import (
     DEFAULT_LIMITS,
     LIMIT_REASONS,
     TIME_OUT_OF_RANGE,
@@ -46,7 +46,7 @@ from consumers.limits import (
     IngestLimits,
     json_text,
 )
-from consumers.updates import UPDATE_KEY, RunUpdate
+from consumers.model.updates import UPDATE_KEY, RunUpdate
 
 __all__ = [
     "INTERNAL",
@@ -93,7 +93,7 @@ class Decoded:
     events: tuple[RunStatusEvent, ...]
     skipped: int = 0  # well-formed but not run-status (other categories, other event types)
     rejected: Rejected | None = None
-    # Tag/property/description changes (consumers.updates): stored, never seen by rules.
+    # Tag/property/description changes (consumers.model.updates): stored, never seen by rules.
     updates: tuple[RunUpdate, ...] = ()
 
 

@@ -33,9 +33,9 @@ from urllib.parse import quote
 
 import aiohttp
 
-from consumers.alerts import Alert
-from consumers.errors import RunwatchError, SendError
 from consumers.metrics import Metrics
+from consumers.model.alerts import Alert
+from consumers.model.errors import RunwatchError, SendError
 from consumers.model.notifications import NotificationKind
 from consumers.noise import digest
 from consumers.noise.policy import NoisePolicy

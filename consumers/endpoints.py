@@ -39,7 +39,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from consumers.errors import ConfigError
+from consumers.model.errors import ConfigError
 from consumers.settings import EndpointAuth
 
 log = logging.getLogger(__name__)

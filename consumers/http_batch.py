@@ -19,8 +19,8 @@ import orjson
 
 from consumers.cloudevents_binding import kafka_headers_from_http
 from consumers.decoding import Decoded, EventFormat, decode
-from consumers.errors import DecodeError
-from consumers.limits import Bounds
+from consumers.model.errors import DecodeError
+from consumers.model.limits import Bounds
 
 __all__ = ["Batch", "Message", "Validation", "plan"]
 

@@ -43,10 +43,10 @@ from aiohttp import web
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from consumers.errors import BrokerError, ConfigError, DecodeError, RunwatchError
 from consumers.http_batch import Batch, Message, Validation, plan
-from consumers.limits import IngestLimits
 from consumers.metrics import Metrics
+from consumers.model.errors import BrokerError, ConfigError, DecodeError, RunwatchError
+from consumers.model.limits import IngestLimits
 from consumers.producer import make_producer
 from consumers.settings import HttpIngestSettings, KafkaSettings
 

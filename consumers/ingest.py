@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from consumers.alerts import Alert
 from consumers.decoding import INTERNAL, Decoded, decode
-from consumers.errors import DecodeError, StoreError
-from consumers.events import RunStatusEvent
-from consumers.limits import DEFAULT_LIMITS, Bounds, IngestLimits
 from consumers.metrics import Metrics
+from consumers.model.alerts import Alert
+from consumers.model.errors import DecodeError, StoreError
+from consumers.model.events import RunStatusEvent
+from consumers.model.limits import DEFAULT_LIMITS, Bounds, IngestLimits
+from consumers.model.updates import RunUpdate
 from consumers.noise.policy import NoisePolicy
 from consumers.store import Store
 from consumers.store.writer import DeadLetter, WriteResult
-from consumers.updates import RunUpdate
 
 log = logging.getLogger(__name__)
 _TRACEBACKS_PER_TYPE = 1  # an internal error's traceback is logged once per exception type

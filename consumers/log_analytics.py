@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from consumers.errors import DecodeError
+from consumers.model.errors import DecodeError
 
 __all__ = ["TABLE", "BadRow", "query_rows", "row_count"]
 

@@ -2,7 +2,7 @@
 
 Every record passes through `RedactFilter` on the one handler, whatever logger emitted it
 (runwatch's, kafka-python's, aiohttp's, SQLAlchemy's): message, exception text and context
-fields are masked by consumers.redact before any formatter sees them. Uncaught exceptions
+fields are masked by consumers.model.redact before any formatter sees them. Uncaught exceptions
 (main thread and others) are logged through the same handler instead of printed raw.
 """
 
@@ -16,7 +16,7 @@ from types import TracebackType
 
 import orjson
 
-from consumers.redact import redact
+from consumers.model.redact import redact
 from consumers.settings import LoggingSettings
 
 # Fields that components attach with `extra=` and that the JSON format carries.

@@ -27,8 +27,6 @@ from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from consumers.decoding import EventFormat
 from consumers.encoding import encode
-from consumers.errors import BrokerError, RunwatchError
-from consumers.events import RunStatusEvent
 from consumers.kafka_clients import (
     BOOTSTRAP_TIMEOUT_MS,
     close_producer,
@@ -37,7 +35,9 @@ from consumers.kafka_clients import (
     refusal,
     stuck_producer,
 )
-from consumers.redact import redact
+from consumers.model.errors import BrokerError, RunwatchError
+from consumers.model.events import RunStatusEvent
+from consumers.model.redact import redact
 from consumers.settings import KafkaSettings
 
 if TYPE_CHECKING:  # types only: publishing runs (the client) loads neither the store writer

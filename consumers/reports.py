@@ -18,7 +18,7 @@ from typing import Any, Literal
 import orjson
 
 from consumers.console import sanitize
-from consumers.events import to_utc
+from consumers.model.events import to_utc
 from consumers.store.queries import RunDetail
 
 Output = Literal["table", "json"]

@@ -25,9 +25,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from consumers import redact
-from consumers.errors import ConfigError
-from consumers.limits import IngestLimits
+from consumers.model import redact
+from consumers.model.errors import ConfigError
+from consumers.model.limits import IngestLimits
 from consumers.noise.config import NoiseSettings
 
 ENV_PREFIX = "RUNWATCH_"
@@ -560,7 +560,7 @@ class Settings(BaseSettings):
     notify: NotifySettings = NotifySettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     noise: NoiseSettings = NoiseSettings()  # grouping, silences, inhibition, routing
-    ingest: IngestLimits = IngestLimits()  # what one message may hold (consumers.limits)
+    ingest: IngestLimits = IngestLimits()  # what one message may hold (consumers.model.limits)
     http_ingest: HttpIngestSettings = (
         HttpIngestSettings()
     )  # Event Grid push (consumers.http_ingest)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 
 EXPERIMENTS = ("nightly-train", "bert-finetune", "resnet-sweep", "data-prep", "llm-eval")
 STEPS = ("prepare-data", "featurize", "train", "evaluate", "register-model", "deploy")

@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
-from consumers.alerts import Alert
 from consumers.dispatcher import Dispatcher
-from consumers.events import RunStatusEvent
 from consumers.metrics import Metrics
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
 from consumers.noise.policy import NoisePolicy
 from consumers.settings import Settings
 from consumers.store import Store

@@ -22,7 +22,7 @@ import yaml
 from consumers.broker import free_port
 from consumers.decoding import EventFormat
 from consumers.encoding import encode
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 PROMETHEUS = shutil.which("prometheus")

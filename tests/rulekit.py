@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.rules.engine import RuleSet
 from consumers.rules.model import Rule, RuleFile
 from consumers.rules.scheduler import Scheduler

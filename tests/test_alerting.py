@@ -17,7 +17,7 @@ import yaml
 
 from consumers.decoding import EventFormat
 from consumers.encoding import encode
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.notify.webhook import verify
 from consumers.settings import Settings, shipped
 from consumers.store import open_store

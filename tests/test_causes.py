@@ -21,7 +21,7 @@ from consumers.causes import (
     load_causes,
     parse_traceback,
 )
-from consumers.errors import RuleError
+from consumers.model.errors import RuleError
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "alert_rules" / "causes" / "default.yaml"

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.store import Store
 from consumers.store.engine import head_revision
 from consumers.store.writer import DeadLetter

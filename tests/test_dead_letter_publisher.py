@@ -21,9 +21,9 @@ from sqlalchemy import select
 from consumers.broker import EmbeddedBroker, create_topics, free_port
 from consumers.decoding import EventFormat
 from consumers.encoding import encode
-from consumers.errors import BrokerError
 from consumers.kafka_clients import refusal, stuck_producer
 from consumers.metrics import Metrics
+from consumers.model.errors import BrokerError
 from consumers.producer import (
     KEY_SIZE_HEADER,
     REASON_HEADER,

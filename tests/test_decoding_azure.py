@@ -31,8 +31,8 @@ import pytest
 from consumers.cloudevents_binding import binary_attributes, kafka_headers_from_http
 from consumers.decoding import Decoded, EventFormat, decode
 from consumers.encoding import encode
-from consumers.errors import DecodeError
-from consumers.events import RunStatusEvent
+from consumers.model.errors import DecodeError
+from consumers.model.events import RunStatusEvent
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 AZURE = SAMPLES / "azure"
@@ -171,7 +171,7 @@ def test_malformed_query_responses(tables: Any, expected: str) -> None:
 
 
 def test_the_record_limit_counts_rows_before_building_them() -> None:
-    from consumers.limits import IngestLimits
+    from consumers.model.limits import IngestLimits
 
     bounds = IngestLimits(max_records=2).at(datetime.now(UTC))
     value = raw("azure/log-analytics-query-response.json")

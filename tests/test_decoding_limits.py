@@ -15,10 +15,10 @@ import pytest
 from consumers import decoding
 from consumers.decoding import Decoded, EventFormat, decode
 from consumers.encoding import encode, encode_many
-from consumers.errors import DecodeError
-from consumers.events import RunStatusEvent
-from consumers.limits import IngestLimits
-from consumers.updates import RunUpdate
+from consumers.model.errors import DecodeError
+from consumers.model.events import RunStatusEvent
+from consumers.model.limits import IngestLimits
+from consumers.model.updates import RunUpdate
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 BOUNDS = IngestLimits().at(NOW)

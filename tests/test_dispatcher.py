@@ -11,10 +11,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from consumers.alerts import Alert
 from consumers.dispatcher import Dispatcher
-from consumers.events import RunStatusEvent
 from consumers.metrics import Metrics
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
 from consumers.settings import Settings, shipped
 from consumers.store import Store
 from consumers.store.outbox import Outbox

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from consumers.errors import ConfigError
-from consumers.events import RunStatusEvent
+from consumers.model.errors import ConfigError
+from consumers.model.events import RunStatusEvent
 from consumers.settings import EndpointAuth, Settings, SmtpSettings, load_settings
 from consumers.store import open_store
 from tests.test_cli import runwatch

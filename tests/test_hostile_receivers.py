@@ -17,11 +17,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text, update
 
-from consumers.alerts import Alert
 from consumers.dispatcher import Dispatcher
-from consumers.errors import SendError, StoreError
-from consumers.events import RunStatusEvent
 from consumers.metrics import Metrics
+from consumers.model.alerts import Alert
+from consumers.model.errors import SendError, StoreError
+from consumers.model.events import RunStatusEvent
 from consumers.notify.webhook import retry_after
 from consumers.settings import Settings, shipped
 from consumers.store import Store

@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 import pytest
 
-from consumers.errors import ConfigError, DecodeError
 from consumers.http_batch import Batch, Message, Validation, plan
-from consumers.limits import IngestLimits
+from consumers.model.errors import ConfigError, DecodeError
+from consumers.model.limits import IngestLimits
 from consumers.settings import HttpIngestSettings, load_settings
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "eventgrid"

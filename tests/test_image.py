@@ -32,7 +32,7 @@ import yaml
 from consumers.broker import free_port
 from consumers.decoding import EventFormat
 from consumers.encoding import encode
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from tests.conftest import Topics, wait_for
 from tests.servers import SmtpServer
 

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from consumers.decoding import EventFormat
 from consumers.encoding import encode, encode_many
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.producer import (
     ERROR_HEADER,
     OFFSET_HEADER,

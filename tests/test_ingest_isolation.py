@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry
 from consumers import ingest
 from consumers.decoding import EventFormat
 from consumers.encoding import encode
-from consumers.events import RunStatusEvent
 from consumers.ingest import Ingestor
 from consumers.metrics import Metrics
+from consumers.model.events import RunStatusEvent
 from consumers.store.writer import DeadLetter
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from consumers.errors import ConfigError
+from consumers.model.errors import ConfigError
 from consumers.model.matchers import Matcher
 from consumers.noise.config import NoiseSettings, OwnerSettings
 from consumers.noise.owners import resolve

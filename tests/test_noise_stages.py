@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from consumers.alerts import Alert
-from consumers.events import RunStatusEvent
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
 from consumers.model.notifications import Notification, NotificationGroup, NotificationState
 from consumers.model.silences import Silence
 from consumers.noise.config import InhibitRule, NoiseSettings

@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import update
 
-from consumers.errors import ConfigError
+from consumers.model.errors import ConfigError
 from consumers.model.receivers import is_address, owner_address, owner_receiver
 from consumers.noise.config import NoiseSettings, OwnerSettings
 from consumers.noise.owners import resolve

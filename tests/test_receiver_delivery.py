@@ -21,10 +21,10 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumers.alerts import Alert
 from consumers.dispatcher import Dispatcher
-from consumers.events import RunStatusEvent
 from consumers.metrics import Metrics
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
 from consumers.settings import Settings
 from consumers.store import Store
 from consumers.store.outbox import Outbox

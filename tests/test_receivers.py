@@ -18,10 +18,10 @@ import pytest
 from jsonschema.protocols import Validator
 from prometheus_client import CollectorRegistry
 
-from consumers.alerts import Alert
 from consumers.dispatcher import Dispatcher
-from consumers.events import RunStatusEvent
 from consumers.metrics import Metrics
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
 from consumers.model.notifications import NotificationKind
 from consumers.noise import digest
 from consumers.notify import inert

@@ -17,7 +17,7 @@ import yaml
 from consumers.broker import free_port
 from consumers.decoding import EventFormat
 from consumers.encoding import encode
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.settings import shipped
 from tests.conftest import Topics, serve, wait_for
 from tests.ops import http_get

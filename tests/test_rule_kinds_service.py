@@ -11,7 +11,7 @@ import orjson
 
 from consumers.decoding import EventFormat
 from consumers.encoding import encode
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.settings import Settings, shipped
 from consumers.store import open_store
 from consumers.store.outbox import Notification, Outbox

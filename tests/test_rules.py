@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumers.errors import RuleError
-from consumers.events import RunStatusEvent
 from consumers.metrics import Metrics
+from consumers.model.errors import RuleError
+from consumers.model.events import RunStatusEvent
 from consumers.rules import (
     RuleSet,
     RuleWatcher,

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from consumers.cli import main
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.store import Store
 from tests.rulekit import notes
 

@@ -27,7 +27,7 @@ from kafka import KafkaProducer
 
 from consumers.decoding import EventFormat
 from consumers.encoding import encode
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from tests.conftest import RUNWATCH, RunningService, Topics, wait_for
 
 COLUMNS = Path(__file__).resolve().parent / "samples/azure/amlrunstatuschangedevent.columns.json"

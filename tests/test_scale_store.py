@@ -14,9 +14,9 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from consumers.alerts import Alert
-from consumers.errors import SchemaVersionError
-from consumers.events import RunStatusEvent
+from consumers.model.alerts import Alert
+from consumers.model.errors import SchemaVersionError
+from consumers.model.events import RunStatusEvent
 from consumers.store import Store, open_store
 from consumers.store.engine import _alembic_config, head_revision, make_engine
 from consumers.store.listen import OutboxListener

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from consumers.alerts import Alert
-from consumers.events import RunStatusEvent
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
 from consumers.rules.engine import RuleSet
 from consumers.rules.scheduler import Scheduler
 from consumers.store import Store

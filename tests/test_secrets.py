@@ -21,7 +21,7 @@ import pytest
 import yaml
 from psycopg import sql
 
-from consumers import redact
+from consumers.model import redact
 from tests.conftest import PG_ADMIN, RUNWATCH, Topics, wait_for
 from tests.ops import http_get
 from tests.servers import HttpServer

@@ -18,7 +18,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 
 from consumers.decoding import EventFormat
 from consumers.encoding import encode
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.producer import REASON_HEADER
 from tests.conftest import RUNWATCH, Topics, serve, wait_for, write_config
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from consumers.errors import ConfigError
+from consumers.model.errors import ConfigError
 from consumers.settings import load_settings
 
 ISSUE_YAML = """\

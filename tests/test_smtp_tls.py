@@ -13,8 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from consumers.dispatcher import Dispatcher
-from consumers.errors import ConfigError, SendError
 from consumers.metrics import Metrics
+from consumers.model.errors import ConfigError, SendError
 from consumers.notify.email import EmailSender, Mail
 from consumers.settings import Settings, SmtpSettings, load_settings
 from consumers.store import Store

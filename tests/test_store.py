@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 
-from consumers.errors import SchemaVersionError
-from consumers.events import RunStatusEvent
+from consumers.model.errors import SchemaVersionError
+from consumers.model.events import RunStatusEvent
 from consumers.store import Store, open_store
 from consumers.store.engine import head_revision, make_engine
 from consumers.store.schema import metadata

@@ -12,10 +12,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from consumers.alerts import Alert
 from consumers.cli import main
 from consumers.console import SafeStream, guarded_output, sanitize
-from consumers.events import RunStatusEvent
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
 from consumers.store import Store, open_store
 from consumers.store.outbox import Outbox
 from consumers.store.silences import add_silence

@@ -64,7 +64,7 @@ class Outgoing:
 
 
 def _say(text: str) -> None:
-    from consumers.redact import redact
+    from consumers.model.redact import redact
 
     try:
         sys.stderr.write(f"runwatch: {redact(text)}\n")
@@ -217,7 +217,7 @@ class Courier:
     def _setup(self) -> None:
         from consumers.client.run import Experiment, Run
         from consumers.client.workspace import Workspace
-        from consumers.errors import RunwatchError
+        from consumers.model.errors import RunwatchError
         from consumers.settings import load_settings
 
         # What exec has to say it says itself (`_say`); the log lines of the modules it

@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from consumers.client.env import ENV_CONFIG, ENV_WORKSPACE
 from consumers.client.ledger import Ledger, Mark, Placement, ledger_for
-from consumers.errors import RunNotFoundError, StoreLagError
+from consumers.model.errors import RunNotFoundError, StoreLagError
 
 if TYPE_CHECKING:
     from consumers.client.reads import StoredRun, StoreReads
-    from consumers.events import RunStatusEvent
+    from consumers.model.events import RunStatusEvent
+    from consumers.model.updates import RunUpdate
     from consumers.producer import EventPublisher
     from consumers.settings import Settings
     from consumers.store import Store
-    from consumers.updates import RunUpdate
 
 __all__ = ["DEFAULT_WORKSPACE", "ENV_WORKSPACE", "Workspace"]
 

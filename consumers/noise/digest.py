@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from consumers.alerts import Alert
-from consumers.events import to_utc
+from consumers.model.alerts import Alert
+from consumers.model.events import to_utc
 from consumers.model.notifications import Notification, NotificationKind
 from consumers.model.receivers import owner_address
 from consumers.settings import EmailReceiver, ReceiverSettings, Settings

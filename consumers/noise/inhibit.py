@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from consumers.alerts import Alert
+from consumers.model.alerts import Alert
 from consumers.model.matchers import Matcher, match_all, parse_all
 from consumers.model.notifications import NotificationState
 from consumers.noise.config import InhibitRule

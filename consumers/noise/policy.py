@@ -18,8 +18,8 @@ from typing import NamedTuple, Protocol
 
 from prometheus_client import Counter
 
-from consumers.alerts import Alert
-from consumers.errors import ConfigError
+from consumers.model.alerts import Alert
+from consumers.model.errors import ConfigError
 from consumers.model.notifications import NOISE_SUPPRESSED
 from consumers.model.receivers import OWNER
 from consumers.noise.config import NoiseSettings

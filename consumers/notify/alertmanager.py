@@ -24,8 +24,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from consumers.alerts import SEVERITY_NAMES
-from consumers.events import to_utc
+from consumers.model.alerts import SEVERITY_NAMES
+from consumers.model.events import to_utc
 from consumers.notify.webhook import post
 from consumers.settings import AlertmanagerReceiver
 

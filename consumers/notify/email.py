@@ -31,7 +31,7 @@ from email.utils import format_datetime, formataddr, parseaddr
 
 import aiosmtplib
 
-from consumers.errors import ConfigError, SendError
+from consumers.model.errors import ConfigError, SendError
 from consumers.settings import SmtpSettings
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from consumers import redact
-from consumers.errors import SendError
+from consumers.model import redact
+from consumers.model.errors import SendError
 from consumers.notify.pagerduty import with_routing_key
 from consumers.settings import WebhookReceiver
 

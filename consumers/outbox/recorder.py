@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from consumers.alerts import Alert
+from consumers.model.alerts import Alert
 from consumers.model.notifications import NotificationState
 from consumers.model.receivers import OWNER, owner_address
 from consumers.noise.decision import Decision

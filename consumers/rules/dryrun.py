@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from consumers.alerts import Alert
+from consumers.model.alerts import Alert
 from consumers.rules.engine import RuleSet
 from consumers.rules.evaluation import Evaluation
 from consumers.rules.feed import baseline_loader, earliest_event, events_between

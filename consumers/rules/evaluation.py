@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from consumers.alerts import Alert
-from consumers.events import RunStatusEvent, Status
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent, Status
 from consumers.rules.absence import LastSeen
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Describe, Instances, Key

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, or_, select
 
-from consumers.events import TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
+from consumers.model.events import TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
 from consumers.store.engine import Store
 from consumers.store.schema import events, runs
 

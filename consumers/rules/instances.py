@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from consumers.alerts import Alert
-from consumers.events import RunStatusEvent
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
 from consumers.rules.model import Rule
 from consumers.store.alert_states import InstanceState
 

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from consumers.errors import RuleError
+from consumers.model.errors import RuleError
 from consumers.rules.engine import RuleSet
 from consumers.rules.model import (
     AbsenceSpec,

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from consumers.events import RunStatusEvent, Status, parse_status
+from consumers.model.events import RunStatusEvent, Status, parse_status
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 DEFAULT_THROTTLE_KEY: tuple[str, ...] = ("RunId", "Status")

@@ -16,8 +16,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from consumers.errors import RuleError
 from consumers.metrics import Metrics
+from consumers.model.errors import RuleError
 from consumers.rules.engine import RuleSet
 from consumers.rules.guard import RuleGuard
 from consumers.rules.loader import read_rules, rule_files

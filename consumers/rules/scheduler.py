@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from consumers.alerts import Alert
-from consumers.errors import RunwatchError
+from consumers.model.alerts import Alert
+from consumers.model.errors import RunwatchError
 from consumers.noise.policy import NoisePolicy
 from consumers.outbox.recorder import Recorder
 from consumers.rules.engine import RuleSet

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from consumers.events import STATUS_RANK, RunStatusEvent, Status
+from consumers.model.events import STATUS_RANK, RunStatusEvent, Status
 from consumers.rules.reads import Reads
 
 # Runs that ended (or were evicted), remembered so that a late non-terminal event does not

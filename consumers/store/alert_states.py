@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, and_, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from consumers.events import to_utc
+from consumers.model.events import to_utc
 from consumers.store.schema import alert_states as t
 
 if TYPE_CHECKING:

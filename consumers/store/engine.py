@@ -24,18 +24,18 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
-from consumers.errors import SchemaVersionError, StoreError
-from consumers.events import to_utc
+from consumers.model.errors import SchemaVersionError, StoreError
+from consumers.model.events import to_utc
 from consumers.store import partitions
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-    from consumers.alerts import Alert
-    from consumers.events import RunStatusEvent
+    from consumers.model.alerts import Alert
+    from consumers.model.events import RunStatusEvent
+    from consumers.model.updates import RunUpdate
     from consumers.noise.policy import NoisePolicy
     from consumers.store.writer import DeadLetter, WriteResult
-    from consumers.updates import RunUpdate
 
 
 def _json(value: Any) -> str:

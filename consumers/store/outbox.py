@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, func, select, update
 
-from consumers.events import to_utc
+from consumers.model.events import to_utc
 from consumers.model.notifications import RETRYABLE, Notification, NotificationState
-from consumers.redact import redact
+from consumers.model.redact import redact
 from consumers.store.digests import claim_members
 from consumers.store.schema import notifications as n
 

@@ -20,7 +20,7 @@ from jmespath.parser import ParsedResult
 from sqlalchemy import Row, Select, case, func, select
 from sqlalchemy.types import LargeBinary
 
-from consumers.events import STATUS_RANK, TERMINAL_STATUSES, Status, parse_status, to_utc
+from consumers.model.events import STATUS_RANK, TERMINAL_STATUSES, Status, parse_status, to_utc
 from consumers.store.engine import Store
 from consumers.store.schema import dead_letters, events, runs
 

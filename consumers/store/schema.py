@@ -83,7 +83,7 @@ runs = Table(
     Column("LastSeen", Time, nullable=False),
     Column("StartTime", Time),
     Column("EndTime", Time),
-    # Set by run-update records (consumers.updates), never by status events.
+    # Set by run-update records (consumers.model.updates), never by status events.
     Column("Description", Text),
     Column("UpdatedTime", Time),
     Index("ix_runs_experiment_last", "ExperimentName", "LastSeen"),

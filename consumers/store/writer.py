@@ -33,12 +33,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
-from consumers.alerts import Alert
-from consumers.events import STATUS_RANK, TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
-from consumers.redact import redact
+from consumers.model.alerts import Alert
+from consumers.model.events import STATUS_RANK, TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
+from consumers.model.redact import redact
+from consumers.model.updates import RunUpdate, apply_update
 from consumers.store.listen import notify_outbox, notify_runs
 from consumers.store.schema import dead_letters, events, runs
-from consumers.updates import RunUpdate, apply_update
 
 if TYPE_CHECKING:
     from consumers.noise.policy import NoisePolicy

@@ -14,7 +14,7 @@ import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
-from consumers.limits import TIME_OUT_OF_RANGE, IngestLimits, json_text, limits_of
+from consumers.model.limits import TIME_OUT_OF_RANGE, IngestLimits, json_text, limits_of
 
 StatusName = Literal[
     "NotStarted",
@@ -112,7 +112,7 @@ UtcTime = Annotated[datetime, AfterValidator(_utc)]
 def _labels(value: Any, info: ValidationInfo) -> dict[str, str | None]:
     """Tags and properties are strings in the run API: null means none, other JSON values
     (numbers, nested objects) are kept as their JSON text rather than rejected, within the
-    depth and size limits of the validation context (consumers.limits)."""
+    depth and size limits of the validation context (consumers.model.limits)."""
     if value is None:
         return {}
     if not isinstance(value, dict):

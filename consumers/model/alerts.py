@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 
 Severity = Annotated[int, Field(ge=0, le=4)]
 SEVERITY_NAMES = {

@@ -17,7 +17,7 @@ from typing import Annotated
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumers.events import UtcTime
+from consumers.model.events import UtcTime
 
 UPDATE_KEY = "RunUpdate"
 
