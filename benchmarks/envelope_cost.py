@@ -34,12 +34,12 @@ from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
 from consumers.broker import EmbeddedBroker, create_topics
+from consumers.config.settings import KafkaSettings, MetricsSettings, Settings, StoreSettings
 from consumers.decoding import EventFormat
 from consumers.encoding import encode
 from consumers.ingest import Ingestor
 from consumers.metrics import Metrics
 from consumers.model.events import RunStatusEvent
-from consumers.settings import KafkaSettings, MetricsSettings, Settings, StoreSettings
 from consumers.store.writer import DeadLetter
 
 RUNWATCH = str(Path(sys.executable).parent / "runwatch")

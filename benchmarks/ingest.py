@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.app import tune_gc
 from consumers.broker import EmbeddedBroker, create_topics
+from consumers.config.settings import KafkaSettings
 from consumers.decoding import EventFormat, decode
 from consumers.encoding import encode, encode_many
 from consumers.ingest import Ingestor, Prepared
@@ -43,7 +44,6 @@ from consumers.kafka_loop import KafkaLoop
 from consumers.metrics import Metrics
 from consumers.model.events import RunStatusEvent
 from consumers.model.limits import DEFAULT_LIMITS
-from consumers.settings import KafkaSettings
 from consumers.simulator import Simulator
 from consumers.store import open_store
 from consumers.store.writer import DeadLetter

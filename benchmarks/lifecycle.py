@@ -24,7 +24,7 @@ from percentiles import pct  # benchmarks/, on the path when run as a script
 from consumers.app import Service
 from consumers.broker import EmbeddedBroker, create_topics
 from consumers.client import Experiment, Workspace
-from consumers.settings import Settings
+from consumers.config.settings import Settings
 
 
 def report(label: str, seconds: list[float]) -> None:

@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from consumers.config.noise import NoiseSettings
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
-from consumers.noise.config import NoiseSettings
 from consumers.noise.policy import NoisePolicy
 from consumers.store import open_store
 from consumers.store.silences import add_silence

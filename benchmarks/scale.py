@@ -38,13 +38,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ingest import messages_for, produce
 
 from consumers.broker import EmbeddedBroker, create_topics, free_port
+from consumers.config.settings import KafkaSettings, Settings
 from consumers.dispatcher import Dispatcher
 from consumers.ingest import Ingestor
 from consumers.kafka_loop import KafkaLoop
 from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
-from consumers.settings import KafkaSettings, Settings
 from consumers.simulator import Simulator
 from consumers.store import open_store
 from consumers.store.outbox import Outbox

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 
+from consumers.config.settings import Settings
 from consumers.dispatcher import Dispatcher
 from consumers.endpoints import Check, OpsServer
 from consumers.http_ingest import HttpIngest
@@ -43,7 +44,6 @@ from consumers.rules.evaluation import mark_stale
 from consumers.rules.loader import load_rules
 from consumers.rules.reload import RuleWatcher
 from consumers.rules.scheduler import Scheduler
-from consumers.settings import Settings
 from consumers.store import Store, open_store
 from consumers.store.lease import Lease
 

@@ -18,6 +18,7 @@ import orjson
 from pydantic import ValidationError
 
 from consumers.cli_options import parse_pairs, settings_from_args
+from consumers.config.settings import Settings, load_settings
 from consumers.console import guarded_output
 from consumers.decoding import EventFormat
 from consumers.model.errors import ConfigError, RunwatchError
@@ -25,7 +26,6 @@ from consumers.model.events import RunStatusEvent, parse_status
 from consumers.model.notifications import NotificationState
 from consumers.model.receivers import OWNER
 from consumers.model.redact import redact
-from consumers.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from consumers.store import Store

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from consumers.config.settings import Settings, load_settings
 from consumers.model.errors import ConfigError
-from consumers.settings import Settings, load_settings
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

@@ -20,15 +20,15 @@ import time
 from consumers.app import Service
 from consumers.broker import EmbeddedBroker, create_topics, free_port
 from consumers.catchers import MailCatcher, WebhookCatcher
-from consumers.decoding import EventFormat
-from consumers.logs import setup_logging
-from consumers.producer import EventPublisher
-from consumers.reports import format_runs
-from consumers.settings import (
+from consumers.config.settings import (
     KafkaSettings,
     LoggingSettings,
     Settings,
 )
+from consumers.decoding import EventFormat
+from consumers.logs import setup_logging
+from consumers.producer import EventPublisher
+from consumers.reports import format_runs
 from consumers.simulator import Simulator
 from consumers.store.queries import RunFilter, list_runs
 

@@ -33,6 +33,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from consumers.config.settings import ReceiverSettings, Settings
 from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
 from consumers.model.errors import RunwatchError, SendError
@@ -44,7 +45,6 @@ from consumers.notify.email import EmailSender, build_message
 from consumers.notify.failures import as_send_error
 from consumers.notify.webhook import WebhookSender
 from consumers.outbox.recheck import recheck
-from consumers.settings import ReceiverSettings, Settings
 from consumers.store import Store
 from consumers.store.digests import group_labels, stormed
 from consumers.store.listen import OutboxListener

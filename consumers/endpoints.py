@@ -39,8 +39,8 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from consumers.config.settings import EndpointAuth
 from consumers.model.errors import ConfigError
-from consumers.settings import EndpointAuth
 
 log = logging.getLogger(__name__)
 

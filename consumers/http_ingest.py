@@ -43,12 +43,12 @@ from aiohttp import web
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from consumers.config.settings import HttpIngestSettings, KafkaSettings
 from consumers.http_batch import Batch, Message, Validation, plan
 from consumers.metrics import Metrics
 from consumers.model.errors import BrokerError, ConfigError, DecodeError, RunwatchError
 from consumers.model.limits import IngestLimits
 from consumers.producer import make_producer
-from consumers.settings import HttpIngestSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from consumers.config.settings import KafkaSettings
 from consumers.kafka_clients import close_consumer, recovery_options
 from consumers.metrics import Metrics
 from consumers.model.errors import BrokerError, RunwatchError
-from consumers.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from types import TracebackType
 
 import orjson
 
+from consumers.config.settings import LoggingSettings
 from consumers.model.redact import redact
-from consumers.settings import LoggingSettings
 
 # Fields that components attach with `extra=` and that the JSON format carries.
 CONTEXT_FIELDS = ("run_id", "rule", "notification_id", "partition", "offset", "reason")

@@ -25,6 +25,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
+from consumers.config.settings import KafkaSettings
 from consumers.decoding import EventFormat
 from consumers.encoding import encode
 from consumers.kafka_clients import (
@@ -38,7 +39,6 @@ from consumers.kafka_clients import (
 from consumers.model.errors import BrokerError, RunwatchError
 from consumers.model.events import RunStatusEvent
 from consumers.model.redact import redact
-from consumers.settings import KafkaSettings
 
 if TYPE_CHECKING:  # types only: publishing runs (the client) loads neither the store writer
     from consumers.metrics import Metrics  # nor the metrics (prometheus_client)

@@ -51,11 +51,11 @@ import jinja2
 import orjson
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from consumers.config.settings import Settings, WebhookFormat, shipped
 from consumers.model.errors import TemplateError
 from consumers.model.events import to_utc
 from consumers.notify import alertmanager, azure, inert, pagerduty
 from consumers.notify.email import RenderedEmail, header_text
-from consumers.settings import Settings, WebhookFormat, shipped
 
 
 def duration(seconds: float | None) -> str:

@@ -24,7 +24,7 @@ from psycopg import sql
 
 from consumers.app import Service
 from consumers.broker import EmbeddedBroker, create_topics
-from consumers.settings import KafkaSettings, MetricsSettings, Settings, StoreSettings
+from consumers.config.settings import KafkaSettings, MetricsSettings, Settings, StoreSettings
 from consumers.store import Store, open_store
 from tests.servers import HttpServer, SmtpServer
 

@@ -10,12 +10,12 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
+from consumers.config.settings import Settings
 from consumers.dispatcher import Dispatcher
 from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
 from consumers.noise.policy import NoisePolicy
-from consumers.settings import Settings
 from consumers.store import Store
 from consumers.store.outbox import Notification, Outbox
 from tests.servers import HttpServer, SmtpServer

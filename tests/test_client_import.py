@@ -33,7 +33,13 @@ SERVER_SIDE = (
     "jinja2",
     "alembic",
 )
-DEFERRED = ("consumers.store", "consumers.producer", "consumers.settings", "kafka", "sqlalchemy")
+DEFERRED = (
+    "consumers.store",
+    "consumers.producer",
+    "consumers.config.settings",
+    "kafka",
+    "sqlalchemy",
+)
 DEFERRED += ("psycopg",)
 CLI = ("cli", "cli_run", "cli_options", "cli_exec", "entry")
 

@@ -11,11 +11,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from consumers.config.settings import Settings, shipped
 from consumers.dispatcher import Dispatcher
 from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
-from consumers.settings import Settings, shipped
 from consumers.store import Store
 from consumers.store.outbox import Outbox
 from tests.conftest import wait_for

@@ -20,15 +20,15 @@ from pydantic import ValidationError
 
 from consumers.app import Service
 from consumers.broker import EmbeddedBroker, create_topics, free_port
-from consumers.endpoints import Check, OpsServer
-from consumers.logs import setup_logging
-from consumers.settings import (
+from consumers.config.settings import (
     EndpointAuth,
     LoggingSettings,
     MetricsSettings,
     Settings,
     StoreSettings,
 )
+from consumers.endpoints import Check, OpsServer
+from consumers.logs import setup_logging
 from tests.conftest import Topics, serve, wait_for
 from tests.ops import http_get, run_events
 from tests.servers import HttpServer

@@ -221,7 +221,7 @@ def test_the_front_imports_nothing_heavy() -> None:
         "kafka",
         "sqlalchemy",
         "yaml",
-        "consumers.settings",
+        "consumers.config.settings",
         "consumers.model.events",
     )
     assert sorted(m for m in loaded if m.split(".")[0] in heavy or m in heavy) == []

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from consumers.config.settings import EndpointAuth, Settings, SmtpSettings, load_settings
 from consumers.model.errors import ConfigError
 from consumers.model.events import RunStatusEvent
-from consumers.settings import EndpointAuth, Settings, SmtpSettings, load_settings
 from consumers.store import open_store
 from tests.test_cli import runwatch
 

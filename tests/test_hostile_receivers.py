@@ -17,13 +17,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text, update
 
+from consumers.config.settings import Settings, shipped
 from consumers.dispatcher import Dispatcher
 from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
 from consumers.model.errors import SendError, StoreError
 from consumers.model.events import RunStatusEvent
 from consumers.notify.webhook import retry_after
-from consumers.settings import Settings, shipped
 from consumers.store import Store
 from consumers.store.outbox import Notification, Outbox
 from consumers.store.schema import notifications

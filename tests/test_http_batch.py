@@ -15,10 +15,10 @@ from typing import Any
 import orjson
 import pytest
 
+from consumers.config.settings import HttpIngestSettings, load_settings
 from consumers.http_batch import Batch, Message, Validation, plan
 from consumers.model.errors import ConfigError, DecodeError
 from consumers.model.limits import IngestLimits
-from consumers.settings import HttpIngestSettings, load_settings
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "eventgrid"
 BOUNDS = IngestLimits().at(datetime.now(UTC))

@@ -16,8 +16,8 @@ from collections.abc import Iterator, Mapping
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from consumers.config.settings import EndpointAuth
 from consumers.endpoints import Check, OpsServer
-from consumers.settings import EndpointAuth
 from tests.conftest import wait_for
 from tests.ops import http_get
 

@@ -21,11 +21,11 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from consumers.config.settings import Settings
 from consumers.dispatcher import Dispatcher
 from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
-from consumers.settings import Settings
 from consumers.store import Store
 from consumers.store.outbox import Outbox
 from tests.conftest import wait_for

@@ -18,6 +18,7 @@ import pytest
 from jsonschema.protocols import Validator
 from prometheus_client import CollectorRegistry
 
+from consumers.config.settings import Settings, WebhookFormat
 from consumers.dispatcher import Dispatcher
 from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
@@ -26,7 +27,6 @@ from consumers.model.notifications import NotificationKind
 from consumers.noise import digest
 from consumers.notify import inert
 from consumers.notify.pagerduty import with_routing_key
-from consumers.settings import Settings, WebhookFormat
 from consumers.store import Store
 from consumers.store.outbox import Outbox
 from consumers.templating import Renderer

@@ -15,10 +15,10 @@ import orjson
 import yaml
 
 from consumers.broker import free_port
+from consumers.config.settings import shipped
 from consumers.decoding import EventFormat
 from consumers.encoding import encode
 from consumers.model.events import RunStatusEvent
-from consumers.settings import shipped
 from tests.conftest import Topics, serve, wait_for
 from tests.ops import http_get
 from tests.servers import HttpServer, SmtpServer

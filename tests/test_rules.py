@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from consumers.config.settings import shipped
 from consumers.metrics import Metrics
 from consumers.model.errors import RuleError
 from consumers.model.events import RunStatusEvent
@@ -28,7 +29,6 @@ from consumers.rules import (
     parse_duration,
 )
 from consumers.rules import engine as engine_module
-from consumers.settings import shipped
 
 T0 = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from consumers.config.settings import Settings, SmtpSettings, load_settings
 from consumers.dispatcher import Dispatcher
 from consumers.metrics import Metrics
 from consumers.model.errors import ConfigError, SendError
 from consumers.notify.email import EmailSender, Mail
-from consumers.settings import Settings, SmtpSettings, load_settings
 from consumers.store import Store
 from consumers.store.outbox import Outbox
 from tests.conftest import wait_for

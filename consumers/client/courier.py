@@ -35,7 +35,7 @@ from consumers.client.spool import Destination, Leftover, SpoolFile, leftovers
 
 if TYPE_CHECKING:
     from consumers.client.run import Run
-    from consumers.settings import KafkaSettings, Settings
+    from consumers.config.settings import KafkaSettings, Settings
 
 HEARTBEAT_PROPERTY = "runwatch.heartbeat_s"  # on runs exec heartbeats for: the interval
 SEND_TIMEOUT_S = 5.0  # one record's acknowledgement
@@ -217,8 +217,8 @@ class Courier:
     def _setup(self) -> None:
         from consumers.client.run import Experiment, Run
         from consumers.client.workspace import Workspace
+        from consumers.config.settings import load_settings
         from consumers.model.errors import RunwatchError
-        from consumers.settings import load_settings
 
         # What exec has to say it says itself (`_say`); the log lines of the modules it
         # borrows (a producer closed while the broker is away) would only clutter the

@@ -23,10 +23,10 @@ from consumers.model.errors import RunNotFoundError, StoreLagError
 
 if TYPE_CHECKING:
     from consumers.client.reads import StoredRun, StoreReads
+    from consumers.config.settings import Settings
     from consumers.model.events import RunStatusEvent
     from consumers.model.updates import RunUpdate
     from consumers.producer import EventPublisher
-    from consumers.settings import Settings
     from consumers.store import Store
 
 __all__ = ["DEFAULT_WORKSPACE", "ENV_WORKSPACE", "Workspace"]
@@ -65,7 +65,7 @@ class Workspace:
         if not name:
             raise ValueError("a workspace needs a name")
         if settings is None:
-            from consumers.settings import load_settings
+            from consumers.config.settings import load_settings
 
             settings = load_settings(None)
         self.name = name
@@ -85,7 +85,7 @@ class Workspace:
         the parent was given (RUNWATCH_RUN_CONFIG, set by `runwatch run exec --config`)."""
         env = os.environ if environ is None else environ
         if env.get(ENV_CONFIG) and "settings" not in options:
-            from consumers.settings import load_settings
+            from consumers.config.settings import load_settings
 
             options["settings"] = load_settings(env[ENV_CONFIG])
         return cls(env.get(ENV_WORKSPACE) or DEFAULT_WORKSPACE, **options)

@@ -20,11 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from consumers.config.settings import EmailReceiver, ReceiverSettings, Settings
 from consumers.model.alerts import Alert
 from consumers.model.events import to_utc
 from consumers.model.notifications import Notification, NotificationKind
 from consumers.model.receivers import owner_address
-from consumers.settings import EmailReceiver, ReceiverSettings, Settings
 
 _STORM_LISTED = 50
 

@@ -31,8 +31,8 @@ from email.utils import format_datetime, formataddr, parseaddr
 
 import aiosmtplib
 
+from consumers.config.settings import SmtpSettings
 from consumers.model.errors import ConfigError, SendError
-from consumers.settings import SmtpSettings
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from consumers.config.noise import NoiseSettings
 from consumers.model import redact
 from consumers.model.errors import ConfigError
 from consumers.model.limits import IngestLimits
-from consumers.noise.config import NoiseSettings
 
 ENV_PREFIX = "RUNWATCH_"
 
@@ -298,7 +298,7 @@ class LoggingSettings(_Section):
     format: Literal["text", "json"] = "text"
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def shipped(name: str) -> Path:

@@ -19,7 +19,7 @@ from pydantic import (
 
 from consumers.model.matchers import parse_all
 from consumers.model.receivers import OWNER, is_address, is_domain, is_local_part
-from consumers.noise.timeintervals import TimeEntry
+from consumers.model.timeintervals import TimeEntry
 from consumers.rules.model import parse_duration
 
 
