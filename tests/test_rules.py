@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.config.settings import shipped
 from consumers.metrics import Metrics
+from consumers.model.durations import parse_duration
 from consumers.model.errors import RuleError
 from consumers.model.events import RunStatusEvent
 from consumers.rules import (
@@ -26,7 +27,6 @@ from consumers.rules import (
     check_rules,
     event_data,
     load_rules,
-    parse_duration,
 )
 from consumers.rules import engine as engine_module
 

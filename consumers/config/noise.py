@@ -10,17 +10,16 @@ from typing import Annotated
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
     model_validator,
 )
 
+from consumers.model.durations import Duration
 from consumers.model.matchers import parse_all
 from consumers.model.receivers import OWNER, is_address, is_domain, is_local_part
 from consumers.model.timeintervals import TimeEntry
-from consumers.rules.model import parse_duration
 
 
 def _matchers(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -29,7 +28,6 @@ def _matchers(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 Matchers = Annotated[tuple[str, ...], AfterValidator(_matchers)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class _Section(BaseModel):
