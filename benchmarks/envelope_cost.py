@@ -35,9 +35,9 @@ from prometheus_client import CollectorRegistry
 
 from consumers.broker import EmbeddedBroker, create_topics
 from consumers.config.settings import KafkaSettings, MetricsSettings, Settings, StoreSettings
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
-from consumers.ingest import Ingestor
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
+from consumers.ingest.ingestor import Ingestor
 from consumers.metrics import Metrics
 from consumers.model.events import RunStatusEvent
 from consumers.store.writer import DeadLetter

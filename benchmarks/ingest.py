@@ -37,10 +37,10 @@ from prometheus_client import CollectorRegistry
 from consumers.app import tune_gc
 from consumers.broker import EmbeddedBroker, create_topics
 from consumers.config.settings import KafkaSettings
-from consumers.decoding import EventFormat, decode
-from consumers.encoding import encode, encode_many
-from consumers.ingest import Ingestor, Prepared
-from consumers.kafka_loop import KafkaLoop
+from consumers.ingest.decoding import EventFormat, decode
+from consumers.ingest.encoding import encode, encode_many
+from consumers.ingest.ingestor import Ingestor, Prepared
+from consumers.ingest.kafka_loop import KafkaLoop
 from consumers.metrics import Metrics
 from consumers.model.events import RunStatusEvent
 from consumers.model.limits import DEFAULT_LIMITS

@@ -40,8 +40,8 @@ from ingest import messages_for, produce
 from consumers.broker import EmbeddedBroker, create_topics, free_port
 from consumers.config.settings import KafkaSettings, Settings
 from consumers.dispatcher import Dispatcher
-from consumers.ingest import Ingestor
-from consumers.kafka_loop import KafkaLoop
+from consumers.ingest.ingestor import Ingestor
+from consumers.ingest.kafka_loop import KafkaLoop
 from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent

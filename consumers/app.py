@@ -30,16 +30,16 @@ from prometheus_client.platform_collector import PlatformCollector
 from consumers.config.settings import Settings
 from consumers.dispatcher import Dispatcher
 from consumers.endpoints import Check, OpsServer
-from consumers.http_ingest import HttpIngest
-from consumers.ingest import Ingestor
-from consumers.kafka_loop import KafkaLoop
+from consumers.ingest.http import HttpIngest
+from consumers.ingest.ingestor import Ingestor
+from consumers.ingest.kafka_loop import KafkaLoop
+from consumers.ingest.producer import DeadLetterPublisher
 from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
 from consumers.model.errors import RunwatchError
 from consumers.model.events import RunStatusEvent
 from consumers.model.receivers import OWNER
 from consumers.noise.policy import NoisePolicy
-from consumers.producer import DeadLetterPublisher
 from consumers.rules.evaluation import mark_stale
 from consumers.rules.loader import load_rules
 from consumers.rules.reload import RuleWatcher

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from consumers.cli_options import parse_pairs, settings_from_args
 from consumers.config.settings import Settings, load_settings
 from consumers.console import guarded_output
-from consumers.decoding import EventFormat
+from consumers.ingest.decoding import EventFormat
 from consumers.model.errors import ConfigError, RunwatchError
 from consumers.model.events import RunStatusEvent, parse_status
 from consumers.model.notifications import NotificationState
@@ -88,7 +88,7 @@ def _event_from_flags(args: argparse.Namespace) -> RunStatusEvent:
 
 
 def cmd_emit(args: argparse.Namespace) -> int:
-    from consumers.producer import EventPublisher
+    from consumers.ingest.producer import EventPublisher
 
     settings = settings_from_args(args)
     if args.run_id:
@@ -294,7 +294,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from consumers.producer import EventPublisher
+    from consumers.ingest.producer import EventPublisher
     from consumers.simulator import Simulator
 
     settings = settings_from_args(args)

@@ -25,9 +25,9 @@ from consumers.config.settings import (
     LoggingSettings,
     Settings,
 )
-from consumers.decoding import EventFormat
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.producer import EventPublisher
 from consumers.logs import setup_logging
-from consumers.producer import EventPublisher
 from consumers.reports import format_runs
 from consumers.simulator import Simulator
 from consumers.store.queries import RunFilter, list_runs

@@ -38,11 +38,11 @@ DEAD_LETTER_REASONS = (
     "internal",
     "store_rejected",
 )
-# Why a dead letter was given up on the dead-letter topic (consumers.kafka_clients).
+# Why a dead letter was given up on the dead-letter topic (consumers.ingest.kafka_clients).
 UNPUBLISHED_ERRORS = ("too_large", "topic", "producer", "other")
 KAFKA_CLIENTS = ("consumer", "producer")
 OUTBOX_STATES = tuple(state.value for state in NotificationState)
-# consumers.http_ingest: what became of each request to POST/OPTIONS <http_ingest.path>
+# consumers.ingest.http: what became of each request to POST/OPTIONS <http_ingest.path>
 HTTP_INGEST_RESULTS = (
     "accepted",
     "validation",

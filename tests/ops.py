@@ -20,8 +20,8 @@ import orjson
 import yaml
 
 from consumers.broker import free_port
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
 from consumers.model.events import RunStatusEvent
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

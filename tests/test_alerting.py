@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from consumers.config.settings import Settings, shipped
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
 from consumers.model.events import RunStatusEvent
 from consumers.notify.webhook import verify
 from consumers.store import open_store

@@ -25,7 +25,7 @@ SERVER_SIDE = (
     "consumers.dispatcher",
     "consumers.metrics",
     "consumers.app",
-    "consumers.ingest",
+    "consumers.ingest.ingestor",
     "consumers.templating",
     "consumers.notify",
     "prometheus_client",
@@ -35,7 +35,7 @@ SERVER_SIDE = (
 )
 DEFERRED = (
     "consumers.store",
-    "consumers.producer",
+    "consumers.ingest.producer",
     "consumers.config.settings",
     "kafka",
     "sqlalchemy",
@@ -102,7 +102,10 @@ def test_reading_loads_neither_kafka_nor_alembic(
     """
     loaded = loaded_after(script, _env(topics, store_url))
     assert "sqlalchemy" in loaded
-    assert among(loaded, ("kafka", "alembic", "consumers.producer", "consumers.store.writer")) == []
+    assert (
+        among(loaded, ("kafka", "alembic", "consumers.ingest.producer", "consumers.store.writer"))
+        == []
+    )
 
 
 def _imports(path: Path) -> set[str]:

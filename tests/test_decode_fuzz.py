@@ -22,7 +22,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumers.decoding import INTERNAL, RUN_CATEGORY, RUN_EVENT_TYPE, Decoded, decode
+from consumers.ingest.decoding import INTERNAL, RUN_CATEGORY, RUN_EVENT_TYPE, Decoded, decode
 from consumers.model.errors import DecodeError
 from consumers.model.events import RunStatusEvent
 from consumers.model.limits import IngestLimits

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from consumers.decoding import Decoded, EventFormat, Rejected, decode
-from consumers.encoding import ROUND_TRIP, RUN_STATUS_OPERATION, encode, encode_many
+from consumers.ingest.decoding import Decoded, EventFormat, Rejected, decode
+from consumers.ingest.encoding import ROUND_TRIP, RUN_STATUS_OPERATION, encode, encode_many
 from consumers.model.errors import DecodeError
 from consumers.model.events import RunStatusEvent
 from tests.poison import POISON, POISON_MAX_BYTES

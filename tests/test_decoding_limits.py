@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from consumers import decoding
-from consumers.decoding import Decoded, EventFormat, decode
-from consumers.encoding import encode, encode_many
+from consumers.ingest import decoding
+from consumers.ingest.decoding import Decoded, EventFormat, decode
+from consumers.ingest.encoding import encode, encode_many
 from consumers.model.errors import DecodeError
 from consumers.model.events import RunStatusEvent
 from consumers.model.limits import IngestLimits

@@ -534,7 +534,7 @@ def test_exec_loads_no_server_side_layer(served: Served, store: Store) -> None:
         "consumers.dispatcher",
         "consumers.metrics",
         "consumers.app",
-        "consumers.ingest",
+        "consumers.ingest.ingestor",
         "consumers.templating",
         "consumers.notify",
         "consumers.store",

@@ -1,4 +1,4 @@
-"""Unit tests of the HTTP ingest's pure half (consumers.http_batch.plan) and its settings.
+"""Unit tests of the HTTP ingest's pure half (consumers.ingest.http_batch.plan) and its settings.
 The server itself is tested against a real `runwatch serve` in test_http_ingest.py.
 
 Bodies: tests/samples/eventgrid/ (VERBATIM from MicrosoftDocs/azure-docs, see its README),
@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from consumers.config.settings import HttpIngestSettings, load_settings
-from consumers.http_batch import Batch, Message, Validation, plan
+from consumers.ingest.http_batch import Batch, Message, Validation, plan
 from consumers.model.errors import ConfigError, DecodeError
 from consumers.model.limits import IngestLimits
 

@@ -448,7 +448,7 @@ def test_the_store_applies_updates_in_topic_order_and_replays_to_the_same_state(
 
 
 def test_update_records_decode_as_their_own_kind() -> None:
-    from consumers.decoding import decode
+    from consumers.ingest.decoding import decode
     from consumers.model.errors import DecodeError
     from consumers.model.updates import RunUpdate
 

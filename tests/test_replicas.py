@@ -19,8 +19,8 @@ import yaml
 
 from consumers.broker import EmbeddedBroker, create_topics
 from consumers.config.settings import shipped
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
 from consumers.model.events import RunStatusEvent
 from tests.conftest import RUNWATCH, Topics, serve, wait_for
 from tests.servers import SmtpServer

@@ -16,8 +16,8 @@ import yaml
 
 from consumers.broker import free_port
 from consumers.config.settings import shipped
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
 from consumers.model.events import RunStatusEvent
 from tests.conftest import Topics, serve, wait_for
 from tests.ops import http_get

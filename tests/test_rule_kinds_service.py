@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 
 from consumers.config.settings import Settings, shipped
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
 from consumers.model.events import RunStatusEvent
 from consumers.store import open_store
 from consumers.store.outbox import Notification, Outbox

@@ -25,8 +25,8 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
 from consumers.model.events import RunStatusEvent
 from tests.conftest import RUNWATCH, RunningService, Topics, wait_for
 

@@ -75,7 +75,7 @@ def _say(text: str) -> None:
 
 def connect(kafka: KafkaSettings, timeout_s: float = CONNECT_S) -> Any:
     """A producer that gives up quickly: the caller retries, and no call blocks for long."""
-    from consumers.producer import make_producer
+    from consumers.ingest.producer import make_producer
 
     return make_producer(
         kafka,
@@ -95,7 +95,7 @@ def send(producer: Any, topic: str, key: bytes, value: bytes) -> None:
 
 
 def close(producer: Any, timeout: float = 1.0) -> None:
-    from consumers.kafka_clients import close_producer
+    from consumers.ingest.kafka_clients import close_producer
 
     close_producer(producer, timeout=timeout)
 
@@ -419,8 +419,8 @@ class Courier:
 
 
 def _encoded(event: Any) -> bytes:
-    from consumers.decoding import EventFormat
-    from consumers.encoding import encode
+    from consumers.ingest.decoding import EventFormat
+    from consumers.ingest.encoding import encode
 
     value: bytes = encode(event, EventFormat.NATIVE)
     return value

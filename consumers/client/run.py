@@ -31,7 +31,7 @@ from consumers.client.env import (
 )
 from consumers.client.filters import LabelFilter, matches, status_names
 from consumers.client.workspace import Workspace
-from consumers.encoding import RUN_STATUS_OPERATION
+from consumers.ingest.encoding import RUN_STATUS_OPERATION
 from consumers.model.errors import PropertyConflictError, RunStateError, RunwatchError
 from consumers.model.events import TERMINAL_STATUSES, RunStatusEvent, Status
 from consumers.model.updates import RunUpdate

@@ -24,9 +24,9 @@ from consumers.model.errors import RunNotFoundError, StoreLagError
 if TYPE_CHECKING:
     from consumers.client.reads import StoredRun, StoreReads
     from consumers.config.settings import Settings
+    from consumers.ingest.producer import EventPublisher
     from consumers.model.events import RunStatusEvent
     from consumers.model.updates import RunUpdate
-    from consumers.producer import EventPublisher
     from consumers.store import Store
 
 __all__ = ["DEFAULT_WORKSPACE", "ENV_WORKSPACE", "Workspace"]
@@ -128,7 +128,7 @@ class Workspace:
         links = self._links
         with links.lock:
             if links.publisher is None:
-                from consumers.producer import EventPublisher
+                from consumers.ingest.producer import EventPublisher
 
                 links.publisher = EventPublisher(self.settings.kafka)
             return links.publisher
@@ -142,8 +142,8 @@ class Workspace:
         if len(events) == 1:
             publisher.publish(events[0])
         else:
-            from consumers.decoding import EventFormat
-            from consumers.encoding import encode_many
+            from consumers.ingest.decoding import EventFormat
+            from consumers.ingest.encoding import encode_many
 
             value = encode_many(events, EventFormat.RESOURCE_LOG)
             publisher.publish_raw(value, key=events[0].root_run_id.encode())

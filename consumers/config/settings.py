@@ -563,7 +563,7 @@ class Settings(BaseSettings):
     ingest: IngestLimits = IngestLimits()  # what one message may hold (consumers.model.limits)
     http_ingest: HttpIngestSettings = (
         HttpIngestSettings()
-    )  # Event Grid push (consumers.http_ingest)
+    )  # Event Grid push (consumers.ingest.http)
 
     @model_validator(mode="after")
     def _receivers(self) -> Settings:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from consumers.decoding import INTERNAL, Decoded, decode
+from consumers.ingest.decoding import INTERNAL, Decoded, decode
 from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
 from consumers.model.errors import DecodeError, StoreError

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from consumers.cloudevents_binding import kafka_headers_from_http
-from consumers.decoding import Decoded, EventFormat, decode
+from consumers.ingest.cloudevents_binding import kafka_headers_from_http
+from consumers.ingest.decoding import Decoded, EventFormat, decode
 from consumers.model.errors import DecodeError
 from consumers.model.limits import Bounds
 

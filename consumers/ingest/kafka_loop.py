@@ -29,7 +29,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from consumers.config.settings import KafkaSettings
-from consumers.kafka_clients import close_consumer, recovery_options
+from consumers.ingest.kafka_clients import close_consumer, recovery_options
 from consumers.metrics import Metrics
 from consumers.model.errors import BrokerError, RunwatchError
 

@@ -26,9 +26,9 @@ from kafka.errors import KafkaError
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from consumers.config.settings import KafkaSettings
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
-from consumers.kafka_clients import (
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
+from consumers.ingest.kafka_clients import (
     BOOTSTRAP_TIMEOUT_MS,
     close_producer,
     is_retriable,

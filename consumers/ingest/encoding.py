@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from consumers.decoding import RUN_CATEGORY, RUN_EVENT_TYPE, EventFormat
-from consumers.log_analytics import TABLE
+from consumers.ingest.decoding import RUN_CATEGORY, RUN_EVENT_TYPE, EventFormat
+from consumers.ingest.log_analytics import TABLE
 from consumers.model.events import RunStatusEvent
 
 __all__ = ["ROUND_TRIP", "RUN_STATUS_OPERATION", "encode", "encode_many"]

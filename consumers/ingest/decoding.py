@@ -3,7 +3,7 @@
 Native events take a fast path (`model_validate_json` straight on the bytes); everything else,
 and every failure, goes through `orjson.loads` and shape detection, so a message is classified
 the same way whichever path it took. A binary-mode CloudEvent is recognised by its headers
-(consumers.cloudevents_binding); Log Analytics rows (consumers.log_analytics) are native
+(ingest.cloudevents_binding); Log Analytics rows (ingest.log_analytics) are native
 objects, arrays of them, query responses or data-export envelopes. An empty string is no
 value in any column (`""` is how Kusto says null), so it is read as null in every format.
 
@@ -31,8 +31,8 @@ import orjson
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError, SchemaValidator
 
-from consumers import log_analytics
-from consumers.cloudevents_binding import KafkaHeaders, binary_attributes
+from consumers.ingest import log_analytics
+from consumers.ingest.cloudevents_binding import KafkaHeaders, binary_attributes
 from consumers.model.errors import DecodeError
 from consumers.model.events import RunStatusEvent
 from consumers.model.limits import (

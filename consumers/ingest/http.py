@@ -3,7 +3,7 @@ publishes them to the Kafka topic (Kafka stays the spine: the same consumer stor
 answers 200 only once the broker acknowledged every message (acks=all).
 
 - Event Grid schema and CloudEvents 1.0, one event or a batch; CloudEvents HTTP binary mode
-  too (published in Kafka binary mode). consumers.http_batch decides what to publish with the
+  too (published in Kafka binary mode). consumers.ingest.http_batch decides what to publish with the
   same `decode` ingest uses, so what is accepted here is what ingest accepts.
 - Handshakes: Event Grid's SubscriptionValidationEvent (authenticated like any delivery)
   gets `{"validationResponse": code}`; the CloudEvents webhook abuse protection (OPTIONS
@@ -44,11 +44,11 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from consumers.config.settings import HttpIngestSettings, KafkaSettings
-from consumers.http_batch import Batch, Message, Validation, plan
+from consumers.ingest.http_batch import Batch, Message, Validation, plan
+from consumers.ingest.producer import make_producer
 from consumers.metrics import Metrics
 from consumers.model.errors import BrokerError, ConfigError, DecodeError, RunwatchError
 from consumers.model.limits import IngestLimits
-from consumers.producer import make_producer
 
 log = logging.getLogger(__name__)
 
