@@ -38,9 +38,9 @@ from consumers.config.settings import KafkaSettings, MetricsSettings, Settings, 
 from consumers.ingest.decoding import EventFormat
 from consumers.ingest.encoding import encode
 from consumers.ingest.ingestor import Ingestor
-from consumers.metrics import Metrics
 from consumers.model.events import RunStatusEvent
 from consumers.store.writer import DeadLetter
+from consumers.telemetry.metrics import Metrics
 
 RUNWATCH = str(Path(sys.executable).parent / "runwatch")
 SIZE = 1_048_000  # under Kafka's default 1 MiB message limit and runwatch's max_message_bytes

@@ -41,12 +41,12 @@ from consumers.ingest.decoding import EventFormat, decode
 from consumers.ingest.encoding import encode, encode_many
 from consumers.ingest.ingestor import Ingestor, Prepared
 from consumers.ingest.kafka_loop import KafkaLoop
-from consumers.metrics import Metrics
 from consumers.model.events import RunStatusEvent
 from consumers.model.limits import DEFAULT_LIMITS
 from consumers.simulator import Simulator
 from consumers.store import open_store
 from consumers.store.writer import DeadLetter
+from consumers.telemetry.metrics import Metrics
 
 PARTITIONS = 4
 # The steady test's topic: the bundled broker's fetch time grows with a partition's length,

@@ -42,13 +42,13 @@ from consumers.config.settings import KafkaSettings, Settings
 from consumers.dispatcher import Dispatcher
 from consumers.ingest.ingestor import Ingestor
 from consumers.ingest.kafka_loop import KafkaLoop
-from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
 from consumers.simulator import Simulator
 from consumers.store import open_store
 from consumers.store.outbox import Outbox
 from consumers.store.writer import DeadLetter
+from consumers.telemetry.metrics import Metrics
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1/postgres"
 PARTITIONS = 8

@@ -34,7 +34,6 @@ from consumers.ingest.http import HttpIngest
 from consumers.ingest.ingestor import Ingestor
 from consumers.ingest.kafka_loop import KafkaLoop
 from consumers.ingest.producer import DeadLetterPublisher
-from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
 from consumers.model.errors import RunwatchError
 from consumers.model.events import RunStatusEvent
@@ -46,6 +45,7 @@ from consumers.rules.reload import RuleWatcher
 from consumers.rules.scheduler import Scheduler
 from consumers.store import Store, open_store
 from consumers.store.lease import Lease
+from consumers.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from consumers.config.settings import (
 )
 from consumers.ingest.decoding import EventFormat
 from consumers.ingest.producer import EventPublisher
-from consumers.logs import setup_logging
 from consumers.reports import format_runs
 from consumers.simulator import Simulator
 from consumers.store.queries import RunFilter, list_runs
+from consumers.telemetry.logs import setup_logging
 
 _FORMATS = (
     EventFormat.NATIVE,

@@ -34,7 +34,6 @@ from urllib.parse import quote
 import aiohttp
 
 from consumers.config.settings import ReceiverSettings, Settings
-from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
 from consumers.model.errors import RunwatchError, SendError
 from consumers.model.notifications import NotificationKind
@@ -52,6 +51,7 @@ from consumers.store.outbox import Notification, Outbox
 from consumers.store.outbox_state import open_state
 from consumers.store.queries import RunDetail, get_run
 from consumers.store.sent_marks import sent_marks
+from consumers.telemetry.metrics import Metrics
 from consumers.templating import Renderer
 
 log = logging.getLogger(__name__)

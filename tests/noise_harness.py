@@ -12,12 +12,12 @@ from prometheus_client import CollectorRegistry
 
 from consumers.config.settings import Settings
 from consumers.dispatcher import Dispatcher
-from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
 from consumers.noise.policy import NoisePolicy
 from consumers.store import Store
 from consumers.store.outbox import Notification, Outbox
+from consumers.telemetry.metrics import Metrics
 from tests.servers import HttpServer, SmtpServer
 
 # Five seconds into a minute, half an hour ago: storm windows are whole UTC minutes.

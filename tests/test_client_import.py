@@ -23,7 +23,7 @@ SERVER_SIDE = (
     "consumers.rules",
     "consumers.noise",
     "consumers.dispatcher",
-    "consumers.metrics",
+    "consumers.telemetry.metrics",
     "consumers.app",
     "consumers.ingest.ingestor",
     "consumers.templating",

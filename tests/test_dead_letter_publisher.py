@@ -32,11 +32,11 @@ from consumers.ingest.producer import (
     make_dead_letter_producer,
     record_size,
 )
-from consumers.metrics import Metrics
 from consumers.model.errors import BrokerError
 from consumers.store import Store
 from consumers.store.schema import dead_letters
 from consumers.store.writer import DeadLetter
+from consumers.telemetry.metrics import Metrics
 from tests.conftest import RunningService, Topics, wait_for
 from tests.test_ingest import event
 

@@ -13,11 +13,11 @@ from prometheus_client import CollectorRegistry
 
 from consumers.config.settings import Settings, shipped
 from consumers.dispatcher import Dispatcher
-from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
 from consumers.store import Store
 from consumers.store.outbox import Outbox
+from consumers.telemetry.metrics import Metrics
 from tests.conftest import wait_for
 from tests.servers import HttpServer, SmtpServer
 

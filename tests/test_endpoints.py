@@ -28,7 +28,7 @@ from consumers.config.settings import (
     StoreSettings,
 )
 from consumers.endpoints import Check, OpsServer
-from consumers.logs import setup_logging
+from consumers.telemetry.logs import setup_logging
 from tests.conftest import Topics, serve, wait_for
 from tests.ops import http_get, run_events
 from tests.servers import HttpServer

@@ -532,7 +532,7 @@ def test_exec_loads_no_server_side_layer(served: Served, store: Store) -> None:
         "consumers.rules",
         "consumers.noise",
         "consumers.dispatcher",
-        "consumers.metrics",
+        "consumers.telemetry.metrics",
         "consumers.app",
         "consumers.ingest.ingestor",
         "consumers.templating",

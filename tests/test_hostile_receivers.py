@@ -19,7 +19,6 @@ from sqlalchemy import text, update
 
 from consumers.config.settings import Settings, shipped
 from consumers.dispatcher import Dispatcher
-from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
 from consumers.model.errors import SendError, StoreError
 from consumers.model.events import RunStatusEvent
@@ -27,6 +26,7 @@ from consumers.notify.webhook import retry_after
 from consumers.store import Store
 from consumers.store.outbox import Notification, Outbox
 from consumers.store.schema import notifications
+from consumers.telemetry.metrics import Metrics
 from tests.conftest import wait_for
 from tests.hostile import (
     MB,

@@ -19,9 +19,9 @@ from consumers.ingest import ingestor as ingest
 from consumers.ingest.decoding import EventFormat
 from consumers.ingest.encoding import encode
 from consumers.ingest.ingestor import Ingestor
-from consumers.metrics import Metrics
 from consumers.model.events import RunStatusEvent
 from consumers.store.writer import DeadLetter
+from consumers.telemetry.metrics import Metrics
 
 
 @dataclass

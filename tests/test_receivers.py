@@ -20,7 +20,6 @@ from prometheus_client import CollectorRegistry
 
 from consumers.config.settings import Settings, WebhookFormat
 from consumers.dispatcher import Dispatcher
-from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
 from consumers.model.notifications import NotificationKind
@@ -29,6 +28,7 @@ from consumers.notify import inert
 from consumers.notify.pagerduty import with_routing_key
 from consumers.store import Store
 from consumers.store.outbox import Outbox
+from consumers.telemetry.metrics import Metrics
 from consumers.templating import Renderer
 
 SCHEMAS = Path(__file__).resolve().parent / "samples" / "schemas"

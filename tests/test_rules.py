@@ -17,7 +17,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from consumers.config.settings import shipped
-from consumers.metrics import Metrics
 from consumers.model.durations import parse_duration
 from consumers.model.errors import RuleError
 from consumers.model.events import RunStatusEvent
@@ -29,6 +28,7 @@ from consumers.rules import (
     load_rules,
 )
 from consumers.rules import engine as engine_module
+from consumers.telemetry.metrics import Metrics
 
 T0 = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 

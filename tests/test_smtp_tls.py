@@ -14,11 +14,11 @@ from prometheus_client import CollectorRegistry
 
 from consumers.config.settings import Settings, SmtpSettings, load_settings
 from consumers.dispatcher import Dispatcher
-from consumers.metrics import Metrics
 from consumers.model.errors import ConfigError, SendError
 from consumers.notify.email import EmailSender, Mail
 from consumers.store import Store
 from consumers.store.outbox import Outbox
+from consumers.telemetry.metrics import Metrics
 from tests.conftest import wait_for
 from tests.test_dispatcher import alert, event
 from tests.tls_smtp import Certificate, TlsSmtpServer, make_certificate

@@ -46,9 +46,9 @@ from kafka.errors import KafkaError
 from consumers.config.settings import HttpIngestSettings, KafkaSettings
 from consumers.ingest.http_batch import Batch, Message, Validation, plan
 from consumers.ingest.producer import make_producer
-from consumers.metrics import Metrics
 from consumers.model.errors import BrokerError, ConfigError, DecodeError, RunwatchError
 from consumers.model.limits import IngestLimits
+from consumers.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

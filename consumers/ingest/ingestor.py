@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from consumers.ingest.decoding import INTERNAL, Decoded, decode
-from consumers.metrics import Metrics
 from consumers.model.alerts import Alert
 from consumers.model.errors import DecodeError, StoreError
 from consumers.model.events import RunStatusEvent
@@ -27,6 +26,7 @@ from consumers.model.updates import RunUpdate
 from consumers.noise.policy import NoisePolicy
 from consumers.store import Store
 from consumers.store.writer import DeadLetter, WriteResult
+from consumers.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 _TRACEBACKS_PER_TYPE = 1  # an internal error's traceback is logged once per exception type

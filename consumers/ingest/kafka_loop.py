@@ -30,8 +30,8 @@ from kafka.structs import OffsetAndMetadata
 
 from consumers.config.settings import KafkaSettings
 from consumers.ingest.kafka_clients import close_consumer, recovery_options
-from consumers.metrics import Metrics
 from consumers.model.errors import BrokerError, RunwatchError
+from consumers.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

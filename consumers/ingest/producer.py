@@ -41,8 +41,8 @@ from consumers.model.events import RunStatusEvent
 from consumers.model.redact import redact
 
 if TYPE_CHECKING:  # types only: publishing runs (the client) loads neither the store writer
-    from consumers.metrics import Metrics  # nor the metrics (prometheus_client)
     from consumers.store.writer import DeadLetter
+    from consumers.telemetry.metrics import Metrics  # nor the metrics (prometheus_client)
 
 log = logging.getLogger(__name__)
 

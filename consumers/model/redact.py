@@ -1,8 +1,9 @@
 """Credentials out of every text runwatch shows or keeps: log lines, CLI output, stored errors.
 
 One function, `redact(text)`, applied at the three exits (the logging filter of
-consumers/logs.py, the CLI's output stream in consumers/console.py, and the outbox's stored
-error texts), so that no caller has to remember it. It masks:
+consumers/telemetry/logs.py, the CLI's output stream in consumers/console.py, and the
+outbox's stored error texts), so that no caller has to remember it. It lives in `model/`
+because every layer, the store included, needs it and it imports nothing. It masks:
 
 - passwords in URLs: `postgresql://u:pw@h/db` -> `postgresql://u:***@h/db`;
 - secret-looking `name=value` pairs, in query strings and connection strings alike

@@ -16,11 +16,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from consumers.metrics import Metrics
 from consumers.model.errors import RuleError
 from consumers.rules.engine import RuleSet
 from consumers.rules.guard import RuleGuard
 from consumers.rules.loader import read_rules, rule_files
+from consumers.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
