@@ -42,6 +42,7 @@ from consumers.noise.policy import NoisePolicy
 from consumers.notify.alertmanager import AlertmanagerSender, postable_alerts
 from consumers.notify.email import EmailSender, build_message
 from consumers.notify.failures import as_send_error
+from consumers.notify.templating import Renderer
 from consumers.notify.webhook import WebhookSender
 from consumers.outbox.recheck import recheck
 from consumers.store import Store
@@ -52,7 +53,6 @@ from consumers.store.outbox_state import open_state
 from consumers.store.queries import RunDetail, get_run
 from consumers.store.sent_marks import sent_marks
 from consumers.telemetry.metrics import Metrics
-from consumers.templating import Renderer
 
 log = logging.getLogger(__name__)
 
@@ -494,7 +494,7 @@ class Dispatcher:
     # -- the template context -------------------------------------------------------------
 
     def context(self, notification: Notification) -> dict[str, Any]:
-        """What templates see (documented in consumers/templating.py); read at send time, so
+        """What templates see (documented in consumers/notify/templating.py); read at send time, so
         the mail shows the run's timeline and children as they are now."""
         alert = Alert.model_validate(notification.alert)
         event = alert.event.model_dump(mode="json")

@@ -26,7 +26,7 @@ SERVER_SIDE = (
     "consumers.telemetry.metrics",
     "consumers.app",
     "consumers.ingest.ingestor",
-    "consumers.templating",
+    "consumers.notify.templating",
     "consumers.notify",
     "prometheus_client",
     "aiohttp",

@@ -535,7 +535,7 @@ def test_exec_loads_no_server_side_layer(served: Served, store: Store) -> None:
         "consumers.telemetry.metrics",
         "consumers.app",
         "consumers.ingest.ingestor",
-        "consumers.templating",
+        "consumers.notify.templating",
         "consumers.notify",
         "consumers.store",
         "consumers.cli",

@@ -26,10 +26,10 @@ from consumers.model.notifications import NotificationKind
 from consumers.noise import digest
 from consumers.notify import inert
 from consumers.notify.pagerduty import with_routing_key
+from consumers.notify.templating import Renderer
 from consumers.store import Store
 from consumers.store.outbox import Outbox
 from consumers.telemetry.metrics import Metrics
-from consumers.templating import Renderer
 
 SCHEMAS = Path(__file__).resolve().parent / "samples" / "schemas"
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
