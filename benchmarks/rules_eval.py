@@ -29,7 +29,7 @@ from sqlalchemy import text
 from consumers.model.events import RunStatusEvent
 from consumers.rules.engine import RuleSet
 from consumers.rules.model import Rule
-from consumers.rules.scheduler import Scheduler
+from consumers.service.scheduler import Scheduler
 from consumers.store import Store, open_store
 
 EXPERIMENTS = 50

@@ -47,7 +47,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from consumers.app import Service, tune_gc
+    from consumers.service.app import Service, tune_gc
     from consumers.telemetry.logs import setup_logging
 
     settings = settings_from_args(args)

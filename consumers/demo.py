@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 
-from consumers.app import Service
 from consumers.broker import EmbeddedBroker, create_topics, free_port
 from consumers.catchers import MailCatcher, WebhookCatcher
 from consumers.config.settings import (
@@ -28,6 +27,7 @@ from consumers.config.settings import (
 from consumers.ingest.decoding import EventFormat
 from consumers.ingest.producer import EventPublisher
 from consumers.reports import format_runs
+from consumers.service.app import Service
 from consumers.simulator import Simulator
 from consumers.store.queries import RunFilter, list_runs
 from consumers.telemetry.logs import setup_logging

@@ -22,9 +22,9 @@ import yaml
 from kafka import KafkaConsumer, KafkaProducer
 from psycopg import sql
 
-from consumers.app import Service
 from consumers.broker import EmbeddedBroker, create_topics
 from consumers.config.settings import KafkaSettings, MetricsSettings, Settings, StoreSettings
+from consumers.service.app import Service
 from consumers.store import Store, open_store
 from tests.servers import HttpServer, SmtpServer
 

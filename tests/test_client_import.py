@@ -24,7 +24,7 @@ SERVER_SIDE = (
     "consumers.noise",
     "consumers.dispatcher",
     "consumers.telemetry.metrics",
-    "consumers.app",
+    "consumers.service.app",
     "consumers.ingest.ingestor",
     "consumers.notify.templating",
     "consumers.notify",

@@ -18,7 +18,6 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
-from consumers.app import Service
 from consumers.broker import EmbeddedBroker, create_topics, free_port
 from consumers.config.settings import (
     EndpointAuth,
@@ -27,7 +26,8 @@ from consumers.config.settings import (
     Settings,
     StoreSettings,
 )
-from consumers.endpoints import Check, OpsServer
+from consumers.service.app import Service
+from consumers.service.endpoints import Check, OpsServer
 from consumers.telemetry.logs import setup_logging
 from tests.conftest import Topics, serve, wait_for
 from tests.ops import http_get, run_events

@@ -533,7 +533,7 @@ def test_exec_loads_no_server_side_layer(served: Served, store: Store) -> None:
         "consumers.noise",
         "consumers.dispatcher",
         "consumers.telemetry.metrics",
-        "consumers.app",
+        "consumers.service.app",
         "consumers.ingest.ingestor",
         "consumers.notify.templating",
         "consumers.notify",

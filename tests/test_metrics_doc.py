@@ -8,7 +8,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from consumers.app import new_registry
+from consumers.service.app import new_registry
 from consumers.telemetry.metrics import Metrics
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"

@@ -490,7 +490,7 @@ def test_reload_swaps_only_valid_rule_sets(
     assert metrics.registry.get_sample_value("runwatch_rules_loaded") == 1
 
     write(tmp_path, "runs.yaml", SMALLEST + "  - name: broken\n    notify: [pager]\n")
-    with caplog.at_level(logging.ERROR, logger="consumers.rules.reload"):
+    with caplog.at_level(logging.ERROR, logger="consumers.service.reload"):
         assert watcher.reload() is False
     assert watcher.current is old
     assert reloads(metrics, "error") == 1

@@ -13,7 +13,7 @@ from typing import Any
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
 from consumers.rules.engine import RuleSet
-from consumers.rules.scheduler import Scheduler
+from consumers.service.scheduler import Scheduler
 from consumers.store import Store
 from consumers.store.outbox import Outbox
 from consumers.store.silences import add_silence

@@ -1,10 +1,10 @@
 """Per-event alert rules: YAML files in a directory, validated whole, evaluated per event.
 
 `load_rules` / `check_rules` read a directory, `RuleSet.evaluate` turns an event into
-alerts, `RuleWatcher` keeps the rules in force current while the service runs.
+alerts (the service's `RuleWatcher`, consumers/service/reload.py, keeps them current).
 
 The names are resolved on first use: importing one module of the package (the rule-file
-schema, `consumers.rules.model`) must not load the rules engine and the metrics with it.
+schema, `consumers.rules.model`) must not load the rules engine.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from consumers.rules.engine import RuleSet, event_data
     from consumers.rules.loader import check_rules, load_rules, read_rules, rule_files
     from consumers.rules.model import Rule, RuleFile, Throttle, When
-    from consumers.rules.reload import RuleWatcher
 
 _HOMES = {
     "RuleSet": "engine",
@@ -29,14 +28,12 @@ _HOMES = {
     "RuleFile": "model",
     "Throttle": "model",
     "When": "model",
-    "RuleWatcher": "reload",
 }
 
 __all__ = [
     "Rule",
     "RuleFile",
     "RuleSet",
-    "RuleWatcher",
     "Throttle",
     "When",
     "check_rules",

@@ -19,9 +19,9 @@ from typing import Any
 from consumers.model.alerts import Alert
 from consumers.rules.engine import RuleSet
 from consumers.rules.evaluation import Evaluation
-from consumers.rules.feed import baseline_loader, earliest_event, events_between
 from consumers.rules.model import Rule
 from consumers.store.engine import Store
+from consumers.store.feed import baseline_loader, earliest_event, events_between
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,6 @@ from prometheus_client.platform_collector import PlatformCollector
 
 from consumers.config.settings import Settings
 from consumers.dispatcher import Dispatcher
-from consumers.endpoints import Check, OpsServer
 from consumers.ingest.http import HttpIngest
 from consumers.ingest.ingestor import Ingestor
 from consumers.ingest.kafka_loop import KafkaLoop
@@ -41,8 +40,9 @@ from consumers.model.receivers import OWNER
 from consumers.noise.policy import NoisePolicy
 from consumers.rules.evaluation import mark_stale
 from consumers.rules.loader import load_rules
-from consumers.rules.reload import RuleWatcher
-from consumers.rules.scheduler import Scheduler
+from consumers.service.endpoints import Check, OpsServer
+from consumers.service.reload import RuleWatcher
+from consumers.service.scheduler import Scheduler
 from consumers.store import Store, open_store
 from consumers.store.lease import Lease
 from consumers.telemetry.metrics import Metrics

@@ -24,7 +24,10 @@ from consumers.noise.policy import NoisePolicy
 from consumers.outbox.recorder import Recorder
 from consumers.rules.engine import RuleSet
 from consumers.rules.evaluation import Evaluation
-from consumers.rules.feed import (
+from consumers.rules.tracker import DEFAULT_MAX_RUNS
+from consumers.store.alert_states import load_states, save_states
+from consumers.store.engine import Store
+from consumers.store.feed import (
     EventFeed,
     baseline_loader,
     current_runs,
@@ -33,9 +36,6 @@ from consumers.rules.feed import (
     last_seen,
     run_details,
 )
-from consumers.rules.tracker import DEFAULT_MAX_RUNS
-from consumers.store.alert_states import load_states, save_states
-from consumers.store.engine import Store
 from consumers.store.outbox_state import SqlOutboxState
 
 log = logging.getLogger(__name__)
