@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent, Status
+from consumers.model.instances import InstanceState
 from consumers.rules.absence import LastSeen
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Describe, Instances, Key
@@ -21,7 +22,6 @@ from consumers.rules.model import Rule
 from consumers.rules.reads import union
 from consumers.rules.tracker import DEFAULT_MAX_RUNS, BaselineLoader, RunTracker
 from consumers.rules.trees import evict_finished
-from consumers.store.alert_states import InstanceState
 
 _EVICT_EVERY = timedelta(minutes=1)
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
+from consumers.model.instances import InstanceState
 from consumers.rules.model import Rule
-from consumers.store.alert_states import InstanceState
 
 Key = tuple[str, str]  # (rule, group key)
 # The full event for an alert about to fire, when the one kept in memory was cut down.
