@@ -34,8 +34,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from percentiles import pct  # benchmarks/, on the path when run as a script
 from prometheus_client import CollectorRegistry
 
-from consumers.broker import EmbeddedBroker, create_topics
 from consumers.config.settings import KafkaSettings
+from consumers.demo.broker import EmbeddedBroker, create_topics
+from consumers.demo.simulator import Simulator
 from consumers.ingest.decoding import EventFormat, decode
 from consumers.ingest.encoding import encode, encode_many
 from consumers.ingest.ingestor import Ingestor, Prepared
@@ -43,7 +44,6 @@ from consumers.ingest.kafka_loop import KafkaLoop
 from consumers.model.events import RunStatusEvent
 from consumers.model.limits import DEFAULT_LIMITS
 from consumers.service.app import tune_gc
-from consumers.simulator import Simulator
 from consumers.store import open_store
 from consumers.store.writer import DeadLetter
 from consumers.telemetry.metrics import Metrics

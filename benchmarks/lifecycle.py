@@ -21,9 +21,9 @@ from pathlib import Path
 
 from percentiles import pct  # benchmarks/, on the path when run as a script
 
-from consumers.broker import EmbeddedBroker, create_topics
 from consumers.client import Experiment, Workspace
 from consumers.config.settings import Settings
+from consumers.demo.broker import EmbeddedBroker, create_topics
 from consumers.service.app import Service
 
 

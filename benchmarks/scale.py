@@ -37,14 +37,14 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest import messages_for, produce
 
-from consumers.broker import EmbeddedBroker, create_topics, free_port
 from consumers.config.settings import KafkaSettings, Settings
+from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
+from consumers.demo.simulator import Simulator
 from consumers.dispatcher import Dispatcher
 from consumers.ingest.ingestor import Ingestor
 from consumers.ingest.kafka_loop import KafkaLoop
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
-from consumers.simulator import Simulator
 from consumers.store import open_store
 from consumers.store.outbox import Outbox
 from consumers.store.writer import DeadLetter

@@ -22,8 +22,8 @@ import yaml
 from kafka import KafkaConsumer, KafkaProducer
 from psycopg import sql
 
-from consumers.broker import EmbeddedBroker, create_topics
 from consumers.config.settings import KafkaSettings, MetricsSettings, Settings, StoreSettings
+from consumers.demo.broker import EmbeddedBroker, create_topics
 from consumers.service.app import Service
 from consumers.store import Store, open_store
 from tests.servers import HttpServer, SmtpServer

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import yaml
 
-from consumers.broker import free_port
+from consumers.demo.broker import free_port
 from consumers.ingest.decoding import EventFormat
 from consumers.ingest.encoding import encode
 from consumers.model.events import RunStatusEvent

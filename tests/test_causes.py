@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from consumers.causes import (
+from consumers.model.errors import RuleError
+from consumers.rules.causes import (
     HEAD,
     TAIL,
     UNKNOWN,
@@ -21,7 +22,6 @@ from consumers.causes import (
     load_causes,
     parse_traceback,
 )
-from consumers.model.errors import RuleError
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "alert_rules" / "causes" / "default.yaml"

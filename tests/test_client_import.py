@@ -41,7 +41,7 @@ DEFERRED = (
     "sqlalchemy",
 )
 DEFERRED += ("psycopg",)
-CLI = ("cli", "cli_run", "cli_options", "cli_exec", "entry")
+CLI = ("cli/main", "cli/run", "cli/options", "cli/run_exec", "entry")
 
 
 def loaded_after(script: str, env: dict[str, str] | None = None) -> set[str]:

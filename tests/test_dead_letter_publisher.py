@@ -18,7 +18,7 @@ from kafka.errors import MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
-from consumers.broker import EmbeddedBroker, create_topics, free_port
+from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
 from consumers.ingest.decoding import EventFormat
 from consumers.ingest.encoding import encode
 from consumers.ingest.kafka_clients import refusal, stuck_producer

@@ -18,7 +18,6 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
-from consumers.broker import EmbeddedBroker, create_topics, free_port
 from consumers.config.settings import (
     EndpointAuth,
     LoggingSettings,
@@ -26,6 +25,7 @@ from consumers.config.settings import (
     Settings,
     StoreSettings,
 )
+from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
 from consumers.service.app import Service
 from consumers.service.endpoints import Check, OpsServer
 from consumers.telemetry.logs import setup_logging

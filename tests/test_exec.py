@@ -21,8 +21,8 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from consumers.broker import EmbeddedBroker, create_topics
 from consumers.config.settings import shipped
+from consumers.demo.broker import EmbeddedBroker, create_topics
 from consumers.store import Store, open_store
 from consumers.store.schema import events, runs
 from tests.conftest import RUNWATCH, Topics, serve, wait_for, write_config
@@ -538,7 +538,7 @@ def test_exec_loads_no_server_side_layer(served: Served, store: Store) -> None:
         "consumers.notify.templating",
         "consumers.notify",
         "consumers.store",
-        "consumers.cli",
+        "consumers.cli.main",
         "prometheus_client",
         "aiohttp",
         "jinja2",

@@ -29,7 +29,7 @@ import psycopg
 import pytest
 import yaml
 
-from consumers.broker import free_port
+from consumers.demo.broker import free_port
 from consumers.ingest.decoding import EventFormat
 from consumers.ingest.encoding import encode
 from consumers.model.events import RunStatusEvent

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from consumers.broker import EmbeddedBroker, create_topics, free_port
+from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
 from consumers.ingest.decoding import EventFormat
 from consumers.ingest.encoding import encode
 from consumers.ingest.kafka_clients import close_consumer

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from consumers.cli import main
+from consumers.cli.main import main
 from consumers.client import Experiment, Run, Workspace
 from consumers.model.errors import (
     PropertyConflictError,

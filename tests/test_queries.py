@@ -11,8 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
+from consumers.cli.reports import (
+    format_dead_letters,
+    format_run_detail,
+    format_runs,
+    humanize_seconds,
+)
 from consumers.model.events import RunStatusEvent
-from consumers.reports import format_dead_letters, format_run_detail, format_runs, humanize_seconds
 from consumers.store.engine import Store, make_engine
 from consumers.store.queries import (
     RunFilter,

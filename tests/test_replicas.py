@@ -17,8 +17,8 @@ import psycopg
 import pytest
 import yaml
 
-from consumers.broker import EmbeddedBroker, create_topics
 from consumers.config.settings import shipped
+from consumers.demo.broker import EmbeddedBroker, create_topics
 from consumers.ingest.decoding import EventFormat
 from consumers.ingest.encoding import encode
 from consumers.model.events import RunStatusEvent

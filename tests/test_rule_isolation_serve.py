@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 import yaml
 
-from consumers.broker import free_port
 from consumers.config.settings import shipped
+from consumers.demo.broker import free_port
 from consumers.ingest.decoding import EventFormat
 from consumers.ingest.encoding import encode
 from consumers.model.events import RunStatusEvent

@@ -12,8 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from consumers.cli import main
-from consumers.console import SafeStream, guarded_output, sanitize
+from consumers.cli.console import SafeStream, guarded_output, sanitize
+from consumers.cli.main import main
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
 from consumers.store import Store, open_store

@@ -1,7 +1,7 @@
 """Credentials out of every text runwatch shows or keeps: log lines, CLI output, stored errors.
 
 One function, `redact(text)`, applied at the three exits (the logging filter of
-consumers/telemetry/logs.py, the CLI's output stream in consumers/console.py, and the
+consumers/telemetry/logs.py, the CLI's output stream in consumers/cli/console.py, and the
 outbox's stored error texts), so that no caller has to remember it. It lives in `model/`
 because every layer, the store included, needs it and it imports nothing. It masks:
 

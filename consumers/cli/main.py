@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 import orjson
 from pydantic import ValidationError
 
-from consumers.cli_options import parse_pairs, settings_from_args
+from consumers.cli.console import guarded_output
+from consumers.cli.options import parse_pairs, settings_from_args
 from consumers.config.settings import Settings, load_settings
-from consumers.console import guarded_output
 from consumers.ingest.decoding import EventFormat
 from consumers.model.errors import ConfigError, RunwatchError
 from consumers.model.events import RunStatusEvent, parse_status
@@ -126,7 +126,7 @@ def _store(args: argparse.Namespace) -> Store:
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
-    from consumers.reports import format_runs
+    from consumers.cli.reports import format_runs
     from consumers.store.queries import RunFilter, list_runs
 
     store = _store(args)
@@ -150,7 +150,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_show(args: argparse.Namespace) -> int:
-    from consumers.reports import format_run_detail
+    from consumers.cli.reports import format_run_detail
     from consumers.store.queries import get_run
 
     store = _store(args)
@@ -166,7 +166,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    from consumers.reports import format_dead_letters
+    from consumers.cli.reports import format_dead_letters
     from consumers.store.queries import list_dead_letters
 
     store = _store(args)
@@ -197,7 +197,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
-    from consumers.rules.dryrun import dry_run, render
+    from consumers.cli.dryrun import dry_run, render
     from consumers.rules.loader import read_rules
 
     settings = settings_from_args(args)
@@ -238,7 +238,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 
 
 def cmd_notifications_list(args: argparse.Namespace) -> int:
-    from consumers.reports import format_notifications
+    from consumers.cli.reports import format_notifications
     from consumers.store.outbox import Outbox
 
     store = _store(args)
@@ -294,8 +294,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from consumers.demo.simulator import Simulator
     from consumers.ingest.producer import EventPublisher
-    from consumers.simulator import Simulator
 
     settings = settings_from_args(args)
     simulator = Simulator(seed=args.seed)
@@ -317,7 +317,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from consumers.demo import run_demo
+    from consumers.cli.up import run_demo
 
     return run_demo(args)
 
@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     p.set_defaults(func=cmd_config_check)
 
-    from consumers.silence_cli import register as register_silence
+    from consumers.cli.silence import register as register_silence
 
     register_silence(sub, lambda p: _common(p, store=True), _store)
 
@@ -443,14 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, store=True)
     p.set_defaults(func=cmd_db_upgrade)
 
-    from consumers.cli_run import register  # `runwatch run ...`: the lifecycle API
+    from consumers.cli.run import register  # `runwatch run ...`: the lifecycle API
 
     register(sub, _common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Everything a command prints (and its log lines) goes through consumers.console: no
+    """Everything a command prints (and its log lines) goes through consumers.cli.console: no
     control sequence from a run id reaches the terminal, no credential the screen."""
     with guarded_output():
         return _main(argv)

@@ -3,7 +3,7 @@
 Everything printed here comes from producers (messages, tags, payload previews), so every
 cell is defensive: None, wrong types, wide or control characters must never crash or break
 the layout. JSON keeps values verbatim; only the tables clean them (the CLI's output stream
-then escapes control characters and masks credentials in both: consumers/console.py).
+then escapes control characters and masks credentials in both: consumers/cli/console.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import orjson
 
-from consumers.console import sanitize
+from consumers.cli.console import sanitize
 from consumers.model.events import to_utc
 from consumers.store.queries import RunDetail
 
@@ -39,7 +39,7 @@ def _check(output: str) -> None:
 
 def clean(value: Any, limit: int | None = _MAX_CELL) -> str:
     """One table cell: line breaks and tabs (newlines in error messages) become spaces, other
-    control and format characters are shown escaped (consumers.console.sanitize: a run id
+    control and format characters are shown escaped (consumers.cli.console.sanitize: a run id
     cannot drive the terminal), runs of whitespace collapse, long text is cut with "…"."""
     if value is None:
         return "-"

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from consumers.cli.reports import table
 from consumers.model.durations import parse_duration
-from consumers.reports import table
 from consumers.store.silences import add_silence, expire_silence, list_silences
 
 if TYPE_CHECKING:

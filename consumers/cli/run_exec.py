@@ -1,9 +1,9 @@
 """`runwatch run exec | wait | flush`: a command as a run, waiting for a run's end, and sending
-what exec left in the local spool. Registered by `consumers.cli_run.register`.
+what exec left in the local spool. Registered by `consumers.cli.run.register`.
 
 `runwatch run exec` itself normally never comes here: consumers.entry sends it straight to
 its light front (consumers.client.launch); the parser below is for `runwatch run --help` and
-for callers of `consumers.cli.main`.
+for callers of `consumers.cli.main.main`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from consumers.cli_options import settings_from_args
+from consumers.cli.options import settings_from_args
 from consumers.client.launch import add_arguments, request_from, run_request
 from consumers.client.spool import destinations, leftovers, spool_root
 from consumers.client.wait import (
@@ -87,7 +87,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
 
 
 def register(cmds: Any, add: Add) -> None:
-    """The three commands, on `runwatch run`'s sub-parsers (`add`: cli_run's, which gives a
+    """The three commands, on `runwatch run`'s sub-parsers (`add`: cli.run's, which gives a
     command the connection flags and --wait)."""
     p = cmds.add_parser(
         "exec",

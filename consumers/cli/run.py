@@ -1,5 +1,5 @@
 """`runwatch run ...`: the lifecycle API from a shell (start, complete, fail, cancel, update,
-list, show), for scripts that are not Python. Registered by `consumers.cli.build_parser`."""
+list, show), for scripts that are not Python. Registered by `consumers.cli.main.build_parser`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from consumers.cli_options import parse_pairs, settings_from_args
+from consumers.cli.options import parse_pairs, settings_from_args
 from consumers.client import Experiment, Run, Workspace
 from consumers.client.workspace import DEFAULT_WORKSPACE
 from consumers.model.errors import ConfigError, RunNotFoundError, StoreLagError
@@ -96,7 +96,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from consumers.reports import format_runs
+    from consumers.cli.reports import format_runs
     from consumers.store.queries import RunFilter
 
     try:
@@ -124,7 +124,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     ws, run = _attach(args)
     with ws:
         if args.output == "table":
-            from consumers.reports import format_run_detail
+            from consumers.cli.reports import format_run_detail
             from consumers.store.queries import get_run
 
             detail = get_run(ws.store, run.id)
@@ -197,6 +197,6 @@ def register(sub: Any, common: Common) -> None:
     p.add_argument("run_id")
     p.add_argument("--output", "-o", choices=["table", "json"], default="json")
 
-    from consumers.cli_exec import register as register_exec  # exec, wait, flush
+    from consumers.cli.run_exec import register as register_exec  # exec, wait, flush
 
     register_exec(cmds, add)

@@ -1,6 +1,6 @@
 """What every `runwatch` sub-command does with its shared flags: the settings with the
 --bootstrap/--topic/--store overrides applied, and `k=v` pairs. Its own module so that the
-sub-command modules (`cli`, `cli_run`) import it rather than each other."""
+sub-command modules (`main`, `run`) import it rather than each other."""
 
 from __future__ import annotations
 

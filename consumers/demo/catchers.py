@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-from consumers.broker import free_port
+from consumers.demo.broker import free_port
 
 
 class _MailHandler:

@@ -17,18 +17,18 @@ import sys
 import threading
 import time
 
-from consumers.broker import EmbeddedBroker, create_topics, free_port
-from consumers.catchers import MailCatcher, WebhookCatcher
+from consumers.cli.reports import format_runs
 from consumers.config.settings import (
     KafkaSettings,
     LoggingSettings,
     Settings,
 )
+from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
+from consumers.demo.catchers import MailCatcher, WebhookCatcher
+from consumers.demo.simulator import Simulator
 from consumers.ingest.decoding import EventFormat
 from consumers.ingest.producer import EventPublisher
-from consumers.reports import format_runs
 from consumers.service.app import Service
-from consumers.simulator import Simulator
 from consumers.store.queries import RunFilter, list_runs
 from consumers.telemetry.logs import setup_logging
 
