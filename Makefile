@@ -72,7 +72,7 @@ lock: | $(BIN)/python
 	$(LOCK_ENV) $(COMPILE) --extra dev -c $(LOCK) -o $(DEV_LOCK) pyproject.toml
 
 # The container image, built with podman from deploy/Dockerfile on a local Debian base
-# (deploy/podman/build-image.sh; see README "Container image").
+# (deploy/podman/build-image.sh; see docs/operations.md "Container image").
 image:
 	deploy/podman/build-image.sh
 

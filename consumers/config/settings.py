@@ -351,7 +351,8 @@ class SmtpSettings(_Section):
             for old, new in _OLD_SMTP_KEYS.items():
                 if old in data:
                     raise ConfigError(
-                        f"smtp.{old}", f"no longer supported: use {new} (see README, SMTP)"
+                        f"smtp.{old}",
+                        f"no longer supported: use {new} (see docs/rules.md, SMTP transport)",
                     )
         return data
 

@@ -194,7 +194,7 @@ class OpsServer:
         if self.auth is None and not is_loopback(host):
             log.warning(
                 "metrics endpoint on %s:%d has no auth: anyone who can reach it reads every "
-                "metric; set metrics.auth, or listen on 127.0.0.1 (README, Security)",
+                "metric; set metrics.auth, or listen on 127.0.0.1 (docs/security.md)",
                 host or "0.0.0.0",
                 self._port,
             )
