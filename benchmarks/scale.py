@@ -34,6 +34,8 @@ import psycopg
 from prometheus_client import CollectorRegistry
 from psycopg import sql
 
+from consumers.outbox.recorder import recording
+
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest import messages_for, produce
 
@@ -149,7 +151,7 @@ def dispatch(label: str, url: str, smtp_port: int, mails: int) -> float:
     for start in range(0, mails, 500):
         chunk = alerts[start : start + 500]
         store.write_batch(
-            [a.event for a in chunk], alerts=chunk, receiver_kinds={"mail": "email"}, now=now
+            [a.event for a in chunk], record=recording(chunk, {"mail": "email"}), now=now
         )
     settings = Settings.model_validate(
         {

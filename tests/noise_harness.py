@@ -15,6 +15,7 @@ from consumers.dispatcher import Dispatcher
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
 from consumers.noise.policy import NoisePolicy
+from consumers.outbox.recorder import recording
 from consumers.store import Store
 from consumers.store.outbox import Notification, Outbox
 from consumers.telemetry.metrics import Metrics
@@ -108,10 +109,8 @@ class Bench:
         events = list({id(a.event): a.event for a in alerts}.values())
         result = self.store.write_batch(
             events,
-            alerts=alerts,
-            receiver_kinds=self.kinds,
+            record=recording(alerts, self.kinds, self.policy),
             now=self.clock(),
-            noise=self.policy,
         )
         return result.notifications
 

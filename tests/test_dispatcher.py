@@ -15,6 +15,7 @@ from consumers.config.settings import Settings, shipped
 from consumers.dispatcher import Dispatcher
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
+from consumers.outbox.recorder import recording
 from consumers.store import Store
 from consumers.store.outbox import Outbox
 from consumers.telemetry.metrics import Metrics
@@ -97,7 +98,7 @@ def states(store: Store) -> dict[str, tuple[str, str | None, int]]:
 
 def write(store: Store, *alerts: Alert) -> int:
     events = list({id(a.event): a.event for a in alerts}.values())
-    return store.write_batch(events, alerts=alerts, receiver_kinds=KINDS).notifications
+    return store.write_batch(events, record=recording(alerts, KINDS)).notifications
 
 
 def test_transient_failures_retry_permanent_ones_go_dead(

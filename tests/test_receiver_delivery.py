@@ -25,6 +25,7 @@ from consumers.config.settings import Settings
 from consumers.dispatcher import Dispatcher
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
+from consumers.outbox.recorder import recording
 from consumers.store import Store
 from consumers.store.outbox import Outbox
 from consumers.telemetry.metrics import Metrics
@@ -103,7 +104,7 @@ def settings(receivers: dict[str, Any]) -> Settings:
 
 def write(store: Store, kinds: dict[str, str], *alerts: Alert) -> None:
     events = list({id(a.event): a.event for a in alerts}.values())
-    store.write_batch(events, alerts=alerts, receiver_kinds=kinds)
+    store.write_batch(events, record=recording(alerts, kinds))
 
 
 def states(store: Store) -> dict[tuple[str, str], tuple[str, str | None, int]]:

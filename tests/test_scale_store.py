@@ -17,6 +17,7 @@ from sqlalchemy import text
 from consumers.model.alerts import Alert
 from consumers.model.errors import SchemaVersionError
 from consumers.model.events import RunStatusEvent
+from consumers.outbox.recorder import recording
 from consumers.store import Store, open_store
 from consumers.store.engine import _alembic_config, head_revision, make_engine
 from consumers.store.listen import OutboxListener
@@ -221,7 +222,7 @@ def test_claimers_never_share_a_notification_and_notify_wakes_listeners(
         assert listener.connected.wait(10)
         alerts = [_alert(f"r{i}") for i in range(300)]
         written = store.write_batch(
-            [a.event for a in alerts], alerts=alerts, receiver_kinds={"ops": "email"}, now=NOW
+            [a.event for a in alerts], record=recording(alerts, {"ops": "email"}), now=NOW
         )
         assert written.notifications == 300
         assert woken.wait(5), "NOTIFY did not reach the listener"

@@ -12,6 +12,7 @@ from typing import Any
 
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
+from consumers.outbox.recorder import recording
 from consumers.rules.engine import RuleSet
 from consumers.service.scheduler import Scheduler
 from consumers.store import Store
@@ -54,7 +55,7 @@ def ingest(bench: Bench, ruleset: RuleSet, events: Sequence[RunStatusEvent]) -> 
     """What the ingest path does: per-event rules, then events and alerts in one write."""
     alerts: list[Alert] = [a for event in events for a in ruleset.evaluate(event)]
     bench.store.write_batch(
-        events, alerts=alerts, receiver_kinds=bench.kinds, now=bench.clock(), noise=bench.policy
+        events, record=recording(alerts, bench.kinds, bench.policy), now=bench.clock()
     )
 
 

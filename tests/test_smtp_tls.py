@@ -16,6 +16,7 @@ from consumers.config.settings import Settings, SmtpSettings, load_settings
 from consumers.dispatcher import Dispatcher
 from consumers.model.errors import ConfigError, SendError
 from consumers.notify.email import EmailSender, Mail
+from consumers.outbox.recorder import recording
 from consumers.store import Store
 from consumers.store.outbox import Outbox
 from consumers.telemetry.metrics import Metrics
@@ -192,7 +193,7 @@ def test_a_notification_that_would_send_the_password_in_cleartext_says_why(
             }
         )
         ev = event("tls-run")
-        store.write_batch([ev], alerts=[alert(ev, "mail")], receiver_kinds={"mail": "email"})
+        store.write_batch([ev], record=recording([alert(ev, "mail")], {"mail": "email"}))
         dispatcher = Dispatcher(store, settings, Metrics(CollectorRegistry()))
         stop = threading.Event()
         thread = dispatcher.start(stop)

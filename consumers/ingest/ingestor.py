@@ -24,6 +24,7 @@ from consumers.model.events import RunStatusEvent
 from consumers.model.limits import DEFAULT_LIMITS, Bounds, IngestLimits
 from consumers.model.updates import RunUpdate
 from consumers.noise.policy import NoisePolicy
+from consumers.outbox.recorder import recording
 from consumers.store import Store
 from consumers.store.writer import DeadLetter, WriteResult
 from consumers.telemetry.metrics import Metrics
@@ -193,10 +194,8 @@ class Ingestor:
             written = self._store.write_batch(
                 events,
                 letters,
-                alerts=alerts,
-                receiver_kinds=self._kinds,
+                record=recording(alerts, self._kinds, self._noise),
                 now=self._clock(),
-                noise=self._noise,
                 updates=updates,
             )
         except StoreError as exc:
@@ -243,10 +242,8 @@ class Ingestor:
             try:
                 one = self._store.write_batch(
                     result.events,
-                    alerts=mine,
-                    receiver_kinds=self._kinds,
+                    record=recording(mine, self._kinds, self._noise),
                     now=now,
-                    noise=self._noise,
                     updates=[(0, update) for update in result.updates],
                 )
             except StoreError as one_exc:

@@ -1,10 +1,10 @@
 """Opening the store: one SQLAlchemy engine for SQLite and PostgreSQL, schema migrations.
 
 Importing this module costs SQLAlchemy and the table definitions only: Alembic (a quarter of
-a second) is imported on the migration path, and the write path (`writer`, which pulls in the
-outbox and noise control) on the first write, so a reader such as the client library
-(`open_reader`) loads neither. A function-level import of an already imported module costs
-about a microsecond, once per batch.
+a second) is imported on the migration path, and the write path (`writer`) on the first
+write, so a reader such as the client library (`open_reader`) loads neither. A
+function-level import of an already imported module costs about a microsecond, once per
+batch.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,11 +31,9 @@ from consumers.store import partitions
 if TYPE_CHECKING:
     from alembic.config import Config
 
-    from consumers.model.alerts import Alert
     from consumers.model.events import RunStatusEvent
     from consumers.model.updates import RunUpdate
-    from consumers.noise.policy import NoisePolicy
-    from consumers.store.writer import DeadLetter, WriteResult
+    from consumers.store.writer import DeadLetter, Recording, WriteResult
 
 
 def _json(value: Any) -> str:
@@ -210,15 +208,14 @@ class Store:
         events: Sequence[RunStatusEvent],
         dead_letters: Sequence[DeadLetter] = (),
         *,
-        alerts: Sequence[Alert] = (),
-        receiver_kinds: Mapping[str, str] | None = None,
+        record: Recording | None = None,
         now: datetime | None = None,
-        noise: NoisePolicy | None = None,
         updates: Sequence[tuple[int, RunUpdate]] = (),
     ) -> WriteResult:
         """Events, run states, dead letters and the notifications they raise, of one Kafka
         batch, in one transaction: the offsets committed after it never point past something
-        not stored, and a replay finds every notification already there."""
+        not stored, and a replay finds every notification already there. `record` writes
+        the notifications (the outbox's recorder, `consumers.outbox.recorder.recording`)."""
         from consumers.store import writer  # see the module docstring
 
         try:
@@ -227,10 +224,8 @@ class Store:
                     conn,
                     events,
                     dead_letters,
-                    alerts=alerts,
-                    receiver_kinds=receiver_kinds,
+                    record=record,
                     now=now,
-                    noise=noise,
                     updates=updates,
                     payload_cap=self.dead_letter_payload_max_bytes,
                 )
