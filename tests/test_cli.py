@@ -14,7 +14,7 @@ import pytest
 
 from consumers.model.events import RunStatusEvent
 from consumers.store import Store
-from consumers.store.engine import head_revision
+from consumers.store.migrate import head_revision
 from consumers.store.writer import DeadLetter
 from tests.conftest import RUNWATCH, Topics
 

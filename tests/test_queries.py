@@ -19,6 +19,7 @@ from consumers.cli.reports import (
 )
 from consumers.model.events import RunStatusEvent
 from consumers.store.engine import Store, make_engine
+from consumers.store.migrate import upgrade
 from consumers.store.queries import (
     RunFilter,
     get_run,
@@ -46,7 +47,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         url = request.getfixturevalue("pg_url")
     s = Store(make_engine(url))
     try:
-        s.upgrade()
+        upgrade(s)
         with s.engine.begin() as conn:  # the PostgreSQL database is shared by the module
             for table in ("events", "runs", "dead_letters"):
                 conn.exec_driver_sql(f"DELETE FROM {table}")

@@ -275,7 +275,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from consumers.store import open_store
+    from consumers.store.migrate import open_store, revision
 
     settings = settings_from_args(args).store
     store = open_store(settings.url, migrate=True)
@@ -285,7 +285,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
             interval_hours=settings.partition_interval_hours,
             ahead=settings.partitions_ahead,
         )
-        print(f"{store.url}: schema at {store.revision()}")
+        print(f"{store.url}: schema at {revision(store)}")
         if created:
             print(f"created partitions: {', '.join(created)}")
     finally:

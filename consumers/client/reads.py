@@ -19,7 +19,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from consumers.client.ledger import Progress
 from consumers.model.errors import StoreError
 from consumers.model.events import Status, to_utc
-from consumers.store import Store
+from consumers.store.engine import Store
 from consumers.store.queries import AnyRow, run_record
 from consumers.store.schema import events, runs
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from consumers.ingest.producer import EventPublisher
     from consumers.model.events import RunStatusEvent
     from consumers.model.updates import RunUpdate
-    from consumers.store import Store
+    from consumers.store.engine import Store
 
 __all__ = ["DEFAULT_WORKSPACE", "ENV_WORKSPACE", "Workspace"]
 
@@ -170,7 +170,7 @@ class Workspace:
         links = self._links
         with links.lock:
             if links.store is None:
-                from consumers.store import open_reader
+                from consumers.store.engine import open_reader
 
                 links.store = open_reader(self.settings.store.url)
             return links.store
