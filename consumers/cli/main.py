@@ -18,7 +18,7 @@ import orjson
 from pydantic import ValidationError
 
 from consumers.cli.console import guarded_output
-from consumers.cli.options import parse_pairs, settings_from_args
+from consumers.cli.options import parse_pairs, say_cut, settings_from_args
 from consumers.config.settings import Settings, load_settings
 from consumers.ingest.decoding import EventFormat
 from consumers.model.errors import ConfigError, RunwatchError
@@ -127,7 +127,7 @@ def _store(args: argparse.Namespace) -> Store:
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
     from consumers.cli.reports import format_runs
-    from consumers.store.queries import RunFilter, list_runs
+    from consumers.store.queries import RunFilter, count_runs, list_runs
 
     store = _store(args)
     try:
@@ -141,11 +141,13 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
             limit=args.limit,
         )
         records = list_runs(store, flt)
+        total = count_runs(store, flt) if len(records) >= flt.limit else len(records)
     except ValueError as exc:
         raise ConfigError("", str(exc)) from None
     finally:
         store.dispose()
     print(format_runs(records, args.output))
+    say_cut(len(records), total, args.output)
     return 0
 
 
@@ -167,14 +169,17 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     from consumers.cli.reports import format_dead_letters
-    from consumers.store.queries import list_dead_letters
+    from consumers.store.queries import count_dead_letters, list_dead_letters
 
     store = _store(args)
     try:
         rows = list_dead_letters(store, limit=args.limit, reason=args.reason)
+        full = len(rows) >= args.limit
+        total = count_dead_letters(store, reason=args.reason) if full else len(rows)
     finally:
         store.dispose()
     print(format_dead_letters(rows, args.output))
+    say_cut(len(rows), total, args.output)
     return 0
 
 
@@ -243,10 +248,13 @@ def cmd_notifications_list(args: argparse.Namespace) -> int:
 
     store = _store(args)
     try:
-        rows = Outbox(store).list(state=args.state, limit=args.limit)
+        outbox = Outbox(store)
+        rows = outbox.list(state=args.state, limit=args.limit)
+        total = outbox.count(state=args.state) if len(rows) >= args.limit else len(rows)
     finally:
         store.dispose()
     print(format_notifications(rows, args.output))
+    say_cut(len(rows), total, args.output)
     return 0
 
 

@@ -1,10 +1,12 @@
 """What every `runwatch` sub-command does with its shared flags: the settings with the
---bootstrap/--topic/--store overrides applied, and `k=v` pairs. Its own module so that the
-sub-command modules (`main`, `run`) import it rather than each other."""
+--bootstrap/--topic/--store overrides applied, `k=v` pairs, and the note under a table cut
+by --limit. Its own module so that the sub-command modules (`main`, `run`) import it rather
+than each other."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
@@ -56,3 +58,12 @@ def parse_pairs(
             raise ConfigError("", f"expected k{'=v' if need_value else '[=v]'}, got {item!r}")
         out.append((key, value if sep else None))
     return tuple(out)
+
+
+def say_cut(shown: int, total: int, output: str) -> None:
+    """Under a table cut by --limit, say so (on stderr for JSON, which stays parseable)."""
+    from consumers.cli.reports import cut_note
+
+    note = cut_note(shown, total)
+    if note is not None:
+        print(note, file=sys.stderr if output == "json" else sys.stdout)

@@ -239,6 +239,14 @@ def format_dead_letters(rows: Sequence[Mapping[str, Any]], output: Output = "tab
     return _table(header, table_rows)
 
 
+def cut_note(shown: int, total: int) -> str | None:
+    """The line under a table cut by --limit: without it a newcomer reads the first 50 runs
+    as all there are."""
+    if total <= shown:
+        return None
+    return f"{shown} of {total} shown; --limit to see more"
+
+
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """Any list as an aligned table, every cell through `clean` (for the CLI's other lists)."""
     return _table(header, ([clean(cell) for cell in row] for row in rows))

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from consumers.cli.options import parse_pairs, settings_from_args
+from consumers.cli.options import parse_pairs, say_cut, settings_from_args
 from consumers.client import Experiment, Run, Workspace
 from consumers.client.workspace import DEFAULT_WORKSPACE
 from consumers.model.errors import ConfigError, RunNotFoundError, StoreLagError
@@ -117,6 +117,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError("--query", str(exc)) from None
     print(format_runs(records[: args.limit], args.output))
+    say_cut(min(len(records), args.limit), len(records), args.output)
     return 0
 
 
@@ -191,7 +192,7 @@ def register(sub: Any, common: Common) -> None:
     p.add_argument("--property", action="append", metavar="K=V")
     p.add_argument("--query", metavar="JMESPATH", help="e.g. \"[?tags.quality=='fantastic run']\"")
     p.add_argument("--include-children", action="store_true")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=int, default=50)
     p.add_argument("--output", "-o", choices=["table", "json"], default="table")
     p = add("show", "one run's details (JSON, or the timeline with -o table)", cmd_show)
     p.add_argument("run_id")

@@ -161,6 +161,14 @@ class Outbox:
         with self._engine.connect() as conn:
             return [Notification.from_row(row) for row in conn.execute(query)]
 
+    def count(self, *, state: str | None = None) -> int:
+        """How many notifications there are (in `state`), for a table cut by --limit."""
+        query = select(func.count()).select_from(n)
+        if state is not None:
+            query = query.where(n.c.state == state)
+        with self._engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def get(self, notification_id: str) -> Notification | None:
         with self._engine.connect() as conn:
             row = conn.execute(select(n).where(n.c.id == notification_id)).first()
