@@ -1,11 +1,12 @@
 """Composition root: builds the service from settings and runs it until told to stop.
 
-The path of one event, in order: kafka_loop.KafkaLoop polls -> ingest.Ingestor.prepare
-decodes it (decoding.decode) and evaluates the rules (rules.engine.RuleSet.evaluate) ->
-ingest.Ingestor.write stores event, run state and notifications in one transaction
-(store.Store.write_batch) and wakes the dispatcher -> producer.DeadLetterPublisher flushes
-what could not be decoded -> KafkaLoop commits the offsets. Then dispatcher.Dispatcher claims
-the notification, renders it (templating.Renderer) and sends it (notify.email / notify.webhook).
+The path of one event, in order: ingest.kafka_loop.KafkaLoop polls -> ingest.ingestor.Ingestor
+.prepare decodes it (ingest.decoding.decode) and evaluates the rules (rules.engine.RuleSet
+.evaluate) -> Ingestor.write stores event, run state and notifications in one transaction
+(store.Store.write_batch, with the outbox's recorder) and wakes the dispatcher ->
+ingest.producer.DeadLetterPublisher flushes what could not be decoded -> KafkaLoop commits
+the offsets. Then dispatcher.Dispatcher claims the notification, renders it
+(notify.templating.Renderer) and sends it (notify.email / notify.webhook).
 """
 
 from __future__ import annotations
