@@ -33,7 +33,8 @@ import yaml
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
-from consumers.config.settings import KafkaSettings, MetricsSettings, Settings, StoreSettings
+from consumers.config.service import KafkaSettings, MetricsSettings, StoreSettings
+from consumers.config.settings import Settings
 from consumers.demo.broker import EmbeddedBroker, create_topics
 from consumers.ingest.decoding import EventFormat
 from consumers.ingest.encoding import encode

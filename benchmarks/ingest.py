@@ -34,7 +34,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from percentiles import pct  # benchmarks/, on the path when run as a script
 from prometheus_client import CollectorRegistry
 
-from consumers.config.settings import KafkaSettings
+from consumers.config.service import KafkaSettings
 from consumers.demo.broker import EmbeddedBroker, create_topics
 from consumers.demo.simulator import Simulator
 from consumers.ingest.decoding import EventFormat, decode

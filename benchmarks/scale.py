@@ -39,7 +39,8 @@ from consumers.outbox.recorder import recording
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest import messages_for, produce
 
-from consumers.config.settings import KafkaSettings, Settings
+from consumers.config.service import KafkaSettings
+from consumers.config.settings import Settings
 from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
 from consumers.demo.simulator import Simulator
 from consumers.dispatcher import Dispatcher

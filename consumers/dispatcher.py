@@ -33,7 +33,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from consumers.config.settings import ReceiverSettings, Settings
+from consumers.config.receivers import ReceiverSettings
+from consumers.config.settings import Settings
 from consumers.model.alerts import Alert
 from consumers.model.errors import RunwatchError, SendError
 from consumers.model.notifications import NotificationKind

@@ -36,7 +36,7 @@ SERVER_SIDE = (
 DEFERRED = (
     "consumers.store",
     "consumers.ingest.producer",
-    "consumers.config.settings",
+    "consumers.config",
     "kafka",
     "sqlalchemy",
 )

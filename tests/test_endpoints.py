@@ -18,13 +18,8 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
-from consumers.config.settings import (
-    EndpointAuth,
-    LoggingSettings,
-    MetricsSettings,
-    Settings,
-    StoreSettings,
-)
+from consumers.config.service import EndpointAuth, LoggingSettings, MetricsSettings, StoreSettings
+from consumers.config.settings import Settings
 from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
 from consumers.service.app import Service
 from consumers.service.endpoints import Check, OpsServer

@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
-from consumers.config.settings import HttpIngestSettings, load_settings
+from consumers.config.service import HttpIngestSettings
+from consumers.config.settings import load_settings
 from consumers.ingest.http_batch import Batch, Message, Validation, plan
 from consumers.model.errors import ConfigError, DecodeError
 from consumers.model.limits import IngestLimits

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from consumers.config.settings import EndpointAuth
+from consumers.config.service import EndpointAuth
 from consumers.service.endpoints import Check, OpsServer
 from tests.conftest import wait_for
 from tests.ops import http_get

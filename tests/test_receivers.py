@@ -18,7 +18,8 @@ import pytest
 from jsonschema.protocols import Validator
 from prometheus_client import CollectorRegistry
 
-from consumers.config.settings import Settings, WebhookFormat
+from consumers.config.receivers import WebhookFormat
+from consumers.config.settings import Settings
 from consumers.dispatcher import Dispatcher
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent

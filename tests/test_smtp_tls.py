@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumers.config.settings import Settings, SmtpSettings, load_settings
+from consumers.config.receivers import SmtpSettings
+from consumers.config.settings import Settings, load_settings
 from consumers.dispatcher import Dispatcher
 from consumers.model.errors import ConfigError, SendError
 from consumers.notify.email import EmailSender, Mail

@@ -18,11 +18,8 @@ import threading
 import time
 
 from consumers.cli.reports import format_runs
-from consumers.config.settings import (
-    KafkaSettings,
-    LoggingSettings,
-    Settings,
-)
+from consumers.config.service import KafkaSettings, LoggingSettings
+from consumers.config.settings import Settings
 from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
 from consumers.demo.catchers import MailCatcher, WebhookCatcher
 from consumers.demo.simulator import Simulator

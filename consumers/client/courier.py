@@ -35,7 +35,8 @@ from consumers.client.spool import Destination, Leftover, SpoolFile, leftovers
 
 if TYPE_CHECKING:
     from consumers.client.run import Run
-    from consumers.config.settings import KafkaSettings, Settings
+    from consumers.config.service import KafkaSettings
+    from consumers.config.settings import Settings
 
 HEARTBEAT_PROPERTY = "runwatch.heartbeat_s"  # on runs exec heartbeats for: the interval
 SEND_TIMEOUT_S = 5.0  # one record's acknowledgement

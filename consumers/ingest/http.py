@@ -43,7 +43,7 @@ from aiohttp import web
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from consumers.config.settings import HttpIngestSettings, KafkaSettings
+from consumers.config.service import HttpIngestSettings, KafkaSettings
 from consumers.ingest.http_batch import Batch, Message, Validation, plan
 from consumers.ingest.producer import make_producer
 from consumers.model.errors import BrokerError, ConfigError, DecodeError, RunwatchError

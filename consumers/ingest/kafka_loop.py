@@ -28,7 +28,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from consumers.config.settings import KafkaSettings
+from consumers.config.service import KafkaSettings
 from consumers.ingest.kafka_clients import close_consumer, recovery_options
 from consumers.model.errors import BrokerError, RunwatchError
 from consumers.telemetry.metrics import Metrics

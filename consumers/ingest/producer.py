@@ -25,7 +25,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
-from consumers.config.settings import KafkaSettings
+from consumers.config.service import KafkaSettings
 from consumers.ingest.decoding import EventFormat
 from consumers.ingest.encoding import encode
 from consumers.ingest.kafka_clients import (

@@ -20,7 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from consumers.config.settings import EmailReceiver, ReceiverSettings, Settings
+from consumers.config.receivers import EmailReceiver, ReceiverSettings
+from consumers.config.settings import Settings
 from consumers.model.alerts import Alert
 from consumers.model.events import to_utc
 from consumers.model.notifications import Notification, NotificationKind

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from consumers.config.settings import AlertmanagerReceiver
+from consumers.config.receivers import AlertmanagerReceiver
 from consumers.model.alerts import SEVERITY_NAMES
 from consumers.model.events import to_utc
 from consumers.notify.webhook import post

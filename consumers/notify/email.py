@@ -31,7 +31,7 @@ from email.utils import format_datetime, formataddr, parseaddr
 
 import aiosmtplib
 
-from consumers.config.settings import SmtpSettings
+from consumers.config.receivers import SmtpSettings
 from consumers.model.errors import ConfigError, SendError
 
 log = logging.getLogger(__name__)

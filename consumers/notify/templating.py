@@ -51,7 +51,8 @@ import jinja2
 import orjson
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from consumers.config.settings import Settings, WebhookFormat, shipped
+from consumers.config.receivers import WebhookFormat
+from consumers.config.settings import Settings, shipped
 from consumers.model.errors import TemplateError
 from consumers.model.events import to_utc
 from consumers.notify import alertmanager, azure, inert, pagerduty

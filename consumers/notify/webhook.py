@@ -22,7 +22,7 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from consumers.config.settings import WebhookReceiver
+from consumers.config.receivers import WebhookReceiver
 from consumers.model import redact
 from consumers.model.errors import SendError
 from consumers.notify.pagerduty import with_routing_key

@@ -39,7 +39,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from consumers.config.settings import EndpointAuth
+from consumers.config.service import EndpointAuth
 from consumers.model.errors import ConfigError
 
 log = logging.getLogger(__name__)

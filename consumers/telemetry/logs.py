@@ -16,7 +16,7 @@ from types import TracebackType
 
 import orjson
 
-from consumers.config.settings import LoggingSettings
+from consumers.config.service import LoggingSettings
 from consumers.model.redact import redact
 
 # Fields that components attach with `extra=` and that the JSON format carries.
