@@ -22,7 +22,8 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumers.ingest.decoding import INTERNAL, RUN_CATEGORY, RUN_EVENT_TYPE, Decoded, decode
+from consumers.ingest.azure import RUN_CATEGORY, RUN_EVENT_TYPE
+from consumers.ingest.decoding import INTERNAL, Decoded, decode
 from consumers.model.errors import DecodeError
 from consumers.model.events import RunStatusEvent
 from consumers.model.limits import IngestLimits

@@ -343,14 +343,14 @@ def test_any_exception_in_a_decoder_is_an_internal_decode_error(
 def test_an_exception_on_one_record_rejects_that_record_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = decoding._record
+    real = decoding.from_record
 
     def flaky(item: Any) -> Any:
         if item.get("properties", {}).get("RunId") == "r1":
             raise KeyError("boom")
         return real(item)
 
-    monkeypatch.setattr(decoding, "_record", flaky)
+    monkeypatch.setattr(decoding, "from_record", flaky)
     value = encode_many([event(f"r{i}") for i in range(3)], EventFormat.RESOURCE_LOG)
     decoded = decode(value, bounds=BOUNDS)
     assert isinstance(decoded, Decoded)

@@ -25,7 +25,8 @@ from typing import Any
 
 import orjson
 
-from consumers.ingest.decoding import RUN_CATEGORY, RUN_EVENT_TYPE, EventFormat
+from consumers.ingest.azure import RUN_CATEGORY, RUN_EVENT_TYPE
+from consumers.ingest.decoding import EventFormat
 from consumers.ingest.log_analytics import TABLE
 from consumers.model.events import RunStatusEvent
 
