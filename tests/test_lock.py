@@ -52,8 +52,7 @@ def test_every_dependency_is_locked_within_its_range_with_hashes() -> None:
 
 
 def test_floors_exclude_the_releases_with_known_advisories() -> None:
-    """The last affected release of each advisory in docs/development.md "Dependencies" is
-    refused."""
+    """The last affected release of each advisory in docs/development.md is refused."""
     runtime = pins(ROOT / "requirements.lock")
     spec = project()["project"]
     assert isinstance(spec, dict)

@@ -66,7 +66,7 @@ class SmtpSettings(Section):
                 if old in data:
                     raise ConfigError(
                         f"smtp.{old}",
-                        f"no longer supported: use {new} (see docs/rules.md, SMTP transport)",
+                        f"no longer supported: use {new} (see docs/rules.md, 'SMTP transport')",
                     )
         return data
 
