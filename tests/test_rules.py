@@ -22,12 +22,12 @@ from consumers.model.errors import RuleError
 from consumers.model.events import RunStatusEvent
 from consumers.rules import (
     RuleSet,
-    RuleWatcher,
     check_rules,
     event_data,
     load_rules,
 )
 from consumers.rules import engine as engine_module
+from consumers.service.reload import RuleWatcher
 from consumers.telemetry.metrics import Metrics
 
 T0 = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
