@@ -30,6 +30,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check consumers tests benchmarks
 	$(BIN)/ruff format --check consumers tests benchmarks
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -81,4 +82,4 @@ image-test: $(STAMP)
 	$(BIN)/pytest -q tests/test_image.py
 
 clean:
-	rm -rf $(VENV) .runwatch-demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .runwatch-demo .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache

@@ -33,10 +33,10 @@ import aiosmtplib
 import orjson
 from percentiles import pct  # benchmarks/, on the path when run as a script
 
-from consumers.app import Service
-from consumers.broker import EmbeddedBroker, create_topics, free_port
-from consumers.events import RunStatusEvent
-from consumers.settings import Settings
+from consumers.config.settings import Settings
+from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
+from consumers.model.events import RunStatusEvent
+from consumers.service.app import Service
 
 RULES = """
 rules:

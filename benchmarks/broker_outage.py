@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 from kafka import KafkaConsumer, KafkaProducer
 
-from consumers.broker import EmbeddedBroker, create_topics, free_port
+from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
 
 RUNWATCH = str(Path(sys.executable).parent / "runwatch")
 TOPIC, DEAD = "outage-runs", "outage-dead"

@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.chaoskit
 
-from consumers.broker import EmbeddedBroker, create_topics
+from consumers.demo.broker import EmbeddedBroker, create_topics
 from tests.chaoskit import (
     OVERFLOW_RULE,
     RULES,

@@ -33,9 +33,9 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).parent))
 from percentiles import pct
 
-from consumers.endpoints import OpsServer
-from consumers.events import STATUS_RANK
-from consumers.settings import Settings
+from consumers.config.settings import Settings
+from consumers.model.events import STATUS_RANK
+from consumers.service.endpoints import OpsServer
 from consumers.store import Store, open_store
 from consumers.store.schema import events, notifications, runs, silences
 from consumers.webconsole.routes import Console

@@ -33,14 +33,15 @@ import yaml
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
-from consumers.broker import EmbeddedBroker, create_topics
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
-from consumers.events import RunStatusEvent
-from consumers.ingest import Ingestor
-from consumers.metrics import Metrics
-from consumers.settings import KafkaSettings, MetricsSettings, Settings, StoreSettings
+from consumers.config.service import KafkaSettings, MetricsSettings, StoreSettings
+from consumers.config.settings import Settings
+from consumers.demo.broker import EmbeddedBroker, create_topics
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
+from consumers.ingest.ingestor import Ingestor
+from consumers.model.events import RunStatusEvent
 from consumers.store.writer import DeadLetter
+from consumers.telemetry.metrics import Metrics
 
 RUNWATCH = str(Path(sys.executable).parent / "runwatch")
 SIZE = 1_048_000  # under Kafka's default 1 MiB message limit and runwatch's max_message_bytes

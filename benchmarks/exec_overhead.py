@@ -24,7 +24,7 @@ from pathlib import Path
 
 from percentiles import pct  # benchmarks/, on the path when run as a script
 
-from consumers.broker import EmbeddedBroker, create_topics
+from consumers.demo.broker import EmbeddedBroker, create_topics
 
 RUNWATCH = str(Path(sys.executable).parent / "runwatch")
 

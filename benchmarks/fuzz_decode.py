@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing of `consumers.decoding.decode` with atheris (libFuzzer).
+"""Coverage-guided fuzzing of `consumers.ingest.decoding.decode` with atheris (libFuzzer).
 
 Starts from a seed corpus of one valid message of every input format and a few hostile ones,
 with a dictionary of the formats' keys and JSON's odd tokens, and mutates them guided by the
@@ -25,12 +25,12 @@ import atheris
 import orjson
 
 with atheris.instrument_imports(include=["consumers"]):
-    from consumers.decoding import INTERNAL, EventFormat, decode
-    from consumers.encoding import encode, encode_many
-    from consumers.errors import DecodeError
-    from consumers.events import RunStatusEvent
-    from consumers.limits import IngestLimits
-    from consumers.updates import RunUpdate
+    from consumers.ingest.decoding import INTERNAL, EventFormat, decode
+    from consumers.ingest.encoding import encode, encode_many
+    from consumers.model.errors import DecodeError
+    from consumers.model.events import RunStatusEvent
+    from consumers.model.limits import IngestLimits
+    from consumers.model.updates import RunUpdate
 
 NOW = datetime.now(UTC)
 LIMITS = IngestLimits(max_labels=40, max_records=200, max_depth=16)

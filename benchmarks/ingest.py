@@ -7,7 +7,7 @@
    beside the floor: the same producer into a bare consumer that only parses, same run.
 
 Both throughput loops run with the benchmark's own data freed and the collector tuned as
-`runwatch serve` tunes it (consumers.app.tune_gc), so neither pays for the other's heap.
+`runwatch serve` tunes it (consumers.service.app.tune_gc), so neither pays for the other's heap.
 
     python benchmarks/ingest.py [--events 200000] [--rate 1000] [--seconds 30] [--bootstrap H:P]
 """
@@ -34,19 +34,19 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from percentiles import pct  # benchmarks/, on the path when run as a script
 from prometheus_client import CollectorRegistry
 
-from consumers.app import tune_gc
-from consumers.broker import EmbeddedBroker, create_topics
-from consumers.decoding import EventFormat, decode
-from consumers.encoding import encode, encode_many
-from consumers.events import RunStatusEvent
-from consumers.ingest import Ingestor, Prepared
-from consumers.kafka_loop import KafkaLoop
-from consumers.limits import DEFAULT_LIMITS
-from consumers.metrics import Metrics
-from consumers.settings import KafkaSettings
-from consumers.simulator import Simulator
+from consumers.config.service import KafkaSettings
+from consumers.demo.broker import EmbeddedBroker, create_topics
+from consumers.demo.simulator import Simulator
+from consumers.ingest.decoding import EventFormat, decode
+from consumers.ingest.encoding import encode, encode_many
+from consumers.ingest.ingestor import Ingestor, Prepared
+from consumers.ingest.kafka_loop import KafkaLoop
+from consumers.model.events import RunStatusEvent
+from consumers.model.limits import DEFAULT_LIMITS
+from consumers.service.app import tune_gc
 from consumers.store import open_store
 from consumers.store.writer import DeadLetter
+from consumers.telemetry.metrics import Metrics
 
 PARTITIONS = 4
 # The steady test's topic: the bundled broker's fetch time grows with a partition's length,

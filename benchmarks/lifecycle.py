@@ -21,10 +21,10 @@ from pathlib import Path
 
 from percentiles import pct  # benchmarks/, on the path when run as a script
 
-from consumers.app import Service
-from consumers.broker import EmbeddedBroker, create_topics
 from consumers.client import Experiment, Workspace
-from consumers.settings import Settings
+from consumers.config.settings import Settings
+from consumers.demo.broker import EmbeddedBroker, create_topics
+from consumers.service.app import Service
 
 
 def report(label: str, seconds: list[float]) -> None:

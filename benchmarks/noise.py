@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from consumers.alerts import Alert
-from consumers.events import RunStatusEvent
-from consumers.noise.config import NoiseSettings
+from consumers.config.noise import NoiseSettings
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
 from consumers.noise.policy import NoisePolicy
+from consumers.outbox.recorder import recording
 from consumers.store import open_store
 from consumers.store.silences import add_silence
 
@@ -77,8 +78,8 @@ def measure(name: str, noise: dict[str, Any] | None, count: int, batch: int) -> 
 
         def write(part: list[Alert]) -> int:
             events = [a.event for a in part]
-            kw: dict[str, Any] = {"receiver_kinds": KINDS, "now": now, "noise": policy}
-            return store.write_batch(events, alerts=part, **kw).notifications
+            record = recording(part, KINDS, policy)
+            return store.write_batch(events, record=record, now=now).notifications
 
         started = time.perf_counter()
         rows = sum(write(todo[i : i + batch]) for i in range(0, count, batch))

@@ -47,12 +47,12 @@ from typing import Any
 import yaml
 from rules_eval import HeldLease, make_rules  # benchmarks/, on the path when run as a script
 
-from consumers.broker import EmbeddedBroker, create_topics, free_port
-from consumers.events import RunStatusEvent
+from consumers.config.settings import shipped
+from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
+from consumers.model.events import RunStatusEvent
 from consumers.rules.engine import RuleSet
 from consumers.rules.model import Rule
-from consumers.rules.scheduler import Scheduler
-from consumers.settings import shipped
+from consumers.service.scheduler import Scheduler
 from consumers.store import Store, open_store
 
 RUNWATCH = str(Path(sys.executable).parent / "runwatch")

@@ -26,10 +26,10 @@ from typing import Any
 
 from sqlalchemy import text
 
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.rules.engine import RuleSet
 from consumers.rules.model import Rule
-from consumers.rules.scheduler import Scheduler
+from consumers.service.scheduler import Scheduler
 from consumers.store import Store, open_store
 
 EXPERIMENTS = 50

@@ -34,21 +34,24 @@ import psycopg
 from prometheus_client import CollectorRegistry
 from psycopg import sql
 
+from consumers.outbox.recorder import recording
+
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest import messages_for, produce
 
-from consumers.alerts import Alert
-from consumers.broker import EmbeddedBroker, create_topics, free_port
+from consumers.config.service import KafkaSettings
+from consumers.config.settings import Settings
+from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
+from consumers.demo.simulator import Simulator
 from consumers.dispatch.dispatcher import Dispatcher
-from consumers.events import RunStatusEvent
-from consumers.ingest import Ingestor
-from consumers.kafka_loop import KafkaLoop
-from consumers.metrics import Metrics
-from consumers.settings import KafkaSettings, Settings
-from consumers.simulator import Simulator
+from consumers.ingest.ingestor import Ingestor
+from consumers.ingest.kafka_loop import KafkaLoop
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
 from consumers.store import open_store
 from consumers.store.outbox import Outbox
 from consumers.store.writer import DeadLetter
+from consumers.telemetry.metrics import Metrics
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1/postgres"
 PARTITIONS = 8
@@ -149,7 +152,7 @@ def dispatch(label: str, url: str, smtp_port: int, mails: int) -> float:
     for start in range(0, mails, 500):
         chunk = alerts[start : start + 500]
         store.write_batch(
-            [a.event for a in chunk], alerts=chunk, receiver_kinds={"mail": "email"}, now=now
+            [a.event for a in chunk], record=recording(chunk, {"mail": "email"}), now=now
         )
     settings = Settings.model_validate(
         {

@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from scale import drop_database, fresh_store
 
-from consumers.events import RunStatusEvent
-from consumers.simulator import Simulator
+from consumers.demo.simulator import Simulator
+from consumers.model.events import RunStatusEvent
 from consumers.store import open_store
 
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import yaml
 
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.rules.evaluation import Evaluation
-from consumers.rules.feed import current_runs
 from consumers.rules.model import RuleFile
 from consumers.rules.reads import Reads
 from consumers.store import open_store
+from consumers.store.feed import current_runs
 
 RULES = """
 rules:

@@ -1,7 +1,7 @@
 """The `runwatch` command. `runwatch run exec` goes straight to its light front
 (consumers.client.launch), which starts the command before anything heavy is imported: the
-full command line (consumers.cli) loads the settings, pydantic and the rest, about 0.2 s that
-would be added to every job's start. Everything else goes to consumers.cli."""
+full command line (consumers.cli.main) loads the settings, pydantic and the rest, about 0.2 s that
+would be added to every job's start. Everything else goes to consumers.cli.main."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from consumers.client.launch import main as exec_main
 
         return exec_main(args[2:])
-    from consumers.cli import main as cli_main
+    from consumers.cli.main import main as cli_main
 
     return cli_main(args)
 

@@ -32,7 +32,7 @@ import orjson
 import yaml
 from kafka import KafkaConsumer, KafkaProducer
 
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from tests.poison import POISON
 
 RUNWATCH = str(Path(sys.executable).parent / "runwatch")

@@ -22,9 +22,10 @@ import yaml
 from kafka import KafkaConsumer, KafkaProducer
 from psycopg import sql
 
-from consumers.app import Service
-from consumers.broker import EmbeddedBroker, create_topics
-from consumers.settings import KafkaSettings, MetricsSettings, Settings, StoreSettings
+from consumers.config.service import KafkaSettings, MetricsSettings, StoreSettings
+from consumers.config.settings import Settings
+from consumers.demo.broker import EmbeddedBroker, create_topics
+from consumers.service.app import Service
 from consumers.store import Store, open_store
 from tests.servers import HttpServer, SmtpServer
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import yaml
 
-from consumers.broker import create_topics, free_port
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
-from consumers.events import RunStatusEvent
+from consumers.demo.broker import create_topics, free_port
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
+from consumers.model.events import RunStatusEvent
 from tests.conftest import Topics, serve, wait_for
 from tests.servers import SmtpServer
 

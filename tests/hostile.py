@@ -15,7 +15,7 @@ import threading
 from aiohttp import web
 from multidict import CIMultiDict
 
-from consumers.broker import free_port
+from consumers.demo.broker import free_port
 from tests.servers import Handler, HttpServer
 
 MB = 2**20

@@ -10,14 +10,15 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
-from consumers.alerts import Alert
+from consumers.config.settings import Settings
 from consumers.dispatch.dispatcher import Dispatcher
-from consumers.events import RunStatusEvent
-from consumers.metrics import Metrics
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
 from consumers.noise.policy import NoisePolicy
-from consumers.settings import Settings
+from consumers.outbox.recorder import recording
 from consumers.store import Store
 from consumers.store.outbox import Notification, Outbox
+from consumers.telemetry.metrics import Metrics
 from tests.servers import HttpServer, SmtpServer
 
 # Five seconds into a minute, half an hour ago: storm windows are whole UTC minutes.
@@ -108,10 +109,8 @@ class Bench:
         events = list({id(a.event): a.event for a in alerts}.values())
         result = self.store.write_batch(
             events,
-            alerts=alerts,
-            receiver_kinds=self.kinds,
+            record=recording(alerts, self.kinds, self.policy),
             now=self.clock(),
-            noise=self.policy,
         )
         return result.notifications
 

@@ -19,10 +19,10 @@ from typing import Any
 import orjson
 import yaml
 
-from consumers.broker import free_port
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
-from consumers.events import RunStatusEvent
+from consumers.demo.broker import free_port
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
+from consumers.model.events import RunStatusEvent
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 PROMETHEUS = shutil.which("prometheus")

@@ -10,10 +10,10 @@ from typing import Any
 
 import yaml
 
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.rules.engine import RuleSet
 from consumers.rules.model import Rule, RuleFile
-from consumers.rules.scheduler import Scheduler
+from consumers.service.scheduler import Scheduler
 from consumers.store import Store
 from consumers.store.outbox import Notification, Outbox
 

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-from consumers.broker import free_port
+from consumers.demo.broker import free_port
 
 
 @dataclass

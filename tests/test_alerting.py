@@ -15,11 +15,11 @@ import orjson
 import pytest
 import yaml
 
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
-from consumers.events import RunStatusEvent
+from consumers.config.settings import Settings, shipped
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
+from consumers.model.events import RunStatusEvent
 from consumers.notify.webhook import verify
-from consumers.settings import Settings, shipped
 from consumers.store import open_store
 from consumers.store.outbox import Outbox
 from tests.conftest import RUNWATCH, RunningService, Topics, wait_for

@@ -22,7 +22,7 @@ import pytest
 from kafka import KafkaProducer
 from sqlalchemy import select
 
-from consumers.settings import Settings, shipped
+from consumers.config.settings import Settings, shipped
 from consumers.store import Store
 from consumers.store.schema import dead_letters, events, notifications, runs
 from tests.conftest import RunningService, Topics, wait_for

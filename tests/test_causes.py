@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from consumers.causes import (
+from consumers.model.causes import (
     HEAD,
     TAIL,
     UNKNOWN,
@@ -24,8 +24,8 @@ from consumers.causes import (
     parse_traceback,
     table_files,
 )
-from consumers.errors import RuleError
-from consumers.events import RunStatusEvent
+from consumers.model.errors import RuleError
+from consumers.model.events import RunStatusEvent
 from consumers.rules.engine import RuleSet
 from consumers.rules.loader import load_rules, rule_files
 from consumers.rules.model import Rule

@@ -22,10 +22,10 @@ import orjson
 import pytest
 from sqlalchemy import select
 
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
-from consumers.events import RunStatusEvent
-from consumers.settings import Settings
+from consumers.config.settings import Settings
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
+from consumers.model.events import RunStatusEvent
 from consumers.store import open_store
 from consumers.store.schema import events, notifications, runs
 from consumers.store.silences import add_silence

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from consumers.broker import EmbeddedBroker, create_topics
+from consumers.demo.broker import EmbeddedBroker, create_topics
 from tests.chaoskit import (
     NEEDS_INGEST,
     NEEDS_KAFKA,

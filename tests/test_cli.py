@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.store import Store
-from consumers.store.engine import head_revision
+from consumers.store.migrate import head_revision
 from consumers.store.writer import DeadLetter
 from tests.conftest import RUNWATCH, Topics
 
@@ -304,6 +304,28 @@ def test_runs_list_json_and_table(seeded: str) -> None:
     assert table[0].split()[:3] == ["RUN", "ID", "STATUS"]
     assert len(table) == 2
     assert table[1].split()[:3] == ["crash", "Failed", "cifar"]
+
+
+def test_a_table_cut_by_limit_says_so(store: Store, store_url: str) -> None:
+    """Without the note a newcomer reads the first 50 runs as all there are."""
+    store.write_batch(
+        [ev(f"run-{i:03d}", "Completed", i / 10, ExperimentName="mnist") for i in range(231)],
+        [DeadLetter("runs", 0, offset, "not_json", "bad", None, b"x") for offset in range(3)],
+    )
+    table = ok(runwatch("runs", "list", "--store", store_url)).splitlines()
+    assert table[-1] == "50 of 231 shown; --limit to see more"
+    assert sum(line.startswith("run-") for line in table) == 50
+    # a filter SQL cannot apply (a glob): the matching runs are counted as they stream by
+    cut = ok(runwatch("runs", "list", "--store", store_url, "--experiment", "mn*", "--limit", "7"))
+    assert cut.splitlines()[-1] == "7 of 231 shown; --limit to see more"
+    everything = ok(runwatch("runs", "list", "--store", store_url, "--limit", "231"))
+    assert "shown" not in everything
+    # JSON stays parseable: the note goes to stderr
+    as_json = runwatch("runs", "list", "--store", store_url, "-o", "json")
+    assert len(orjson.loads(ok(as_json))) == 50
+    assert as_json.stderr.strip() == "50 of 231 shown; --limit to see more"
+    letters = ok(runwatch("dead-letters", "list", "--store", store_url, "--limit", "2"))
+    assert letters.splitlines()[-1] == "2 of 3 shown; --limit to see more"
 
 
 def test_runs_list_rejects_bad_filters_with_a_message(seeded: str) -> None:

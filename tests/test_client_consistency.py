@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from consumers.client import Experiment, Run, Workspace
-from consumers.errors import StoreLagError
+from consumers.model.errors import StoreLagError
 from consumers.store import Store
 from tests.conftest import RunningService, Topics, settings_for
 

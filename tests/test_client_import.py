@@ -23,19 +23,25 @@ SERVER_SIDE = (
     "consumers.rules",
     "consumers.noise",
     "consumers.dispatch",
-    "consumers.metrics",
-    "consumers.app",
-    "consumers.ingest",
-    "consumers.templating",
+    "consumers.telemetry.metrics",
+    "consumers.service.app",
+    "consumers.ingest.ingestor",
+    "consumers.notify.templating",
     "consumers.notify",
     "prometheus_client",
     "aiohttp",
     "jinja2",
     "alembic",
 )
-DEFERRED = ("consumers.store", "consumers.producer", "consumers.settings", "kafka", "sqlalchemy")
+DEFERRED = (
+    "consumers.store",
+    "consumers.ingest.producer",
+    "consumers.config",
+    "kafka",
+    "sqlalchemy",
+)
 DEFERRED += ("psycopg",)
-CLI = ("cli", "cli_run", "cli_options", "cli_exec", "entry")
+CLI = ("cli/main", "cli/run", "cli/options", "cli/run_exec", "entry")
 
 
 def loaded_after(script: str, env: dict[str, str] | None = None) -> set[str]:
@@ -96,7 +102,10 @@ def test_reading_loads_neither_kafka_nor_alembic(
     """
     loaded = loaded_after(script, _env(topics, store_url))
     assert "sqlalchemy" in loaded
-    assert among(loaded, ("kafka", "alembic", "consumers.producer", "consumers.store.writer")) == []
+    assert (
+        among(loaded, ("kafka", "alembic", "consumers.ingest.producer", "consumers.store.writer"))
+        == []
+    )
 
 
 def _imports(path: Path) -> set[str]:

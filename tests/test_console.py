@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from consumers.broker import EmbeddedBroker
-from consumers.errors import ConfigError
-from consumers.settings import Settings, load_settings
+from consumers.config.settings import Settings, load_settings
+from consumers.demo.broker import EmbeddedBroker
+from consumers.model.errors import ConfigError
 from tests.conftest import wait_for
 from tests.console_kit import PASSWORD, USER, LiveConsole, fresh_topics, live_console, run_events
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from consumers.broker import EmbeddedBroker
+from consumers.demo.broker import EmbeddedBroker
 from tests.conftest import wait_for
 from tests.console_kit import PASSWORD, USER, LiveConsole, fresh_topics, live_console, run_events
 

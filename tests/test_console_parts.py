@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from consumers.events import RunStatusEvent
+from consumers.config.service import EndpointAuth
+from consumers.config.settings import shipped
+from consumers.model.events import RunStatusEvent
 from consumers.model.notifications import Notification, NotificationState
-from consumers.settings import EndpointAuth, shipped
 from consumers.store import Store, open_store
 from consumers.store.queries import TimelineEntry
 from consumers.webconsole import reads

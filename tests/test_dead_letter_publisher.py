@@ -18,13 +18,11 @@ from kafka.errors import MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
-from consumers.broker import EmbeddedBroker, create_topics, free_port
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
-from consumers.errors import BrokerError
-from consumers.kafka_clients import refusal, stuck_producer
-from consumers.metrics import Metrics
-from consumers.producer import (
+from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
+from consumers.ingest.kafka_clients import refusal, stuck_producer
+from consumers.ingest.producer import (
     KEY_SIZE_HEADER,
     REASON_HEADER,
     SIZE_HEADER,
@@ -34,9 +32,11 @@ from consumers.producer import (
     make_dead_letter_producer,
     record_size,
 )
+from consumers.model.errors import BrokerError
 from consumers.store import Store
 from consumers.store.schema import dead_letters
 from consumers.store.writer import DeadLetter
+from consumers.telemetry.metrics import Metrics
 from tests.conftest import RunningService, Topics, wait_for
 from tests.test_ingest import event
 

@@ -22,10 +22,11 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumers.decoding import INTERNAL, RUN_CATEGORY, RUN_EVENT_TYPE, Decoded, decode
-from consumers.errors import DecodeError
-from consumers.events import RunStatusEvent
-from consumers.limits import IngestLimits
+from consumers.ingest.azure import RUN_CATEGORY, RUN_EVENT_TYPE
+from consumers.ingest.decoding import INTERNAL, Decoded, decode
+from consumers.model.errors import DecodeError
+from consumers.model.events import RunStatusEvent
+from consumers.model.limits import IngestLimits
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 LIMITS = IngestLimits(max_labels=40, max_records=50, max_value_chars=2000, max_text_chars=2000)

@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
-from consumers.decoding import Decoded, EventFormat, Rejected, decode
-from consumers.encoding import ROUND_TRIP, RUN_STATUS_OPERATION, encode, encode_many
-from consumers.errors import DecodeError
-from consumers.events import RunStatusEvent
+from consumers.ingest.decoding import Decoded, EventFormat, Rejected, decode
+from consumers.ingest.encoding import ROUND_TRIP, RUN_STATUS_OPERATION, encode, encode_many
+from consumers.model.errors import DecodeError
+from consumers.model.events import RunStatusEvent
 from tests.poison import POISON, POISON_MAX_BYTES
 
 T0 = datetime(2024, 5, 1, 12, 34, 56, 123456, tzinfo=UTC)

@@ -28,11 +28,11 @@ from typing import Any
 import orjson
 import pytest
 
-from consumers.cloudevents_binding import binary_attributes, kafka_headers_from_http
-from consumers.decoding import Decoded, EventFormat, decode
-from consumers.encoding import encode
-from consumers.errors import DecodeError
-from consumers.events import RunStatusEvent
+from consumers.ingest.cloudevents_binding import binary_attributes, kafka_headers_from_http
+from consumers.ingest.decoding import Decoded, EventFormat, decode
+from consumers.ingest.encoding import encode
+from consumers.model.errors import DecodeError
+from consumers.model.events import RunStatusEvent
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 AZURE = SAMPLES / "azure"
@@ -171,7 +171,7 @@ def test_malformed_query_responses(tables: Any, expected: str) -> None:
 
 
 def test_the_record_limit_counts_rows_before_building_them() -> None:
-    from consumers.limits import IngestLimits
+    from consumers.model.limits import IngestLimits
 
     bounds = IngestLimits(max_records=2).at(datetime.now(UTC))
     value = raw("azure/log-analytics-query-response.json")
@@ -302,7 +302,7 @@ def test_the_fast_paths_validator_refuses_empty_text_and_the_model_does_not() ->
     (so "" costs nothing to spot); pydantic must not have handed back the model's own."""
     from pydantic import ValidationError
 
-    from consumers import decoding
+    from consumers.ingest import decoding
 
     value = b'{"TimeGenerated":"2024-05-01T00:00:00Z","RunId":"r","Status":"Failed","Message":""}'
     with pytest.raises(ValidationError):

@@ -12,13 +12,13 @@ from typing import Any
 import orjson
 import pytest
 
-from consumers import decoding
-from consumers.decoding import Decoded, EventFormat, decode
-from consumers.encoding import encode, encode_many
-from consumers.errors import DecodeError
-from consumers.events import RunStatusEvent
-from consumers.limits import IngestLimits
-from consumers.updates import RunUpdate
+from consumers.ingest import decoding
+from consumers.ingest.decoding import Decoded, EventFormat, decode
+from consumers.ingest.encoding import encode, encode_many
+from consumers.model.errors import DecodeError
+from consumers.model.events import RunStatusEvent
+from consumers.model.limits import IngestLimits
+from consumers.model.updates import RunUpdate
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 BOUNDS = IngestLimits().at(NOW)
@@ -344,14 +344,14 @@ def test_any_exception_in_a_decoder_is_an_internal_decode_error(
 def test_an_exception_on_one_record_rejects_that_record_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = decoding._record
+    real = decoding.from_record
 
     def flaky(item: Any) -> Any:
         if item.get("properties", {}).get("RunId") == "r1":
             raise KeyError("boom")
         return real(item)
 
-    monkeypatch.setattr(decoding, "_record", flaky)
+    monkeypatch.setattr(decoding, "from_record", flaky)
     value = encode_many([event(f"r{i}") for i in range(3)], EventFormat.RESOURCE_LOG)
     decoded = decode(value, bounds=BOUNDS)
     assert isinstance(decoded, Decoded)

@@ -18,7 +18,7 @@ import orjson
 import pytest
 import yaml
 
-from consumers.settings import load_settings
+from consumers.config.settings import load_settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 K8S = DEPLOY / "kubernetes"

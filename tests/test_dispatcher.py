@@ -11,13 +11,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from consumers.alerts import Alert
+from consumers.config.settings import Settings, shipped
 from consumers.dispatch.dispatcher import Dispatcher
-from consumers.events import RunStatusEvent
-from consumers.metrics import Metrics
-from consumers.settings import Settings, shipped
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
+from consumers.outbox.recorder import recording
 from consumers.store import Store
 from consumers.store.outbox import Outbox
+from consumers.telemetry.metrics import Metrics
 from tests.conftest import wait_for
 from tests.servers import HttpServer, SmtpServer
 
@@ -97,7 +98,7 @@ def states(store: Store) -> dict[str, tuple[str, str | None, int]]:
 
 def write(store: Store, *alerts: Alert) -> int:
     events = list({id(a.event): a.event for a in alerts}.values())
-    return store.write_batch(events, alerts=alerts, receiver_kinds=KINDS).notifications
+    return store.write_batch(events, record=recording(alerts, KINDS)).notifications
 
 
 def test_transient_failures_retry_permanent_ones_go_dead(

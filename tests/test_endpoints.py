@@ -18,17 +18,12 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
-from consumers.app import Service
-from consumers.broker import EmbeddedBroker, create_topics, free_port
-from consumers.endpoints import Check, OpsServer
-from consumers.logs import setup_logging
-from consumers.settings import (
-    EndpointAuth,
-    LoggingSettings,
-    MetricsSettings,
-    Settings,
-    StoreSettings,
-)
+from consumers.config.service import EndpointAuth, LoggingSettings, MetricsSettings, StoreSettings
+from consumers.config.settings import Settings
+from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
+from consumers.service.app import Service
+from consumers.service.endpoints import Check, OpsServer
+from consumers.telemetry.logs import setup_logging
 from tests.conftest import Topics, serve, wait_for
 from tests.ops import http_get, run_events
 from tests.servers import HttpServer

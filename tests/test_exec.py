@@ -21,8 +21,8 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from consumers.broker import EmbeddedBroker, create_topics
-from consumers.settings import shipped
+from consumers.config.settings import shipped
+from consumers.demo.broker import EmbeddedBroker, create_topics
 from consumers.store import Store, open_store
 from consumers.store.schema import events, runs
 from tests.conftest import RUNWATCH, Topics, serve, wait_for, write_config
@@ -527,18 +527,18 @@ def test_exec_loads_no_server_side_layer(served: Served, store: Store) -> None:
     loaded = set(orjson.loads(done.stdout.strip().splitlines()[-1]))
     assert "kafka" in loaded
     schema = {"consumers.rules", "consumers.rules.model", "consumers.noise"}
-    schema |= {"consumers.noise.config", "consumers.noise.timeintervals"}
+    schema |= {"consumers.config.noise", "consumers.model.timeintervals"}
     server = (
         "consumers.rules",
         "consumers.noise",
         "consumers.dispatch",
-        "consumers.metrics",
-        "consumers.app",
-        "consumers.ingest",
-        "consumers.templating",
+        "consumers.telemetry.metrics",
+        "consumers.service.app",
+        "consumers.ingest.ingestor",
+        "consumers.notify.templating",
         "consumers.notify",
         "consumers.store",
-        "consumers.cli",
+        "consumers.cli.main",
         "prometheus_client",
         "aiohttp",
         "jinja2",

@@ -22,7 +22,7 @@ from consumers.client.launch import ExecRequest, parser, request_from
 from consumers.client.outcome import ended, not_started
 from consumers.client.spool import Destination, SpoolFile, destinations, leftovers, spool_root
 from consumers.client.tail import StderrTail, exception_name, failure_text
-from consumers.errors import ConfigError
+from consumers.model.errors import ConfigError
 from tests.conftest import RUNWATCH
 
 TRACEBACK = """\
@@ -216,7 +216,16 @@ def test_the_front_imports_nothing_heavy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     loaded = set(json.loads(done.stdout))
-    heavy = ("pydantic", "kafka", "sqlalchemy", "yaml", "consumers.settings", "consumers.events")
+    heavy = (
+        "pydantic",
+        "kafka",
+        "sqlalchemy",
+        "yaml",
+        "consumers.config.settings",
+        "consumers.config.service",
+        "consumers.config.receivers",
+        "consumers.model.events",
+    )
     assert sorted(m for m in loaded if m.split(".")[0] in heavy or m in heavy) == []
 
 

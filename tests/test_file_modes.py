@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from consumers.errors import ConfigError
-from consumers.events import RunStatusEvent
-from consumers.settings import EndpointAuth, Settings, SmtpSettings, load_settings
+from consumers.config.receivers import SmtpSettings
+from consumers.config.service import EndpointAuth
+from consumers.config.settings import Settings, load_settings
+from consumers.model.errors import ConfigError
+from consumers.model.events import RunStatusEvent
 from consumers.store import open_store
 from tests.test_cli import runwatch
 

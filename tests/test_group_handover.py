@@ -13,11 +13,11 @@ from pathlib import Path
 from kafka import KafkaAdminClient
 from prometheus_client import CollectorRegistry
 
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
-from consumers.kafka_loop import KafkaLoop
-from consumers.metrics import Metrics
-from consumers.simulator import Simulator
+from consumers.demo.simulator import Simulator
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
+from consumers.ingest.kafka_loop import KafkaLoop
+from consumers.telemetry.metrics import Metrics
 from tests.conftest import Topics, serve, wait_for, write_config
 
 # Long enough that a takeover by session expiry (the member gone without leaving) cannot

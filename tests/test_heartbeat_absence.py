@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from consumers.model.updates import RunUpdate
 from consumers.store import Store
-from consumers.updates import RunUpdate
 from tests.rulekit import T0, Clock, event, notes, scheduler, summaries
 
 RULES = """

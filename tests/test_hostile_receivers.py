@@ -17,16 +17,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text, update
 
-from consumers.alerts import Alert
+from consumers.config.settings import Settings, shipped
 from consumers.dispatch.dispatcher import Dispatcher
-from consumers.errors import SendError, StoreError
-from consumers.events import RunStatusEvent
-from consumers.metrics import Metrics
+from consumers.model.alerts import Alert
+from consumers.model.errors import SendError, StoreError
+from consumers.model.events import RunStatusEvent
 from consumers.notify.webhook import retry_after
-from consumers.settings import Settings, shipped
+from consumers.outbox.recorder import recording
 from consumers.store import Store
 from consumers.store.outbox import Notification, Outbox
 from consumers.store.schema import notifications
+from consumers.telemetry.metrics import Metrics
 from tests.conftest import wait_for
 from tests.hostile import (
     MB,
@@ -98,7 +99,7 @@ class Running:
 def write(store: Store, hooks: dict[str, str], *alerts: Alert) -> None:
     events = list({id(a.event): a.event for a in alerts}.values())
     kinds = dict.fromkeys(hooks, "webhook")
-    store.write_batch(events, alerts=alerts, receiver_kinds=kinds)
+    store.write_batch(events, record=recording(alerts, kinds))
 
 
 def rows(store: Store) -> dict[str, Notification]:

@@ -1,4 +1,4 @@
-"""Unit tests of the HTTP ingest's pure half (consumers.http_batch.plan) and its settings.
+"""Unit tests of the HTTP ingest's pure half (consumers.ingest.http_batch.plan) and its settings.
 The server itself is tested against a real `runwatch serve` in test_http_ingest.py.
 
 Bodies: tests/samples/eventgrid/ (VERBATIM from MicrosoftDocs/azure-docs, see its README),
@@ -15,10 +15,11 @@ from typing import Any
 import orjson
 import pytest
 
-from consumers.errors import ConfigError, DecodeError
-from consumers.http_batch import Batch, Message, Validation, plan
-from consumers.limits import IngestLimits
-from consumers.settings import HttpIngestSettings, load_settings
+from consumers.config.service import HttpIngestSettings
+from consumers.config.settings import load_settings
+from consumers.ingest.http_batch import Batch, Message, Validation, plan
+from consumers.model.errors import ConfigError, DecodeError
+from consumers.model.limits import IngestLimits
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "eventgrid"
 BOUNDS = IngestLimits().at(datetime.now(UTC))

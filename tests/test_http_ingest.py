@@ -32,7 +32,7 @@ import orjson
 import pytest
 import yaml
 
-from consumers.broker import EmbeddedBroker, create_topics, free_port
+from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
 from tests.conftest import Topics, serve, wait_for, write_config
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "eventgrid"

@@ -29,10 +29,10 @@ import psycopg
 import pytest
 import yaml
 
-from consumers.broker import free_port
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
-from consumers.events import RunStatusEvent
+from consumers.demo.broker import free_port
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
+from consumers.model.events import RunStatusEvent
 from tests.conftest import Topics, wait_for
 from tests.servers import SmtpServer
 

@@ -9,16 +9,16 @@ import orjson
 from kafka import KafkaProducer
 from sqlalchemy import func, select
 
-from consumers.decoding import EventFormat
-from consumers.encoding import encode, encode_many
-from consumers.events import RunStatusEvent
-from consumers.producer import (
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode, encode_many
+from consumers.ingest.producer import (
     ERROR_HEADER,
     OFFSET_HEADER,
     PARTITION_HEADER,
     REASON_HEADER,
     TOPIC_HEADER,
 )
+from consumers.model.events import RunStatusEvent
 from consumers.store import Store
 from consumers.store.schema import dead_letters, events, runs
 from tests.conftest import RunningService, Topics, wait_for

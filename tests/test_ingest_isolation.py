@@ -15,13 +15,13 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumers import ingest
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
-from consumers.events import RunStatusEvent
-from consumers.ingest import Ingestor
-from consumers.metrics import Metrics
+from consumers.ingest import ingestor as ingest
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
+from consumers.ingest.ingestor import Ingestor
+from consumers.model.events import RunStatusEvent
 from consumers.store.writer import DeadLetter
+from consumers.telemetry.metrics import Metrics
 
 
 @dataclass

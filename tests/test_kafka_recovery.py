@@ -19,11 +19,11 @@ from typing import Any
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from consumers.broker import EmbeddedBroker, create_topics, free_port
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
-from consumers.kafka_clients import close_consumer
-from consumers.producer import (
+from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
+from consumers.ingest.kafka_clients import close_consumer
+from consumers.ingest.producer import (
     KEY_SIZE_HEADER,
     OFFSET_HEADER,
     PARTITION_HEADER,

@@ -14,9 +14,14 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from consumers.cli import main
+from consumers.cli.main import main
 from consumers.client import Experiment, Run, Workspace
-from consumers.errors import PropertyConflictError, RunNotFoundError, RunStateError, RunwatchError
+from consumers.model.errors import (
+    PropertyConflictError,
+    RunNotFoundError,
+    RunStateError,
+    RunwatchError,
+)
 from consumers.store import Store, open_store
 from consumers.store.queries import get_run
 from consumers.store.schema import events, notifications
@@ -395,9 +400,9 @@ def test_the_store_applies_updates_in_topic_order_and_replays_to_the_same_state(
     any_store: Store,
 ) -> None:
     """Pure store level: no broker needed to pin down the ordering rule."""
-    from consumers.events import RunStatusEvent
+    from consumers.model.events import RunStatusEvent
+    from consumers.model.updates import RunUpdate
     from consumers.store.queries import RunFilter, list_runs
-    from consumers.updates import RunUpdate
 
     t0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
 
@@ -443,9 +448,9 @@ def test_the_store_applies_updates_in_topic_order_and_replays_to_the_same_state(
 
 
 def test_update_records_decode_as_their_own_kind() -> None:
-    from consumers.decoding import decode
-    from consumers.errors import DecodeError
-    from consumers.updates import RunUpdate
+    from consumers.ingest.decoding import decode
+    from consumers.model.errors import DecodeError
+    from consumers.model.updates import RunUpdate
 
     update = RunUpdate.model_validate(
         {"TimeGenerated": "2026-11-01T12:00:00Z", "RunId": "r", "SetTags": {"k": None}}
@@ -468,9 +473,9 @@ def test_update_records_decode_as_their_own_kind() -> None:
 def test_a_bad_update_is_dead_lettered_and_the_rest_is_stored(
     topics: Topics, service: Callable[..., RunningService], store: Store
 ) -> None:
-    from consumers.events import RunStatusEvent
+    from consumers.model.events import RunStatusEvent
+    from consumers.model.updates import RunUpdate
     from consumers.store.schema import dead_letters
-    from consumers.updates import RunUpdate
 
     at = datetime(2026, 11, 1, 12, tzinfo=UTC)
     started = RunStatusEvent.model_validate(

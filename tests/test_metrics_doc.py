@@ -8,8 +8,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from consumers.app import new_registry
-from consumers.metrics import Metrics
+from consumers.service.app import new_registry
+from consumers.telemetry.metrics import Metrics
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 ROW = re.compile(r"^\| `(runwatch_[a-z_]+)` \| (\w+) \| ([^|]*) \| (.*) \|$")
@@ -40,7 +40,9 @@ def registered() -> dict[str, tuple[str, tuple[str, ...], str]]:
 def test_every_metric_is_documented_with_its_type_labels_and_help() -> None:
     doc, code = documented(), registered()
     assert len(code) >= 20
-    assert sorted(doc) == sorted(code), "docs/metrics.md and consumers/metrics.py disagree"
+    assert sorted(doc) == sorted(code), (
+        "docs/metrics.md and consumers/telemetry/metrics.py disagree"
+    )
     for name, (kind, labels, meaning) in code.items():
         assert doc[name] == (kind, labels, meaning), f"{name}: doc {doc[name]} != code"
 

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from consumers.errors import ConfigError
+from consumers.config.noise import NoiseSettings, OwnerSettings
+from consumers.config.settings import load_settings
+from consumers.model.errors import ConfigError
 from consumers.model.matchers import Matcher
-from consumers.noise.config import NoiseSettings, OwnerSettings
+from consumers.model.timeintervals import TimeEntry, active
 from consumers.noise.owners import resolve
 from consumers.noise.policy import NoisePolicy
 from consumers.noise.routing import Router
-from consumers.noise.timeintervals import TimeEntry, active
-from consumers.settings import load_settings
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from consumers.alerts import Alert
-from consumers.events import RunStatusEvent
+from consumers.config.noise import InhibitRule, NoiseSettings
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
 from consumers.model.notifications import Notification, NotificationGroup, NotificationState
 from consumers.model.silences import Silence
-from consumers.noise.config import InhibitRule, NoiseSettings
+from consumers.model.timeintervals import TimeEntry
 from consumers.noise.decision import Candidate, Decision
 from consumers.noise.grouping import Grouper, group_key
 from consumers.noise.inhibit import Inhibitor
@@ -25,7 +26,6 @@ from consumers.noise.policy import NoisePolicy
 from consumers.noise.routing import Target
 from consumers.noise.silences import Silencer
 from consumers.noise.storm import StormLimit
-from consumers.noise.timeintervals import TimeEntry
 from consumers.outbox.recheck import recheck
 from consumers.outbox.recorder import Recorder
 from tests.memory_state import MemoryState

@@ -16,8 +16,8 @@ from collections.abc import Iterator, Mapping
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from consumers.endpoints import Check, OpsServer
-from consumers.settings import EndpointAuth
+from consumers.config.service import EndpointAuth
+from consumers.service.endpoints import Check, OpsServer
 from tests.conftest import wait_for
 from tests.ops import http_get
 
@@ -160,7 +160,7 @@ def test_when_every_slot_is_busy_new_connections_are_refused_not_queued() -> Non
 def test_warning_when_listening_beyond_loopback_without_auth(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="consumers.endpoints")
+    caplog.set_level(logging.WARNING, logger="consumers.service.endpoints")
     for host, auth, warned in (
         ("127.0.0.1", None, False),
         ("0.0.0.0", EndpointAuth(bearer_token="a-token-123456"), False),

@@ -12,12 +12,12 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import update
 
-from consumers.errors import ConfigError
+from consumers.config.noise import NoiseSettings, OwnerSettings
+from consumers.config.settings import load_settings
+from consumers.model.errors import ConfigError
 from consumers.model.receivers import is_address, owner_address, owner_receiver
-from consumers.noise.config import NoiseSettings, OwnerSettings
 from consumers.noise.owners import resolve
 from consumers.noise.policy import NoisePolicy
-from consumers.settings import load_settings
 from consumers.store import Store
 from consumers.store.schema import notifications
 from tests.conftest import wait_for

@@ -15,7 +15,7 @@ import orjson
 import pytest
 import yaml
 
-from consumers.broker import free_port
+from consumers.demo.broker import free_port
 from tests.conftest import Topics, serve, wait_for
 from tests.ops import (
     DEPLOY,

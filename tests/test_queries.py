@@ -11,9 +11,15 @@ from typing import Any
 import orjson
 import pytest
 
-from consumers.events import RunStatusEvent
-from consumers.reports import format_dead_letters, format_run_detail, format_runs, humanize_seconds
+from consumers.cli.reports import (
+    format_dead_letters,
+    format_run_detail,
+    format_runs,
+    humanize_seconds,
+)
+from consumers.model.events import RunStatusEvent
 from consumers.store.engine import Store, make_engine
+from consumers.store.migrate import upgrade
 from consumers.store.queries import (
     RunFilter,
     get_run,
@@ -41,7 +47,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         url = request.getfixturevalue("pg_url")
     s = Store(make_engine(url))
     try:
-        s.upgrade()
+        upgrade(s)
         with s.engine.begin() as conn:  # the PostgreSQL database is shared by the module
             for table in ("events", "runs", "dead_letters"):
                 conn.exec_driver_sql(f"DELETE FROM {table}")

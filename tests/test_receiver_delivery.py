@@ -21,13 +21,14 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumers.alerts import Alert
+from consumers.config.settings import Settings
 from consumers.dispatch.dispatcher import Dispatcher
-from consumers.events import RunStatusEvent
-from consumers.metrics import Metrics
-from consumers.settings import Settings
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
+from consumers.outbox.recorder import recording
 from consumers.store import Store
 from consumers.store.outbox import Outbox
+from consumers.telemetry.metrics import Metrics
 from tests.conftest import wait_for
 from tests.servers import HttpServer
 
@@ -103,7 +104,7 @@ def settings(receivers: dict[str, Any]) -> Settings:
 
 def write(store: Store, kinds: dict[str, str], *alerts: Alert) -> None:
     events = list({id(a.event): a.event for a in alerts}.values())
-    store.write_batch(events, alerts=alerts, receiver_kinds=kinds)
+    store.write_batch(events, record=recording(alerts, kinds))
 
 
 def states(store: Store) -> dict[tuple[str, str], tuple[str, str | None, int]]:

@@ -18,19 +18,21 @@ import orjson
 import pytest
 from jsonschema.protocols import Validator
 
-from consumers.alerts import Alert
+from consumers.config.receivers import WebhookFormat
+from consumers.config.settings import Settings
 from consumers.dispatch.context import RunUrl, alert_context
 from consumers.dispatch.context import digest_context as build_digest_context
 from consumers.dispatch.context import storm_context as build_storm_context
-from consumers.events import RunStatusEvent
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
 from consumers.model.notifications import NotificationKind
 from consumers.notify import inert
 from consumers.notify.pagerduty import with_routing_key
-from consumers.settings import Settings, WebhookFormat
+from consumers.notify.templating import Renderer
+from consumers.outbox.recorder import recording
 from consumers.store import Store
 from consumers.store.outbox import Outbox
 from consumers.store.queries import get_run
-from consumers.templating import Renderer
 
 SCHEMAS = Path(__file__).resolve().parent / "samples" / "schemas"
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
@@ -110,7 +112,7 @@ def contexts(store: Store, *alerts: Alert, config: Settings | None = None) -> li
     """The template contexts the dispatcher builds for these alerts' notifications, oldest
     first (through the real store: the row's JSON is what the template sees)."""
     events = list({id(a.event): a.event for a in alerts}.values())
-    store.write_batch(events, alerts=alerts, receiver_kinds={"hook": "webhook"})
+    store.write_batch(events, record=recording(alerts, {"hook": "webhook"}))
     run_url = RunUrl((config or settings()).run_url_template)
     rows = sorted(Outbox(store).list(limit=100), key=lambda n: n.created_at)
     return [alert_context(row, get_run(store, row.run_id), run_url) for row in rows]
@@ -177,7 +179,7 @@ def test_alertmanager_body_matches_alertmanagers_webhook_message(store: Store) -
 def digest_context(store: Store, *alerts: Alert) -> dict[str, Any]:
     """A noise-control digest of these alerts' notifications, as the dispatcher builds it."""
     events = list({id(a.event): a.event for a in alerts}.values())
-    store.write_batch(events, alerts=alerts, receiver_kinds={"hook": "webhook"})
+    store.write_batch(events, record=recording(alerts, {"hook": "webhook"}))
     rows = sorted(Outbox(store).list(limit=100), key=lambda n: (n.event_time, n.run_id))
     grouped = [dataclasses.replace(r, group_key="0f" * 12) for r in rows]
     head = dataclasses.replace(grouped[0], members=tuple(grouped))
@@ -187,7 +189,7 @@ def digest_context(store: Store, *alerts: Alert) -> dict[str, Any]:
 
 def storm_context(store: Store) -> dict[str, Any]:
     alerts = [per_event(event(f"run-{i}")) for i in range(3)]
-    store.write_batch([a.event for a in alerts], alerts=alerts, receiver_kinds={"hook": "webhook"})
+    store.write_batch([a.event for a in alerts], record=recording(alerts, {"hook": "webhook"}))
     held = Outbox(store).list(limit=100)
     start = T0.replace(second=0)
     summary = dataclasses.replace(

@@ -17,11 +17,11 @@ import psycopg
 import pytest
 import yaml
 
-from consumers.broker import EmbeddedBroker, create_topics
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
-from consumers.events import RunStatusEvent
-from consumers.settings import shipped
+from consumers.config.settings import shipped
+from consumers.demo.broker import EmbeddedBroker, create_topics
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
+from consumers.model.events import RunStatusEvent
 from tests.conftest import RUNWATCH, Topics, serve, wait_for
 from tests.servers import SmtpServer
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from consumers.config.settings import NotifySettings
 from consumers.dispatch.retry import Dead, Limits, Retry, after_failure, backoff, spent
-from consumers.errors import SendError, TemplateError
-from consumers.settings import NotifySettings
+from consumers.model.errors import SendError, TemplateError
 
 LIMITS = Limits(
     backoff_initial_s=1.0,

@@ -15,7 +15,7 @@ import jmespath
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from consumers.events import RunStatusEvent, Status
+from consumers.model.events import RunStatusEvent, Status
 from consumers.rules.engine import ALIASES, Matcher, RuleSet, event_data
 from consumers.rules.evaluation import Evaluation
 from consumers.rules.guard import RuleGuard

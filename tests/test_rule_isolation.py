@@ -13,16 +13,16 @@ import jmespath
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumers.metrics import Metrics
-from consumers.rules import RuleWatcher
 from consumers.rules.engine import ALIASES, RuleSet
 from consumers.rules.evaluation import Evaluation
 from consumers.rules.guard import RuleGuard
 from consumers.rules.kinds import BUILDERS
 from consumers.rules.model import KINDS as KIND_NAMES
 from consumers.rules.reads import Reads, reads_of
-from consumers.rules.scheduler import Scheduler
+from consumers.service.reload import RuleWatcher
+from consumers.service.scheduler import Scheduler
 from consumers.store import Store
+from consumers.telemetry.metrics import Metrics
 from tests.rulekit import KINDS, T0, Clock, SwitchLease, event, notes, rules
 
 POISONED = "floor(to_number(properties.loss)) > `5`"

@@ -14,11 +14,11 @@ from pathlib import Path
 import orjson
 import yaml
 
-from consumers.broker import free_port
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
-from consumers.events import RunStatusEvent
-from consumers.settings import shipped
+from consumers.config.settings import shipped
+from consumers.demo.broker import free_port
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
+from consumers.model.events import RunStatusEvent
 from tests.conftest import Topics, serve, wait_for
 from tests.ops import http_get
 from tests.servers import HttpServer, SmtpServer

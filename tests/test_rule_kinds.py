@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from consumers.outbox.recorder import recording
 from consumers.rules.evaluation import mark_stale
 from consumers.rules.model import Rule
 from consumers.rules.tracker import RunTracker
@@ -455,7 +456,7 @@ def test_stale_per_event_alerts_are_recorded_not_sent(store: Store) -> None:
     old, fresh = event(0, "old", "Failed"), event(119, "fresh", "Failed")
     now = event(120, "x", "Queued").TimeGenerated
     alerts = mark_stale(ruleset.evaluate(old) + ruleset.evaluate(fresh), now, 3600)
-    store.write_batch([old, fresh], alerts=alerts, receiver_kinds={"oncall": "email"}, now=now)
+    store.write_batch([old, fresh], record=recording(alerts, {"oncall": "email"}), now=now)
     states = {n.run_id: (n.state, n.reason) for n in notes(store)}
     assert states == {"old": ("suppressed", "stale"), "fresh": ("pending", None)}
 

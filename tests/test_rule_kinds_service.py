@@ -9,10 +9,10 @@ from pathlib import Path
 
 import orjson
 
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
-from consumers.events import RunStatusEvent
-from consumers.settings import Settings, shipped
+from consumers.config.settings import Settings, shipped
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
+from consumers.model.events import RunStatusEvent
 from consumers.store import open_store
 from consumers.store.outbox import Notification, Outbox
 from consumers.store.silences import add_silence

@@ -16,19 +16,19 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumers.errors import RuleError
-from consumers.events import RunStatusEvent
-from consumers.metrics import Metrics
+from consumers.config.settings import shipped
+from consumers.model.durations import parse_duration
+from consumers.model.errors import RuleError
+from consumers.model.events import RunStatusEvent
 from consumers.rules import (
     RuleSet,
-    RuleWatcher,
     check_rules,
     event_data,
     load_rules,
-    parse_duration,
 )
 from consumers.rules import engine as engine_module
-from consumers.settings import shipped
+from consumers.service.reload import RuleWatcher
+from consumers.telemetry.metrics import Metrics
 
 T0 = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 
@@ -490,7 +490,7 @@ def test_reload_swaps_only_valid_rule_sets(
     assert metrics.registry.get_sample_value("runwatch_rules_loaded") == 1
 
     write(tmp_path, "runs.yaml", SMALLEST + "  - name: broken\n    notify: [pager]\n")
-    with caplog.at_level(logging.ERROR, logger="consumers.rules.reload"):
+    with caplog.at_level(logging.ERROR, logger="consumers.service.reload"):
         assert watcher.reload() is False
     assert watcher.current is old
     assert reloads(metrics, "error") == 1

@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from consumers.cli import main
-from consumers.events import RunStatusEvent
+from consumers.cli.main import main
+from consumers.model.events import RunStatusEvent
 from consumers.store import Store
 from tests.rulekit import notes
 

@@ -25,9 +25,9 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
-from consumers.events import RunStatusEvent
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
+from consumers.model.events import RunStatusEvent
 from tests.conftest import RUNWATCH, RunningService, Topics, wait_for
 
 COLUMNS = Path(__file__).resolve().parent / "samples/azure/amlrunstatuschangedevent.columns.json"

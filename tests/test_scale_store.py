@@ -14,12 +14,14 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, Table, text
 
-from consumers.alerts import Alert
-from consumers.errors import SchemaVersionError
-from consumers.events import RunStatusEvent
+from consumers.model.alerts import Alert
+from consumers.model.errors import SchemaVersionError
+from consumers.model.events import RunStatusEvent
+from consumers.outbox.recorder import recording
 from consumers.store import Store, open_store
-from consumers.store.engine import _alembic_config, head_revision, make_engine
+from consumers.store.engine import make_engine
 from consumers.store.listen import OutboxListener
+from consumers.store.migrate import _alembic_config, head_revision, revision
 from consumers.store.outbox import Outbox
 from consumers.store.partitions import is_partitioned, partitions
 from consumers.store.queries import get_run
@@ -38,13 +40,13 @@ def scalar(store: Store, query: str, **params: Any) -> Any:
         return conn.execute(text(query), params).scalar()
 
 
-def upgrade_to(url: str, revision: str) -> None:
+def upgrade_to(url: str, target: str) -> None:
     engine = make_engine(url)
     config = _alembic_config()
     try:
         with engine.begin() as conn:
             config.attributes["connection"] = conn
-            command.upgrade(config, revision)
+            command.upgrade(config, target)
     finally:
         engine.dispose()
 
@@ -68,7 +70,7 @@ def write_as_before(url: str, batch: list[RunStatusEvent]) -> None:
 def test_migrate_from_empty_partitions_events(fresh_pg: str) -> None:
     store = open_store(fresh_pg, migrate=True)
     try:
-        assert store.revision() == head_revision()
+        assert revision(store) == head_revision()
         with store.engine.connect() as conn:
             assert is_partitioned(conn)
         created = store.ensure_partitions(NOW, interval_hours=24, ahead=2)
@@ -125,7 +127,7 @@ def test_replicas_migrating_at_once_take_turns(fresh_pg: str) -> None:
         thread.join()
     assert errors == []
     store = open_store(fresh_pg)
-    assert store.revision() == head_revision()
+    assert revision(store) == head_revision()
     store.dispose()
 
 
@@ -235,7 +237,7 @@ def test_claimers_never_share_a_notification_and_notify_wakes_listeners(
         assert listener.connected.wait(10)
         alerts = [_alert(f"r{i}") for i in range(300)]
         written = store.write_batch(
-            [a.event for a in alerts], alerts=alerts, receiver_kinds={"ops": "email"}, now=NOW
+            [a.event for a in alerts], record=recording(alerts, {"ops": "email"}), now=NOW
         )
         assert written.notifications == 300
         assert woken.wait(5), "NOTIFY did not reach the listener"

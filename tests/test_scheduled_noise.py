@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from consumers.alerts import Alert
-from consumers.events import RunStatusEvent
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
+from consumers.outbox.recorder import recording
 from consumers.rules.engine import RuleSet
-from consumers.rules.scheduler import Scheduler
+from consumers.service.scheduler import Scheduler
 from consumers.store import Store
 from consumers.store.outbox import Outbox
 from consumers.store.silences import add_silence
@@ -54,7 +55,7 @@ def ingest(bench: Bench, ruleset: RuleSet, events: Sequence[RunStatusEvent]) -> 
     """What the ingest path does: per-event rules, then events and alerts in one write."""
     alerts: list[Alert] = [a for event in events for a in ruleset.evaluate(event)]
     bench.store.write_batch(
-        events, alerts=alerts, receiver_kinds=bench.kinds, now=bench.clock(), noise=bench.policy
+        events, record=recording(alerts, bench.kinds, bench.policy), now=bench.clock()
     )
 
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from psycopg import sql
 
-from consumers import redact
+from consumers.model import redact
 from tests.conftest import PG_ADMIN, RUNWATCH, Topics, wait_for
 from tests.ops import http_get
 from tests.servers import HttpServer
@@ -105,7 +105,7 @@ def test_no_secret_reaches_a_log_a_row_or_an_output(
     (rules / "runs.yaml").write_text(
         "rules:\n  - name: run-failed\n    when: {status: [Failed]}\n    notify: [mail, chat]\n"
     )
-    metrics_port = __import__("consumers.broker", fromlist=["free_port"]).free_port()
+    metrics_port = __import__("consumers.demo.broker", fromlist=["free_port"]).free_port()
     config = tmp_path / "runwatch.yaml"
     config.write_text(
         yaml.safe_dump(

@@ -16,10 +16,10 @@ from pathlib import Path
 import orjson
 from kafka import KafkaAdminClient, KafkaProducer
 
-from consumers.decoding import EventFormat
-from consumers.encoding import encode
-from consumers.events import RunStatusEvent
-from consumers.producer import REASON_HEADER
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode
+from consumers.ingest.producer import REASON_HEADER
+from consumers.model.events import RunStatusEvent
 from tests.conftest import RUNWATCH, Topics, serve, wait_for, write_config
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient
 
-from consumers.decoding import EventFormat
-from consumers.encoding import encode, encode_many
-from consumers.simulator import Simulator
+from consumers.demo.simulator import Simulator
+from consumers.ingest.decoding import EventFormat
+from consumers.ingest.encoding import encode, encode_many
 from tests.conftest import Topics, serve, wait_for, write_config
 
 

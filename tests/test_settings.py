@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from consumers.errors import ConfigError
-from consumers.settings import load_settings
+from consumers.config.settings import load_settings
+from consumers.model.errors import ConfigError
 
 ISSUE_YAML = """\
 kafka:

@@ -12,13 +12,15 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from consumers.config.receivers import SmtpSettings
+from consumers.config.settings import Settings, load_settings
 from consumers.dispatch.dispatcher import Dispatcher
-from consumers.errors import ConfigError, SendError
-from consumers.metrics import Metrics
+from consumers.model.errors import ConfigError, SendError
 from consumers.notify.email import EmailSender, Mail
-from consumers.settings import Settings, SmtpSettings, load_settings
+from consumers.outbox.recorder import recording
 from consumers.store import Store
 from consumers.store.outbox import Outbox
+from consumers.telemetry.metrics import Metrics
 from tests.conftest import wait_for
 from tests.test_dispatcher import alert, event
 from tests.tls_smtp import Certificate, TlsSmtpServer, make_certificate
@@ -192,7 +194,7 @@ def test_a_notification_that_would_send_the_password_in_cleartext_says_why(
             }
         )
         ev = event("tls-run")
-        store.write_batch([ev], alerts=[alert(ev, "mail")], receiver_kinds={"mail": "email"})
+        store.write_batch([ev], record=recording([alert(ev, "mail")], {"mail": "email"}))
         dispatcher = Dispatcher(store, settings, Metrics(CollectorRegistry()))
         stop = threading.Event()
         thread = dispatcher.start(stop)

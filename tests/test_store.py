@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 
-from consumers.errors import SchemaVersionError
-from consumers.events import RunStatusEvent
+from consumers.model.errors import SchemaVersionError
+from consumers.model.events import RunStatusEvent
 from consumers.store import Store, open_store
-from consumers.store.engine import head_revision, make_engine
+from consumers.store.engine import make_engine
+from consumers.store.migrate import head_revision, revision
 from consumers.store.schema import metadata
 from consumers.store.writer import DeadLetter
 
@@ -70,7 +71,7 @@ def count(store: Store, table: str) -> int:
 def test_migrate_from_empty_reaches_head(empty_url: str) -> None:
     store = open_store(empty_url, migrate=True)
     try:
-        assert store.revision() == head_revision()
+        assert revision(store) == head_revision()
         for table in ("events", "runs", "dead_letters"):
             assert count(store, table) == 0
     finally:
@@ -80,7 +81,7 @@ def test_migrate_from_empty_reaches_head(empty_url: str) -> None:
     again.dispose()
     opened = open_store(empty_url)
     try:
-        assert opened.revision() == head_revision()
+        assert revision(opened) == head_revision()
     finally:
         opened.dispose()
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Select, select, text
 
-from consumers.errors import StoreError
-from consumers.events import RunStatusEvent
+from consumers.model.errors import StoreError
+from consumers.model.events import RunStatusEvent
 from consumers.store import Store, open_store
 from consumers.store.engine import make_engine
 from consumers.store.schema import events, metadata, runs
@@ -180,7 +180,7 @@ def test_a_batch_the_database_refuses_leaves_the_next_one_whole(db: Store) -> No
 def test_runs_updates_between_events_keep_topic_order(db: Store) -> None:
     """A run update between two slices of a batch: each slice's run rows are upserted in
     turn, so the update lands between them (here: the later event's tags replace it)."""
-    from consumers.updates import RunUpdate
+    from consumers.model.updates import RunUpdate
 
     def update(run: str) -> RunUpdate:
         at = NOW + timedelta(seconds=2)

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from consumers.alerts import Alert
 from consumers.dispatch.context import (
     MAX_FAILED_CHILDREN,
     STORM_LISTED,
@@ -22,7 +21,8 @@ from consumers.dispatch.context import (
     storm_window,
     variant,
 )
-from consumers.events import RunStatusEvent
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
 from consumers.model.notifications import Notification, NotificationKind, NotificationState
 from consumers.store.queries import RunDetail, TimelineEntry
 

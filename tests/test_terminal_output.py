@@ -12,10 +12,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from consumers.alerts import Alert
-from consumers.cli import main
-from consumers.console import SafeStream, guarded_output, sanitize
-from consumers.events import RunStatusEvent
+from consumers.cli.console import SafeStream, guarded_output, sanitize
+from consumers.cli.main import main
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
+from consumers.outbox.recorder import recording
 from consumers.store import Store, open_store
 from consumers.store.outbox import Outbox
 from consumers.store.silences import add_silence
@@ -64,8 +65,7 @@ def hostile(tmp_path: Path) -> str:
         store.write_batch(
             [failed, child],
             [letter],
-            alerts=[alert],
-            receiver_kinds={"chat": "webhook", "mail": "email"},
+            record=recording([alert], {"chat": "webhook", "mail": "email"}),
         )
         row = Outbox(store).list(limit=5)[0]
         Outbox(store).mark_dead(row.id, "http_500\x1b[2J", "answered \x1b]0;err\x07 500\r")

@@ -17,7 +17,7 @@ import pytest
 from consumers.client import Experiment, Workspace
 from consumers.client import wait as wait_module
 from consumers.client.wait import RunFailedError, WaitTimeoutError
-from consumers.settings import Settings, load_settings
+from consumers.config.settings import Settings, load_settings
 from consumers.store import open_store
 from consumers.store.listen import RUNS_CHANNEL
 from tests.conftest import RUNWATCH, Topics, serve, write_config

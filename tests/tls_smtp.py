@@ -15,7 +15,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from consumers.broker import free_port
+from consumers.demo.broker import free_port
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ from consumers.client.spool import Destination, Leftover, SpoolFile, leftovers
 
 if TYPE_CHECKING:
     from consumers.client.run import Run
-    from consumers.settings import KafkaSettings, Settings
+    from consumers.config.service import KafkaSettings
+    from consumers.config.settings import Settings
 
 HEARTBEAT_PROPERTY = "runwatch.heartbeat_s"  # on runs exec heartbeats for: the interval
 SEND_TIMEOUT_S = 5.0  # one record's acknowledgement
@@ -64,7 +65,7 @@ class Outgoing:
 
 
 def _say(text: str) -> None:
-    from consumers.redact import redact
+    from consumers.model.redact import redact
 
     try:
         sys.stderr.write(f"runwatch: {redact(text)}\n")
@@ -75,7 +76,7 @@ def _say(text: str) -> None:
 
 def connect(kafka: KafkaSettings, timeout_s: float = CONNECT_S) -> Any:
     """A producer that gives up quickly: the caller retries, and no call blocks for long."""
-    from consumers.producer import make_producer
+    from consumers.ingest.producer import make_producer
 
     return make_producer(
         kafka,
@@ -95,7 +96,7 @@ def send(producer: Any, topic: str, key: bytes, value: bytes) -> None:
 
 
 def close(producer: Any, timeout: float = 1.0) -> None:
-    from consumers.kafka_clients import close_producer
+    from consumers.ingest.kafka_clients import close_producer
 
     close_producer(producer, timeout=timeout)
 
@@ -217,8 +218,8 @@ class Courier:
     def _setup(self) -> None:
         from consumers.client.run import Experiment, Run
         from consumers.client.workspace import Workspace
-        from consumers.errors import RunwatchError
-        from consumers.settings import load_settings
+        from consumers.config.settings import load_settings
+        from consumers.model.errors import RunwatchError
 
         # What exec has to say it says itself (`_say`); the log lines of the modules it
         # borrows (a producer closed while the broker is away) would only clutter the
@@ -419,8 +420,8 @@ class Courier:
 
 
 def _encoded(event: Any) -> bytes:
-    from consumers.decoding import EventFormat
-    from consumers.encoding import encode
+    from consumers.ingest.decoding import EventFormat
+    from consumers.ingest.encoding import encode
 
     value: bytes = encode(event, EventFormat.NATIVE)
     return value

@@ -32,7 +32,7 @@ RUN_CONTEXT = frozenset(
     (ENV_RUN_ID, ENV_EXPERIMENT, ENV_PARENT, ENV_ROOT, ENV_WORKSPACE, ENV_CONFIG, ENV_JOURNAL)
 )
 
-# The connection settings as environment variables (consumers.settings reads them).
+# The connection settings as environment variables (consumers.config.settings reads them).
 ENV_BOOTSTRAP = "RUNWATCH_KAFKA__BOOTSTRAP_SERVERS"
 ENV_TOPIC = "RUNWATCH_KAFKA__TOPIC"
 ENV_STORE = "RUNWATCH_STORE__URL"

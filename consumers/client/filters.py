@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from consumers.events import parse_status
+from consumers.model.events import parse_status
 
 # Tags/properties filters as the run API takes them: "key" (has it), ["k1", "k2"] (has
 # all), or {"key": "value"} ({"key": None} for "has it, whatever the value").

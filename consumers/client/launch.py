@@ -25,7 +25,7 @@ from consumers.client.env import (
 )
 from consumers.client.request import DEFAULT_WORKSPACE, ExecRequest
 from consumers.client.spool import spool_root
-from consumers.errors import ConfigError
+from consumers.model.errors import ConfigError
 
 HEARTBEAT_S = 30.0
 GRACE_S = 10.0

@@ -17,9 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from consumers.client.ledger import Progress
-from consumers.errors import StoreError
-from consumers.events import Status, to_utc
-from consumers.store import Store
+from consumers.model.errors import StoreError
+from consumers.model.events import Status, to_utc
+from consumers.store.engine import Store
 from consumers.store.queries import AnyRow, run_record
 from consumers.store.schema import events, runs
 

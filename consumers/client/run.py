@@ -31,10 +31,10 @@ from consumers.client.env import (
 )
 from consumers.client.filters import LabelFilter, matches, status_names
 from consumers.client.workspace import Workspace
-from consumers.encoding import RUN_STATUS_OPERATION
-from consumers.errors import PropertyConflictError, RunStateError, RunwatchError
-from consumers.events import TERMINAL_STATUSES, RunStatusEvent, Status
-from consumers.updates import RunUpdate
+from consumers.ingest.encoding import RUN_STATUS_OPERATION
+from consumers.model.errors import PropertyConflictError, RunStateError, RunwatchError
+from consumers.model.events import TERMINAL_STATUSES, RunStatusEvent, Status
+from consumers.model.updates import RunUpdate
 
 if TYPE_CHECKING:
     from consumers.client.reads import StoredRun

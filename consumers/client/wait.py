@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from consumers.errors import RunwatchError, StoreError, StoreLagError
+from consumers.model.errors import RunwatchError, StoreError, StoreLagError
 
 if TYPE_CHECKING:
     from consumers.client.reads import StoredRun

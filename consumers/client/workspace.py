@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from consumers.client.env import ENV_CONFIG, ENV_WORKSPACE
 from consumers.client.ledger import Ledger, Mark, Placement, ledger_for
-from consumers.errors import RunNotFoundError, StoreLagError
+from consumers.model.errors import RunNotFoundError, StoreLagError
 
 if TYPE_CHECKING:
     from consumers.client.reads import StoredRun, StoreReads
-    from consumers.events import RunStatusEvent
-    from consumers.producer import EventPublisher
-    from consumers.settings import Settings
-    from consumers.store import Store
-    from consumers.updates import RunUpdate
+    from consumers.config.settings import Settings
+    from consumers.ingest.producer import EventPublisher
+    from consumers.model.events import RunStatusEvent
+    from consumers.model.updates import RunUpdate
+    from consumers.store.engine import Store
 
 __all__ = ["DEFAULT_WORKSPACE", "ENV_WORKSPACE", "Workspace"]
 
@@ -65,7 +65,7 @@ class Workspace:
         if not name:
             raise ValueError("a workspace needs a name")
         if settings is None:
-            from consumers.settings import load_settings
+            from consumers.config.settings import load_settings
 
             settings = load_settings(None)
         self.name = name
@@ -85,7 +85,7 @@ class Workspace:
         the parent was given (RUNWATCH_RUN_CONFIG, set by `runwatch run exec --config`)."""
         env = os.environ if environ is None else environ
         if env.get(ENV_CONFIG) and "settings" not in options:
-            from consumers.settings import load_settings
+            from consumers.config.settings import load_settings
 
             options["settings"] = load_settings(env[ENV_CONFIG])
         return cls(env.get(ENV_WORKSPACE) or DEFAULT_WORKSPACE, **options)
@@ -128,7 +128,7 @@ class Workspace:
         links = self._links
         with links.lock:
             if links.publisher is None:
-                from consumers.producer import EventPublisher
+                from consumers.ingest.producer import EventPublisher
 
                 links.publisher = EventPublisher(self.settings.kafka)
             return links.publisher
@@ -142,8 +142,8 @@ class Workspace:
         if len(events) == 1:
             publisher.publish(events[0])
         else:
-            from consumers.decoding import EventFormat
-            from consumers.encoding import encode_many
+            from consumers.ingest.decoding import EventFormat
+            from consumers.ingest.encoding import encode_many
 
             value = encode_many(events, EventFormat.RESOURCE_LOG)
             publisher.publish_raw(value, key=events[0].root_run_id.encode())
@@ -170,7 +170,7 @@ class Workspace:
         links = self._links
         with links.lock:
             if links.store is None:
-                from consumers.store import open_reader
+                from consumers.store.engine import open_reader
 
                 links.store = open_reader(self.settings.store.url)
             return links.store

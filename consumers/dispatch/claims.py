@@ -19,14 +19,14 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+from consumers.config.receivers import NotifySettings
 from consumers.dispatch.digests import bundle
 from consumers.dispatch.marks import MarkStage
 from consumers.dispatch.runs import RunCache
-from consumers.errors import RunwatchError
-from consumers.metrics import Metrics
+from consumers.model.errors import RunwatchError
 from consumers.model.notifications import Notification
-from consumers.settings import NotifySettings
 from consumers.store.outbox import Outbox
+from consumers.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from consumers.alerts import Alert
-from consumers.events import to_utc
+from consumers.model.alerts import Alert
+from consumers.model.events import to_utc
 from consumers.model.notifications import Notification, NotificationKind
 from consumers.store.queries import RunDetail
 

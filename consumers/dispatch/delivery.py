@@ -18,23 +18,23 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from consumers.config.settings import Settings
 from consumers.dispatch import context as contexts
 from consumers.dispatch import retry
 from consumers.dispatch.digests import resolve_receiver
 from consumers.dispatch.marks import MarkStage
 from consumers.dispatch.runs import RunCache
 from consumers.dispatch.send import Senders
-from consumers.errors import SendError
-from consumers.metrics import Metrics
+from consumers.model.errors import SendError
 from consumers.model.notifications import Notification
 from consumers.noise.policy import NoisePolicy
 from consumers.notify.failures import as_send_error
 from consumers.outbox.recheck import recheck
-from consumers.settings import Settings
 from consumers.store import Store
 from consumers.store.digests import group_labels, stormed
 from consumers.store.outbox import Outbox
 from consumers.store.outbox_state import open_state
+from consumers.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

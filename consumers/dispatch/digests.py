@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from consumers.config.receivers import EmailReceiver, ReceiverSettings
+from consumers.config.settings import Settings
 from consumers.model.notifications import Notification
 from consumers.model.receivers import owner_address
-from consumers.settings import EmailReceiver, ReceiverSettings, Settings
 
 
 def bundle(claimed: Sequence[Notification]) -> list[Notification]:

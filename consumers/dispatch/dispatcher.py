@@ -26,20 +26,20 @@ from datetime import UTC, datetime
 
 import aiohttp
 
+from consumers.config.settings import Settings
 from consumers.dispatch.claims import ClaimLoop
 from consumers.dispatch.delivery import Delivery
 from consumers.dispatch.marks import MarkStage
 from consumers.dispatch.runs import RunCache
 from consumers.dispatch.send import Senders
-from consumers.metrics import Metrics
 from consumers.model.notifications import Notification
 from consumers.noise.policy import NoisePolicy
-from consumers.settings import Settings
+from consumers.notify.templating import Renderer
 from consumers.store import Store
 from consumers.store.listen import OutboxListener
 from consumers.store.outbox import Outbox
 from consumers.store.sent_marks import sent_marks
-from consumers.templating import Renderer
+from consumers.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from consumers.errors import SendError
-from consumers.settings import NotifySettings
+from consumers.config.receivers import NotifySettings
+from consumers.model.errors import SendError
 
 JITTER = (0.5, 1.0)  # the random factor on a backoff: a recovering server is not hit in lockstep
 

@@ -9,13 +9,14 @@ from typing import Any
 
 import aiohttp
 
+from consumers.config.receivers import ReceiverSettings
+from consumers.config.settings import Settings
 from consumers.dispatch.digests import thread_key
 from consumers.model.notifications import Notification
 from consumers.notify.alertmanager import AlertmanagerSender, postable_alerts
 from consumers.notify.email import EmailSender, build_message
+from consumers.notify.templating import Renderer
 from consumers.notify.webhook import WebhookSender
-from consumers.settings import ReceiverSettings, Settings
-from consumers.templating import Renderer
 
 
 class Senders:

@@ -1,3 +1,4 @@
-"""The domain words every layer shares: notification states, receiver names, label aliases,
-silences and notification groups as values. It imports nothing of runwatch, so any layer may
-import it (the future home of events, alerts and the rest of the model; issue 13)."""
+"""The words every layer shares, as values: run events and updates, alerts, notification
+states, receivers, labels, matchers, silences, durations, time intervals, instance states,
+ingest limits, errors, and `redact` for every text that leaves. It imports nothing of
+runwatch, so any layer may import it (`make lint` holds it to that)."""

@@ -15,7 +15,7 @@ ALIASES = {
     "user": "TriggeringUserName",
     "parent_run_id": "ParentRunId",
     "root_run_id": "RootRunId",
-    "cause": "cause",  # runwatch's own column (consumers/causes.py): the same name
+    "cause": "cause",  # runwatch's own column (consumers/model/causes.py): the same name
     "tags": "Tags",
     "properties": "Properties",
 }

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from consumers.alerts import Alert
+from consumers.model.alerts import Alert
 from consumers.model.notifications import NotificationState
 from consumers.noise.routing import Target
 

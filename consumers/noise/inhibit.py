@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from consumers.alerts import Alert
+from consumers.config.noise import InhibitRule
+from consumers.model.alerts import Alert
 from consumers.model.matchers import Matcher, match_all, parse_all
 from consumers.model.notifications import NotificationState
-from consumers.noise.config import InhibitRule
 from consumers.noise.decision import Candidate, Decision
 from consumers.noise.state import NoiseState
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from consumers.alerts import Alert
+from consumers.model.alerts import Alert
 from consumers.model.labels import LABEL_ALIASES
 
 

@@ -1,7 +1,7 @@
 """Time intervals as a stage: a target's `mute_time_intervals` hold back its notifications
 while any of them contains now (`muted:<name>`), its `active_time_intervals` while none does
 (`inactive:<names>`). Muted alerts are not sent later. The intervals themselves are parsed
-and evaluated in consumers/noise/timeintervals.py."""
+and evaluated in consumers/model/timeintervals.py."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from consumers.model.notifications import NotificationState
+from consumers.model.timeintervals import TimeEntry, active
 from consumers.noise.decision import Candidate, Decision
 from consumers.noise.state import NoiseState
-from consumers.noise.timeintervals import TimeEntry, active
 
 
 class Muting:

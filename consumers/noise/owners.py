@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from consumers.config.noise import OwnerSettings
 from consumers.model.receivers import OWNER, is_local_part, owner_receiver
-from consumers.noise.config import OwnerSettings
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,11 +18,11 @@ from typing import NamedTuple, Protocol
 
 from prometheus_client import Counter
 
-from consumers.alerts import Alert
-from consumers.errors import ConfigError
+from consumers.config.noise import NoiseSettings
+from consumers.model.alerts import Alert
+from consumers.model.errors import ConfigError
 from consumers.model.notifications import NOISE_SUPPRESSED
 from consumers.model.receivers import OWNER
-from consumers.noise.config import NoiseSettings
 from consumers.noise.decision import Candidate, Decision
 from consumers.noise.grouping import Grouper
 from consumers.noise.inhibit import Inhibitor

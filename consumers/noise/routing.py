@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from consumers.model.matchers import Matcher, match_all, parse_all
-from consumers.noise.config import (
+from consumers.config.noise import (
     DEFAULT_GROUP_INTERVAL,
     DEFAULT_GROUP_WAIT,
     DEFAULT_REPEAT_INTERVAL,
     Route,
     Timing,
 )
+from consumers.model.matchers import Matcher, match_all, parse_all
 
 
 @dataclass(frozen=True, slots=True)

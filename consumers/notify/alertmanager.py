@@ -24,10 +24,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from consumers.alerts import SEVERITY_NAMES
-from consumers.events import to_utc
+from consumers.config.receivers import AlertmanagerReceiver
+from consumers.model.alerts import SEVERITY_NAMES
+from consumers.model.events import to_utc
 from consumers.notify.webhook import post
-from consumers.settings import AlertmanagerReceiver
 
 STORM_ALERTNAME = "RunwatchNotificationStorm"
 _KNOWN = {

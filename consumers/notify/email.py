@@ -31,8 +31,8 @@ from email.utils import format_datetime, formataddr, parseaddr
 
 import aiosmtplib
 
-from consumers.errors import ConfigError, SendError
-from consumers.settings import SmtpSettings
+from consumers.config.receivers import SmtpSettings
+from consumers.model.errors import ConfigError, SendError
 
 log = logging.getLogger(__name__)
 

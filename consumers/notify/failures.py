@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from consumers.errors import RunwatchError, SendError, StoreError
+from consumers.model.errors import RunwatchError, SendError, StoreError
 
 _DETAIL_CHARS = 1000
 

@@ -1,7 +1,7 @@
 """Event text made inert for chat receivers: a run message can say anything, and Slack or
 Teams must show it as text, never as a mention, a link, formatting or reordered characters.
 
-Registered as template filters (consumers/templating.py), so that the shipped Slack and
+Registered as template filters (consumers/notify/templating.py), so that the shipped Slack and
 Teams templates apply them to every value that comes from an event, a run or a rule match:
 
     slack  Slack's control characters `&`, `<`, `>` as `&amp;`, `&lt;`, `&gt;` (the only three

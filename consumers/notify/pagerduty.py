@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import orjson
 
-from consumers.errors import SendError
+from consumers.model.errors import SendError
 
 # runwatch severity (0-4) -> payload.severity. PagerDuty has four; Sev4 (verbose) is info.
 SEVERITIES = {0: "critical", 1: "error", 2: "warning", 3: "info", 4: "info"}

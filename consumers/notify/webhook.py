@@ -22,10 +22,10 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from consumers import redact
-from consumers.errors import SendError
+from consumers.config.receivers import WebhookReceiver
+from consumers.model import redact
+from consumers.model.errors import SendError
 from consumers.notify.pagerduty import with_routing_key
-from consumers.settings import WebhookReceiver
 
 SIGNATURE_HEADER = "X-Runwatch-Signature"
 TIMESTAMP_HEADER = "X-Runwatch-Timestamp"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
-from consumers.alerts import Alert
+from consumers.model.alerts import Alert
 from consumers.model.notifications import Notification
 from consumers.noise.policy import NoisePolicy
 from consumers.outbox.state import OutboxState

@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from consumers.alerts import Alert
+from sqlalchemy import Connection
+
+from consumers.model.alerts import Alert
 from consumers.model.notifications import NotificationState
 from consumers.model.receivers import OWNER, owner_address
 from consumers.noise.decision import Decision
@@ -23,6 +25,8 @@ from consumers.noise.policy import NoisePolicy, Plan
 from consumers.noise.routing import Target
 from consumers.outbox.rows import alert_row, storm_row
 from consumers.outbox.state import OutboxState
+from consumers.store.outbox_state import SqlOutboxState
+from consumers.store.writer import Recording
 
 _STALE = Decision(NotificationState.SUPPRESSED, "stale")
 _UNKNOWN = Decision(NotificationState.DEAD, "unknown_receiver")
@@ -110,3 +114,21 @@ class Recorder:
         if plan is None or target is None:
             return _PENDING
         return plan.decide(alert, receiver, kind, target, key)
+
+
+def recording(
+    alerts: Sequence[Alert],
+    receiver_kinds: Mapping[str, str],
+    noise: NoisePolicy | None = None,
+) -> Recording | None:
+    """The recorder as the store's write transaction runs it (`Store.write_batch(record=)`):
+    the ingest path's alerts go through the same recorder, with the same noise policy, as
+    the scheduler's. None when there is nothing to record."""
+    if not alerts:
+        return None
+    recorder = Recorder(receiver_kinds, noise)
+
+    def record(conn: Connection, now: datetime) -> int:
+        return recorder.record(SqlOutboxState(conn), alerts, now)
+
+    return record

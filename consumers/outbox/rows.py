@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from consumers.alerts import Alert
+from consumers.model.alerts import Alert
 from consumers.model.notifications import NotificationKind, NotificationRow, NotificationState
 from consumers.noise.decision import Decision, StormWindow
 from consumers.noise.storm import STORM_RULE

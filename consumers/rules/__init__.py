@@ -1,12 +1,10 @@
 """Per-event alert rules: YAML files in a directory, validated whole, evaluated per event.
 
 `load_rules` / `check_rules` read a directory, `RuleSet.evaluate` turns an event into
-alerts, `RuleWatcher` keeps the rules in force current while the service runs.
+alerts (the service's `RuleWatcher`, consumers/service/reload.py, keeps them current).
 
-The names are resolved on first use: the settings import the rule-file schema
-(`consumers.rules.model`, for durations), and loading it must not load the rules engine and
-the metrics with it (a client running `runwatch run exec` imports the settings, never the
-engine).
+The names are resolved on first use: importing one module of the package (the rule-file
+schema, `consumers.rules.model`) must not load the rules engine.
 """
 
 from __future__ import annotations
@@ -17,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from consumers.rules.engine import RuleSet, event_data
     from consumers.rules.loader import check_rules, load_rules, read_rules, rule_files
-    from consumers.rules.model import Rule, RuleFile, Throttle, When, parse_duration
-    from consumers.rules.reload import RuleWatcher
+    from consumers.rules.model import Rule, RuleFile, Throttle, When
 
 _HOMES = {
     "RuleSet": "engine",
@@ -31,21 +28,17 @@ _HOMES = {
     "RuleFile": "model",
     "Throttle": "model",
     "When": "model",
-    "parse_duration": "model",
-    "RuleWatcher": "reload",
 }
 
 __all__ = [
     "Rule",
     "RuleFile",
     "RuleSet",
-    "RuleWatcher",
     "Throttle",
     "When",
     "check_rules",
     "event_data",
     "load_rules",
-    "parse_duration",
     "read_rules",
     "rule_files",
 ]

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.rules.durations import span
 from consumers.rules.engine import Matcher
 from consumers.rules.guard import RuleGuard

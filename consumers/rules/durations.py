@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from consumers.events import Status
+from consumers.model.events import Status
 from consumers.rules.engine import Matcher
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Finding

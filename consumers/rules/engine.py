@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import jmespath
 from jmespath.visitor import TreeInterpreter
 
-from consumers.alerts import Alert
-from consumers.events import RunStatusEvent, Status
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent, Status
 from consumers.model.labels import ALIASES
 from consumers.rules.guard import RuleGuard
 from consumers.rules.model import Rule, When

@@ -11,17 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from consumers.alerts import Alert
-from consumers.events import RunStatusEvent, Status
+from consumers.model.alerts import Alert
+from consumers.model.durations import BaselineLoader
+from consumers.model.events import RunStatusEvent, Status
+from consumers.model.instances import InstanceState
 from consumers.rules.absence import LastSeen
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Describe, Instances, Key
 from consumers.rules.kinds import Context, ScheduledRule, Seen, build
 from consumers.rules.model import Rule
 from consumers.rules.reads import union
-from consumers.rules.tracker import DEFAULT_MAX_RUNS, BaselineLoader, RunTracker
+from consumers.rules.tracker import DEFAULT_MAX_RUNS, RunTracker
 from consumers.rules.trees import evict_finished
-from consumers.store.alert_states import InstanceState
 
 _EVICT_EVERY = timedelta(minutes=1)
 

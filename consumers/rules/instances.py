@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from consumers.alerts import Alert
-from consumers.events import RunStatusEvent
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
+from consumers.model.instances import InstanceState
 from consumers.rules.model import Rule
-from consumers.store.alert_states import InstanceState
 
 Key = tuple[str, str]  # (rule, group key)
 # The full event for an alert about to fire, when the one kept in memory was cut down.

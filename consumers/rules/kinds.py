@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from consumers.alerts import Alert
-from consumers.events import RunStatusEvent
+from consumers.model.alerts import Alert
+from consumers.model.events import RunStatusEvent
 from consumers.rules.absence import Flatline, LastSeen, StuckRuns
 from consumers.rules.durations import LongRuns
 from consumers.rules.engine import EventData

@@ -15,8 +15,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from consumers.causes import TABLE_FILE
-from consumers.errors import RuleError
+from consumers.model.causes import TABLE_FILE
+from consumers.model.errors import RuleError
 from consumers.rules.engine import RuleSet
 from consumers.rules.model import (
     AbsenceSpec,
@@ -47,7 +47,7 @@ _MODELS: dict[str, type[BaseModel]] = {
 
 def rule_files(directory: Path) -> list[Path]:
     """Hidden files are skipped: editors park swap and lock files beside the real ones. So is
-    the cause table (`causes.yaml`, consumers/causes.py), which lives beside the rules."""
+    the cause table (`causes.yaml`, consumers/model/causes.py), which lives beside the rules."""
     return sorted(
         p
         for p in directory.iterdir()

@@ -7,7 +7,6 @@ time: status names, glob types, JMESPath syntax, throttle columns and durations.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 import jmespath
@@ -21,7 +20,8 @@ from pydantic import (
     model_validator,
 )
 
-from consumers.events import RunStatusEvent, Status, parse_status
+from consumers.model.durations import Duration, parse_duration
+from consumers.model.events import RunStatusEvent, Status, parse_status
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 DEFAULT_THROTTLE_KEY: tuple[str, ...] = ("RunId", "Status")
@@ -30,20 +30,6 @@ DEFAULT_THROTTLE_S = 3600.0
 THROTTLE_COLUMNS = frozenset(RunStatusEvent.model_fields) - {"Tags", "Properties"}
 
 STATUS_NAMES = tuple(s.value for s in Status)
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds in "90s", "30m", "2h", "1d" or "1h30m". Units are required: a bare number
-    could mean seconds or minutes, and a throttle off by 60x is not noticed until 3 a.m."""
-    if not isinstance(value, str):
-        raise ValueError(f'expected a duration such as "30m", "2h" or "1d", got {value!r}')
-    text = value.strip()
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f'expected a duration such as "30m", "2h" or "1d", got {value!r}')
-    return sum(float(n) * _UNIT_S[u] for n, u in parts)
 
 
 def _one_or_many(value: Any) -> Any:
@@ -104,7 +90,6 @@ StatusList = Annotated[
     AfterValidator(_non_empty),
 ]
 Globs = Annotated[tuple[str, ...], BeforeValidator(_one_or_many), AfterValidator(_non_empty)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class _Strict(BaseModel):

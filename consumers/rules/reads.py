@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 
 if TYPE_CHECKING:
     from jmespath.visitor import _TreeNode

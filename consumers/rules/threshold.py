@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.rules.engine import Matcher
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Finding

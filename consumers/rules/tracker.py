@@ -22,16 +22,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from consumers.events import STATUS_RANK, RunStatusEvent, Status
+from consumers.model.durations import BaselineLoader
+from consumers.model.events import STATUS_RANK, RunStatusEvent, Status
 from consumers.rules.reads import Reads
 
 # Runs that ended (or were evicted), remembered so that a late non-terminal event does not
 # revive them (or, for evicted ones, so that their firing alerts are not resolved).
 _ENDED_MEMORY = 200_000
 DEFAULT_MAX_RUNS = 20_000  # about 40 MB: ~1.9 KB per run kept (cut down)
-
-# (experiment, n) -> the last n completed runs as (run id, seconds), oldest first
-BaselineLoader = Callable[[str, int], list[tuple[str, float]]]
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from consumers.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent
 from consumers.rules.engine import Matcher
 from consumers.rules.guard import RuleGuard
 from consumers.rules.model import Rule

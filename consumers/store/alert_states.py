@@ -7,34 +7,18 @@ neither, so a firing is never recorded without its notification, nor sent twice.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from consumers.events import to_utc
+from consumers.model.events import to_utc
+from consumers.model.instances import InstanceState
 from consumers.store.schema import alert_states as t
 
 if TYPE_CHECKING:
     from consumers.store.engine import Store
-
-
-@dataclass(slots=True)
-class InstanceState:
-    """One (rule, group): its recent evaluations and whether it is firing."""
-
-    history: str = ""
-    firing: bool = False
-    clear: int = 0
-    instance: str | None = None
-    since: datetime | None = None
-    alert: dict[str, Any] | None = None
-
-    @property
-    def worth_keeping(self) -> bool:
-        return self.firing or "1" in self.history
 
 
 def load_states(store: Store) -> dict[tuple[str, str], InstanceState]:

@@ -1,10 +1,10 @@
-"""Opening the store: one SQLAlchemy engine for SQLite and PostgreSQL, schema migrations.
+"""Opening the store: one SQLAlchemy engine for SQLite and PostgreSQL (migrations: `migrate`).
 
 Importing this module costs SQLAlchemy and the table definitions only: Alembic (a quarter of
-a second) is imported on the migration path, and the write path (`writer`, which pulls in the
-outbox and noise control) on the first write, so a reader such as the client library
-(`open_reader`) loads neither. A function-level import of an already imported module costs
-about a microsecond, once per batch.
+a second) is imported on the migration path, and the write path (`writer`) on the first
+write, so a reader such as the client library (`open_reader`) loads neither. A
+function-level import of an already imported module costs about a microsecond, once per
+batch.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,18 +24,14 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
-from consumers.errors import SchemaVersionError, StoreError
-from consumers.events import to_utc
+from consumers.model.errors import StoreError
+from consumers.model.events import to_utc
 from consumers.store import partitions
 
 if TYPE_CHECKING:
-    from alembic.config import Config
-
-    from consumers.alerts import Alert
-    from consumers.events import RunStatusEvent
-    from consumers.noise.policy import NoisePolicy
-    from consumers.store.writer import DeadLetter, WriteResult
-    from consumers.updates import RunUpdate
+    from consumers.model.events import RunStatusEvent
+    from consumers.model.updates import RunUpdate
+    from consumers.store.writer import DeadLetter, Recording, WriteResult
 
 
 def _json(value: Any) -> str:
@@ -111,32 +107,6 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     )
 
 
-def _alembic_config() -> Config:
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(Path(__file__).parent.parent / "migrations"))
-    return config
-
-
-def head_revision() -> str:
-    from alembic.script import ScriptDirectory
-
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
-    assert head is not None
-    return head
-
-
-def _known_revisions() -> set[str]:
-    from alembic.script import ScriptDirectory
-
-    return {s.revision for s in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
-
-
-# Any constant shared by every runwatch build: the key of the migration advisory lock.
-_MIGRATE_LOCK = 0x72756E7761746368  # "runwatch"
-
-
 @dataclass(frozen=True)
 class Store:
     """The handle every component shares; each method is one transaction."""
@@ -153,32 +123,6 @@ class Store:
     def url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
 
-    def revision(self) -> str | None:
-        from alembic.runtime.migration import MigrationContext
-
-        with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
-
-    def upgrade(self) -> None:
-        """Apply the migrations this build has. Replicas starting together take turns (a
-        PostgreSQL advisory lock held for the transaction); a schema newer than this build
-        is refused, never touched."""
-        from alembic import command
-        from alembic.runtime.migration import MigrationContext
-
-        config = _alembic_config()
-        with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK})
-            current = MigrationContext.configure(conn).get_current_revision()
-            if current is not None and current not in _known_revisions():
-                raise SchemaVersionError(
-                    f"store {self.url} is at schema {current}, newer than this build "
-                    f"({head_revision()}); upgrade runwatch"
-                )
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
-
     def ping(self) -> None:
         """One round trip to the database (readiness); raises StoreError when unreachable."""
         try:
@@ -187,38 +131,19 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreError(f"store {self.url} unreachable: {exc}") from exc
 
-    def check_schema(self) -> None:
-        """Refuse to run on a schema this build does not know: writing would corrupt it."""
-        current, head = self.revision(), head_revision()
-        if current is None:
-            raise SchemaVersionError(
-                f"store {self.url} has no runwatch schema; run `runwatch db upgrade`"
-            )
-        if current != head:
-            if current not in _known_revisions():
-                raise SchemaVersionError(
-                    f"store {self.url} is at schema {current}, newer than this build ({head}); "
-                    "upgrade runwatch"
-                )
-            raise SchemaVersionError(
-                f"store {self.url} is at schema {current}, this build needs {head}; "
-                "run `runwatch db upgrade`"
-            )
-
     def write_batch(
         self,
         events: Sequence[RunStatusEvent],
         dead_letters: Sequence[DeadLetter] = (),
         *,
-        alerts: Sequence[Alert] = (),
-        receiver_kinds: Mapping[str, str] | None = None,
+        record: Recording | None = None,
         now: datetime | None = None,
-        noise: NoisePolicy | None = None,
         updates: Sequence[tuple[int, RunUpdate]] = (),
     ) -> WriteResult:
         """Events, run states, dead letters and the notifications they raise, of one Kafka
         batch, in one transaction: the offsets committed after it never point past something
-        not stored, and a replay finds every notification already there."""
+        not stored, and a replay finds every notification already there. `record` writes
+        the notifications (the outbox's recorder, `consumers.outbox.recorder.recording`)."""
         from consumers.store import writer  # see the module docstring
 
         try:
@@ -227,10 +152,8 @@ class Store:
                     conn,
                     events,
                     dead_letters,
-                    alerts=alerts,
-                    receiver_kinds=receiver_kinds,
+                    record=record,
                     now=now,
-                    noise=noise,
                     updates=updates,
                     payload_cap=self.dead_letter_payload_max_bytes,
                 )
@@ -271,7 +194,7 @@ class Store:
         self.engine.dispose()
 
 
-def _handle(url: str, pool_size: int, dead_letter_payload_max_bytes: int | None = None) -> Store:
+def handle(url: str, pool_size: int, dead_letter_payload_max_bytes: int | None = None) -> Store:
     engine = make_engine(url, pool_size=pool_size)
     lock = threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
     return Store(engine, lock, dead_letter_payload_max_bytes)
@@ -281,26 +204,4 @@ def open_reader(url: str, *, pool_size: int = 2) -> Store:
     """A handle for reading only (the client library): no schema check, which needs Alembic
     and protects writes; reads change nothing, and a store without runwatch's tables fails
     on the first query. Connects on first use."""
-    return _handle(url, pool_size)
-
-
-def open_store(
-    url: str,
-    *,
-    migrate: bool = False,
-    pool_size: int = 10,
-    dead_letter_payload_max_bytes: int | None = None,
-) -> Store:
-    store = _handle(url, pool_size, dead_letter_payload_max_bytes)
-    try:
-        if migrate:
-            store.upgrade()
-        else:
-            store.check_schema()
-    except SQLAlchemyError as exc:
-        store.dispose()
-        raise StoreError(f"cannot open store {store.url}: {exc}") from exc
-    except BaseException:
-        store.dispose()  # a refused schema must not leave pooled connections open
-        raise
-    return store
+    return handle(url, pool_size)

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, case, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
-from consumers.errors import StoreError
+from consumers.model.errors import StoreError
 from consumers.store.schema import leases
 
 

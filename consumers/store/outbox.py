@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, func, select, update
 
-from consumers.events import to_utc
+from consumers.model.events import to_utc
 from consumers.model.notifications import RETRYABLE, Notification, NotificationState
-from consumers.redact import redact
+from consumers.model.redact import redact
 from consumers.store.digests import claim_members
 from consumers.store.schema import notifications as n
 
@@ -160,6 +160,14 @@ class Outbox:
             query = query.where(n.c.state == state)
         with self._engine.connect() as conn:
             return [Notification.from_row(row) for row in conn.execute(query)]
+
+    def count(self, *, state: str | None = None) -> int:
+        """How many notifications there are (in `state`), for a table cut by --limit."""
+        query = select(func.count()).select_from(n)
+        if state is not None:
+            query = query.where(n.c.state == state)
+        with self._engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def get(self, notification_id: str) -> Notification | None:
         with self._engine.connect() as conn:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Integer, and_, bindparam, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from consumers.events import to_utc
+from consumers.model.events import to_utc
 from consumers.model.notifications import (
     LIVE,
     NOT_SENT,

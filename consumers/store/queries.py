@@ -21,7 +21,7 @@ from jmespath.parser import ParsedResult
 from sqlalchemy import ColumnElement, Row, Select, case, func, or_, select
 from sqlalchemy.types import LargeBinary
 
-from consumers.events import STATUS_RANK, TERMINAL_STATUSES, Status, parse_status, to_utc
+from consumers.model.events import STATUS_RANK, TERMINAL_STATUSES, Status, parse_status, to_utc
 from consumers.store.engine import Store
 from consumers.store.schema import dead_letters, events, runs
 
@@ -170,7 +170,7 @@ def run_record(row: AnyRow | Mapping[str, Any], *, now: datetime | None = None) 
         "runType": m["RunType"],
         "triggeringUserName": m["TriggeringUserName"],
         "message": m["Message"],
-        "cause": m.get("cause"),  # a failed run's (consumers/causes.py); None otherwise
+        "cause": m.get("cause"),  # a failed run's (consumers/model/causes.py); None otherwise
         "tags": _labels(m["Tags"]),
         "properties": _labels(m["Properties"]),
         "firstSeenUtc": _iso(m["FirstSeen"]),
@@ -225,6 +225,22 @@ def list_runs(store: Store, flt: RunFilter, *, now: datetime | None = None) -> l
                     break
         result.close()
     return found
+
+
+def count_runs(store: Store, flt: RunFilter, *, now: datetime | None = None) -> int:
+    """How many runs match `flt`, the limit aside: what `runs list` says when it cuts the
+    table. One COUNT when SQL decides every filter; otherwise the matching runs counted as
+    they stream by (the checks SQL cannot make)."""
+    stmt = _runs_select(flt).limit(None).order_by(None)
+    with store.engine.connect() as conn:
+        if not flt.needs_python:
+            return int(conn.execute(select(func.count()).select_from(stmt.subquery())).scalar_one())
+        now = _now(now)
+        result = conn.execution_options(yield_per=_STREAM_ROWS).execute(stmt)
+        try:
+            return sum(1 for row in result if flt.matches(run_record(row, now=now)))
+        finally:
+            result.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +326,15 @@ _LETTER_FIELDS = {
     "sourceOffset": "SourceOffset",
     "payloadBytes": "PayloadBytes",
 }
+
+
+def count_dead_letters(store: Store, *, reason: str | None = None) -> int:
+    """How many dead letters there are (of `reason`), for a table cut by --limit."""
+    stmt = select(func.count()).select_from(dead_letters)
+    if reason is not None:
+        stmt = stmt.where(dead_letters.c.Reason == reason)
+    with store.engine.connect() as conn:
+        return int(conn.execute(stmt).scalar_one())
 
 
 def list_dead_letters(

@@ -87,7 +87,7 @@ runs = Table(
     Column("LastSeen", Time, nullable=False),
     Column("StartTime", Time),
     Column("EndTime", Time),
-    # Set by run-update records (consumers.updates), never by status events.
+    # Set by run-update records (consumers.model.updates), never by status events.
     Column("Description", Text),
     Column("UpdatedTime", Time),
     Column("cause", String()),  # the latest event's: a failed run's cause (0007_causes)

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from consumers.events import to_utc
+from consumers.model.events import to_utc
 from consumers.store.engine import Store
 from consumers.store.outbox import Outbox
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
 
-from consumers.events import to_utc
+from consumers.model.events import to_utc
 from consumers.model.matchers import parse_all
 from consumers.model.notifications import NotificationState, silence_reason
 from consumers.model.silences import Silence

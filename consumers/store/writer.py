@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain, groupby
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from sqlalchemy import (
@@ -39,16 +39,17 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
-from consumers.alerts import Alert
-from consumers.events import STATUS_RANK, TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
-from consumers.redact import redact
+from consumers.model.events import STATUS_RANK, TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
+from consumers.model.redact import redact
+from consumers.model.updates import RunUpdate, apply_update
 from consumers.store.listen import notify_outbox, notify_runs
 from consumers.store.schema import dead_letters, events, runs
 from consumers.store.staging import Stage
-from consumers.updates import RunUpdate, apply_update
 
-if TYPE_CHECKING:
-    from consumers.noise.policy import NoisePolicy
+# What the caller records in the batch's transaction (the outbox's recorder, built by the
+# layer above): given the connection and the batch's time, it writes the notification rows
+# and returns how many. The store runs it; it does not know what it is.
+Recording = Callable[[Connection, datetime], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,10 +331,8 @@ def write_batch(
     batch: Sequence[RunStatusEvent],
     letters: Sequence[DeadLetter],
     *,
-    alerts: Sequence[Alert] = (),
-    receiver_kinds: Mapping[str, str] | None = None,
+    record: Recording | None = None,
     now: datetime | None = None,
-    noise: NoisePolicy | None = None,
     updates: Sequence[tuple[int, RunUpdate]] = (),
     payload_cap: int | None = None,
 ) -> WriteResult:
@@ -371,7 +370,7 @@ def write_batch(
         letter_count = _execute(
             conn, "dead_letters", _insert_dead_letters, dead_letters, letter_rows
         )
-    created = _record(conn, alerts, receiver_kinds or {}, now, noise) if alerts else 0
+    created = record(conn, now) if record is not None else 0
     if created:
         notify_outbox(conn)  # wakes the dispatchers of every replica once this commits
     return WriteResult(
@@ -382,23 +381,6 @@ def write_batch(
         notifications=created,
         updates=len(updates),
     )
-
-
-def _record(
-    conn: Connection,
-    alerts: Sequence[Alert],
-    receiver_kinds: Mapping[str, str],
-    now: datetime,
-    noise: NoisePolicy | None,
-) -> int:
-    """The one recorder (consumers/outbox), the scheduler's too, in this transaction.
-    Imported here: the client library imports the store and must not load the recorder and
-    noise control (issue 13, its import cost). Once the ingest layer owns the transaction,
-    it calls the recorder itself and this goes."""
-    from consumers.outbox.recorder import Recorder
-    from consumers.store.outbox_state import SqlOutboxState
-
-    return Recorder(receiver_kinds, noise).record(SqlOutboxState(conn), alerts, now)
 
 
 def _capped(payload: bytes | None, cap: int | None) -> bytes | None:

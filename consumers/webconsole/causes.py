@@ -2,7 +2,7 @@
 
 The cause is the one ingest stored with the failed event (`events.cause`, the table in
 force when it arrived); the exception and frame shown beside it come from the classifier
-(consumers/causes.py) applied to the stored Message, which also names the cause of events
+(consumers/model/causes.py) applied to the stored Message, which also names the cause of events
 stored before the column existed. FAILURE_COLUMNS is what a query of failed events selects
 for it, failure_cause() the cause of one such row.
 
@@ -21,8 +21,8 @@ from typing import Any
 
 from sqlalchemy import case, func
 
-from consumers.causes import HEAD, TAIL, Cause, CauseTable, load_causes, table_files
-from consumers.settings import shipped
+from consumers.config.settings import shipped
+from consumers.model.causes import HEAD, TAIL, Cause, CauseTable, load_causes, table_files
 from consumers.store.schema import events
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from consumers.causes import CauseTable
+from consumers.model.causes import CauseTable
+from consumers.model.durations import parse_duration
 from consumers.model.notifications import Notification, NotificationState
-from consumers.rules.model import parse_duration
 from consumers.store.engine import Store
 from consumers.store.outbox import Outbox
 from consumers.store.queries import get_run

@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlalchemy import func, select, tuple_
 
-from consumers.causes import Cause, CauseTable
-from consumers.events import Status, to_utc
+from consumers.model.causes import Cause, CauseTable
+from consumers.model.events import Status, to_utc
 from consumers.model.notifications import Notification, NotificationState
 from consumers.store.engine import Store
 from consumers.store.schema import events

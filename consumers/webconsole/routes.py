@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from jinja2 import TemplateError
 
-from consumers.errors import RunwatchError
-from consumers.settings import Settings
+from consumers.config.settings import Settings
+from consumers.model.errors import RunwatchError
 from consumers.store.engine import Store
 from consumers.webconsole.causes import cause_table
 from consumers.webconsole.pages import Answer, Ask, Page, Pages, Redirect, message, safe_back
@@ -30,7 +30,7 @@ from consumers.webconsole.render import environment, render
 from consumers.webconsole.session import COOKIE, Session, Sessions
 
 if TYPE_CHECKING:
-    from consumers.endpoints import OpsServer
+    from consumers.service.endpoints import OpsServer
 
 log = logging.getLogger(__name__)
 

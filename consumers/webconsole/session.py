@@ -9,7 +9,7 @@ it is random per process.
 The cookie is HttpOnly and SameSite=Strict: a cross-site form post arrives without it, so
 without a token that verifies, and is refused (403) before anything else is looked at.
 A browser that sends basic auth by itself is authenticated by its Authorization header
-(consumers.endpoints.authorized, the check every ops endpoint uses); the login form serves
+(consumers.config.auth.authorized, the check every ops endpoint uses); the login form serves
 bearer tokens and browsers whose user cancelled the basic-auth prompt.
 """
 
@@ -24,9 +24,9 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from consumers.endpoints import authorized
-from consumers.errors import ConfigError
-from consumers.settings import EndpointAuth
+from consumers.config.auth import authorized
+from consumers.config.service import EndpointAuth
+from consumers.model.errors import ConfigError
 
 COOKIE = "runwatch_console"
 _ANONYMOUS = "-"

@@ -1,0 +1,367 @@
+"""The consumer loop: poll a batch, hand it to ingest, commit offsets only after it is stored.
+
+Auto-commit is off. An offset is committed (as last offset + 1, per partition) only after the
+batch's store transaction committed. A crash anywhere before that makes Kafka deliver the
+batch again, and the store's natural keys make the replay a no-op: at-least-once delivery,
+exactly-once effect.
+
+Two threads share the work so that Python (fetching, decoding) and the database (which
+releases the GIL while it writes) run at the same time:
+
+    consumer thread: poll -> prepare (decode) -> queue ----> writer thread: write (store)
+                     commit <------------------- done offsets <---/
+
+Only the consumer thread touches the KafkaConsumer (it is not thread-safe).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
+from kafka.structs import OffsetAndMetadata
+
+from consumers.config.service import KafkaSettings
+from consumers.ingest.kafka_clients import close_consumer, recovery_options
+from consumers.model.errors import BrokerError, RunwatchError
+from consumers.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P")
+Offsets = dict[TopicPartition, int]
+
+_POLL_TIMEOUT_MS = 100  # how quickly a stop request is noticed when the topic is idle
+_BACKOFF_START_S = 0.2
+# A store (or broker) that is back is written to within this: resuming quickly matters more
+# than sparing a database that refuses one small transaction a second.
+_BACKOFF_MAX_S = 1.0
+_RETRY_LOG_EVERY_S = 30.0  # a failing batch is logged once, then at most this often
+_IN_FLIGHT = 2  # prepared batches waiting for the writer: bounds memory, gives backpressure
+
+
+def make_consumer(settings: KafkaSettings, **overrides: Any) -> KafkaConsumer:
+    options: dict[str, Any] = {
+        **settings.client_options(),
+        **recovery_options(settings.reconnect_backoff_max_ms),
+        "group_id": settings.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": settings.auto_offset_reset,
+        "max_poll_records": settings.max_poll_records,
+        # Return as soon as anything arrived (latency), but take big batches when there is
+        # a backlog (throughput): fetch_max_wait only applies when there is nothing to fetch.
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "max_poll_interval_ms": settings.max_poll_interval_ms,
+        "max_partition_fetch_bytes": max(settings.max_message_bytes * 2, 1_048_576),
+    }
+    if settings.group_instance_id is not None:
+        options["group_instance_id"] = settings.group_instance_id
+    options.update(overrides)
+    try:
+        return KafkaConsumer(**options)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot connect to {settings.bootstrap_servers}: {exc}") from exc
+
+
+def _coordinator_connected(consumer: KafkaConsumer) -> bool:
+    """For readiness, read on the consumer thread after each poll: kafka-python forgets the
+    coordinator within a second of losing the broker and finds it again once it is back."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    client = getattr(consumer, "_client", None)
+    node = getattr(coordinator, "coordinator_id", None)
+    return node is not None and client is not None and bool(client.connected(node))
+
+
+class StoppedError(RunwatchError):
+    """Stop requested while a batch was waiting for a retry: it stays uncommitted."""
+
+
+class _Writer(threading.Thread, Generic[P]):
+    """Writes prepared batches in order; a batch is never skipped. A store or broker that is
+    down is waited for with backoff, and a stop meanwhile leaves the batch uncommitted."""
+
+    def __init__(self, write: Callable[[P], object], metrics: Metrics, stop: threading.Event):
+        super().__init__(name="store-writer", daemon=True)
+        self._write = write
+        self._metrics = metrics
+        self._stop_requested = stop
+        self.inbox: queue.Queue[tuple[P, Offsets, int] | None] = queue.Queue(_IN_FLIGHT)
+        self._done: list[Offsets] = []
+        self._lock = threading.Lock()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while (item := self.inbox.get()) is not None:
+                prepared, offsets, size = item
+                self._write_until_done(prepared, size)
+                with self._lock:
+                    self._done.append(offsets)
+                self.inbox.task_done()
+            self.inbox.task_done()  # the stop sentinel
+        except BaseException as exc:
+            self.failure = exc
+            self._stop_requested.set()
+        finally:
+            self._drain()
+
+    def _drain(self) -> None:
+        # Unblock a consumer thread waiting on join() or put() after we stopped.
+        with contextlib.suppress(queue.Empty, ValueError):
+            while True:
+                self.inbox.get_nowait()
+                self.inbox.task_done()
+
+    def _write_until_done(self, prepared: P, size: int) -> None:
+        delay = _BACKOFF_START_S
+        failures = 0
+        logged_at = 0.0
+        while True:
+            try:
+                self._write(prepared)
+                if failures:
+                    log.info("batch of %d messages written after %d failures", size, failures)
+                return
+            except Exception as exc:
+                failures += 1
+                retriable = isinstance(exc, RunwatchError) and exc.retriable
+                self._metrics.store_errors.inc()
+                now = time.monotonic()
+                if now - logged_at >= _RETRY_LOG_EVERY_S:
+                    logged_at = now
+                    log.error(
+                        "batch of %d messages failed %d times (%s, retrying every %.1fs at "
+                        "most): %s",
+                        size,
+                        failures,
+                        "retriable" if retriable else "unexpected",
+                        _BACKOFF_MAX_S,
+                        exc,
+                        exc_info=not retriable,
+                    )
+            if self._stop_requested.wait(delay):
+                raise StoppedError("stopped while retrying a batch; it will be redelivered")
+            delay = min(delay * 2, _BACKOFF_MAX_S)
+
+    def discard_waiting(self) -> int:
+        """At stop: batches not started are dropped, uncommitted; their partitions' next
+        owner reads them again. Returns how many."""
+        dropped = 0
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.inbox.get_nowait()
+                self.inbox.task_done()
+                dropped += 1
+        return dropped
+
+    def take_done(self) -> Offsets:
+        with self._lock:
+            done, self._done = self._done, []
+        merged: Offsets = {}
+        for offsets in done:
+            merged.update(offsets)  # in order, so the later offset wins
+        return merged
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, loop: KafkaLoop[Any]) -> None:
+        self._loop = loop
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # kafka-python calls this on its IO thread, where nothing may block (a synchronous
+        # commit raises there, and waiting for the writer could deadlock with the producer):
+        # what is already stored is committed asynchronously; a batch still being written is
+        # redelivered to the partition's next owner, and the store turns that into a no-op.
+        self._loop.commit_done(blocking=False)
+        for tp in revoked:
+            self._loop.forget(tp)
+
+    def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
+        # Evicted from the group (session expired, or a broker that forgot the group): a
+        # commit would be refused, and the partitions' next owner reads them again.
+        for tp in lost:
+            self._loop.forget(tp)
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+
+
+class KafkaLoop(Generic[P]):
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        prepare: Callable[[Sequence[Any]], P],
+        write: Callable[[P], object],
+        metrics: Metrics,
+        *,
+        consumer_factory: Callable[[], KafkaConsumer] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._prepare = prepare
+        self._write = write
+        self._metrics = metrics
+        self._factory = consumer_factory or (lambda: make_consumer(settings))
+        self._consumer: KafkaConsumer | None = None
+        self._writer: _Writer[P] | None = None
+        self._next: Offsets = {}
+        self._uncommitted: Offsets = {}  # stored, commit failed: retried with the next commit
+        self._uncommitted_lock = threading.Lock()
+        self.connected = threading.Event()
+        self.broker_connected = False  # the group coordinator is known and connected
+
+    def run(self, stop: threading.Event) -> None:
+        """Blocks until `stop` is set; batches in hand are written and committed first."""
+        consumer = self._consumer = self._factory()
+        writer = self._writer = _Writer(self._write, self._metrics, stop)
+        writer.start()
+        consumer.subscribe([self._settings.topic], listener=_CommitOnRevoke(self))
+        self.connected.set()
+        try:
+            while not stop.is_set():
+                self.commit_done()
+                try:
+                    polled = consumer.poll(timeout_ms=_POLL_TIMEOUT_MS)
+                except KafkaError as exc:  # a state kafka-python does not leave by itself
+                    consumer = self._replace_consumer(consumer, exc, stop)
+                    continue
+                self.broker_connected = _coordinator_connected(consumer)
+                if not polled:
+                    continue
+                records = [record for batch in polled.values() for record in batch]
+                offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items() if batch}
+                item = (self._prepare(records), offsets, len(records))
+                while not stop.is_set():
+                    try:
+                        writer.inbox.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                self._update_lag(consumer, offsets)
+        finally:
+            stop.set()
+            self.finish_in_flight()
+            self.connected.clear()
+            self.broker_connected = False
+            close_consumer(consumer)
+            self._consumer = None
+        if writer.failure is not None and not isinstance(writer.failure, StoppedError):
+            raise writer.failure
+        if isinstance(writer.failure, StoppedError):
+            log.info("%s", writer.failure)
+
+    def _replace_consumer(
+        self, old: KafkaConsumer, exc: KafkaError, stop: threading.Event
+    ) -> KafkaConsumer:
+        """Close the consumer and build a new one, which joins the group afresh. What the
+        writer finishes meanwhile is committed once the new consumer owns the partitions;
+        anything else is redelivered, and the store makes that a no-op."""
+        log.warning("Kafka consumer failed (%s: %s); replacing it", type(exc).__name__, str(exc))
+        self.broker_connected = False
+        close_consumer(old)
+        with self._uncommitted_lock:
+            self._uncommitted.clear()
+        delay = _BACKOFF_START_S
+        while True:
+            try:
+                consumer = self._factory()
+                break
+            except RunwatchError as failed:
+                log.warning("new Kafka consumer not created yet: %s", str(failed))
+                if stop.wait(delay):
+                    # run()'s cleanup closes whatever is in hand: give it the closed one
+                    return old
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+        consumer.subscribe([self._settings.topic], listener=_CommitOnRevoke(self))
+        self._consumer = consumer
+        self._metrics.kafka_clients_recreated.labels(client="consumer").inc()
+        return consumer
+
+    def finish_in_flight(self) -> None:
+        """At stop: let the writer finish the batch it is writing, commit it (consumer
+        thread), and no more: the group is left (close_consumer) one write after the signal,
+        and the partitions' next owner starts on the batches that were still waiting."""
+        writer = self._writer
+        if writer is None:
+            return
+        dropped = writer.discard_waiting()
+        if dropped:
+            log.info(
+                "stopping: %d batches not written, left to the partitions' next owner", dropped
+            )
+        with contextlib.suppress(queue.Full):
+            writer.inbox.put(None, timeout=1)
+        writer.join(timeout=60)
+        self._writer = None  # close() revokes partitions again: nothing left to wait for
+        self._commit(writer.take_done())
+
+    def commit_done(self, *, blocking: bool = True) -> None:
+        if self._writer is not None:
+            self._commit(self._writer.take_done(), blocking=blocking)
+
+    def _commit(self, offsets: Offsets, *, blocking: bool = True) -> None:
+        """A failed commit is retried with the next one (every poll, at the latest): at the end
+        of a stream no later batch would carry it, and the group's lag would never reach 0
+        (seen when a commit met a coordinator change after a member was killed)."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        with self._uncommitted_lock:  # the revoke path runs on kafka-python's IO thread
+            merged, self._uncommitted = self._uncommitted, {}
+        for tp, offset in offsets.items():
+            merged[tp] = max(offset, merged.get(tp, offset))
+        # A partition that is not ours (any more) is its owner's to commit: ours would be
+        # refused, and retried with every later commit.
+        owned = consumer.assignment()
+        merged = {tp: offset for tp, offset in merged.items() if tp in owned}
+        if not merged:
+            return
+        commits = {tp: OffsetAndMetadata(o, "", -1) for tp, o in merged.items()}
+        try:
+            if blocking:
+                consumer.commit(commits)
+            else:
+                # On the IO thread, at revoke: not retried; the partitions' next owner gets
+                # what was not committed again, and the store turns it into a no-op.
+                consumer.commit_async(commits)
+            self._metrics.commits.labels(result="ok").inc()
+        except (CommitFailedError, KafkaError) as exc:
+            self._metrics.commits.labels(result="failed").inc()
+            # Refused while the group rebalances (every deploy): expected, and retried with
+            # the next commit; logged as a warning it filled the log at every restart.
+            expected = isinstance(exc, RebalanceInProgressError)
+            log.log(
+                logging.DEBUG if expected else logging.WARNING,
+                "offset commit failed, retrying with the next one: %s",
+                exc,
+            )
+            if blocking:
+                with self._uncommitted_lock:
+                    for tp, offset in merged.items():
+                        self._uncommitted[tp] = max(offset, self._uncommitted.get(tp, offset))
+
+    def forget(self, tp: TopicPartition) -> None:
+        """A revoked partition's lag, and its commits, are another member's now."""
+        with self._uncommitted_lock:
+            self._uncommitted.pop(tp, None)
+        self._next.pop(tp, None)
+        with contextlib.suppress(KeyError):
+            self._metrics.consumer_lag.remove(str(tp.partition))
+
+    def _update_lag(self, consumer: KafkaConsumer, offsets: Offsets) -> None:
+        # highwater comes with fetch responses and is right on every broker tried;
+        # end_offsets() is wrong on some (see docs/TEST-INFRA), so it is not used.
+        self._next.update(offsets)
+        for tp, next_offset in self._next.items():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                lag = max(highwater - next_offset, 0)
+                self._metrics.consumer_lag.labels(partition=str(tp.partition)).set(lag)

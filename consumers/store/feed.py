@@ -1,0 +1,253 @@
+"""Reading the store for the scheduled kinds: new events since a cursor, a time range of
+events, the runs that have not ended, and experiment baselines.
+
+New events are found by the events table's id, not by time: late events (a backfill, a slow
+producer) arrive with old TimeGenerated but new ids, and an id range query is an index scan
+that costs the same whatever the size of the history. On PostgreSQL ids commit out of order
+(and inserts that hit a duplicate burn ids), so ids skipped below the cursor are looked up
+again for `gap_s` seconds before they are given up as never coming.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Iterator
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, or_, select
+
+from consumers.model.durations import BaselineLoader
+from consumers.model.events import TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
+from consumers.store.engine import Store
+from consumers.store.schema import events, runs
+
+_EVENT_COLUMNS = [c for c in events.c if c.name not in ("id", "IngestedAt")]
+_RUN_FIELDS = (
+    "RunId",
+    "ParentRunId",
+    "RootRunId",
+    "ExperimentName",
+    "ExperimentId",
+    "WorkspaceName",
+    "WorkspaceId",
+    "RunType",
+    "TriggeringUserName",
+    "Message",
+    "Tags",
+    "Properties",
+)
+_CHUNK = 5000
+_RUN_CHUNK = 25
+_ID_CHUNK = 500  # run ids per IN list
+_MAX_GAPS = 10_000
+
+log = logging.getLogger(__name__)
+
+
+def event_of(row: Any) -> RunStatusEvent:
+    """A stored row is already validated: build the model without validating it again."""
+    values = dict(row._mapping)
+    values.pop("id", None)
+    values["TimeGenerated"] = to_utc(values["TimeGenerated"])
+    return RunStatusEvent.model_construct(**values)
+
+
+def run_event(row: Any) -> tuple[RunStatusEvent, datetime | None]:
+    """A run's current state as the event that set it, and its start (first Running)."""
+    values = {name: getattr(row, name) for name in _RUN_FIELDS}
+    event = RunStatusEvent.model_construct(
+        TimeGenerated=to_utc(row.StatusTime), Status=row.Status, Level="Informational", **values
+    )
+    return event, None if row.StartTime is None else to_utc(row.StartTime)
+
+
+class EventFeed:
+    """The events stored since the last read, in id order.
+
+    The feed is what the scheduler has seen: rows up to `start` (the last id at the
+    warm-up) are history the warm-up reads from the store, every later row is delivered
+    here once. Whatever the warm-up loads is bounded by `start`, never by a time.
+    """
+
+    def __init__(self, store: Store, *, gap_s: float = 60.0) -> None:
+        self._store = store
+        self.cursor = 0
+        self.start = 0
+        self._gap_s = gap_s
+        self._gaps: dict[int, float] = {}  # id -> monotonic time it was first missed
+
+    def start_at_end(self) -> None:
+        with self._store.engine.connect() as conn:
+            last = select(events.c.id).order_by(events.c.id.desc()).limit(1)
+            self.cursor = self.start = int(conn.execute(last).scalar() or 0)
+        self._gaps.clear()
+
+    def read(self, limit: int = 50_000) -> list[RunStatusEvent]:
+        query = (
+            select(events.c.id, *_EVENT_COLUMNS)
+            .where(events.c.id > self.cursor)
+            .order_by(events.c.id)
+            .limit(limit)
+        )
+        now = time.monotonic()
+        with self._store.engine.connect() as conn:
+            rows = list(conn.execute(query))
+            found = []
+            if self._gaps:
+                expired = [i for i, t in self._gaps.items() if now - t > self._gap_s]
+                for gap in expired:
+                    del self._gaps[gap]
+                wanted = list(self._gaps)
+                for start in range(0, len(wanted), 1000):
+                    found += list(
+                        conn.execute(
+                            select(events.c.id, *_EVENT_COLUMNS).where(
+                                events.c.id.in_(wanted[start : start + 1000])
+                            )
+                        )
+                    )
+        for row in found:
+            self._gaps.pop(row.id, None)
+        expected = self.cursor + 1
+        for row in rows:
+            if row.id > expected and len(self._gaps) < _MAX_GAPS:
+                for missing in range(expected, min(row.id, expected + _MAX_GAPS)):
+                    self._gaps[missing] = now
+            expected = row.id + 1
+        if rows:
+            self.cursor = rows[-1].id
+        return [event_of(row) for row in found + rows]
+
+
+def events_between(
+    store: Store, since: datetime, until: datetime | None = None, *, max_id: int | None = None
+) -> Iterator[RunStatusEvent]:
+    """Events with since <= TimeGenerated (< until), oldest first, streamed in chunks;
+    only those stored up to `max_id` if given (the feed reads the later ones)."""
+    condition = events.c.TimeGenerated >= since
+    if until is not None:
+        condition = and_(condition, events.c.TimeGenerated < until)
+    if max_id is not None:
+        condition = and_(condition, events.c.id <= max_id)
+    query = (
+        select(*_EVENT_COLUMNS)
+        .where(condition)
+        .order_by(events.c.TimeGenerated, events.c.id)
+        .execution_options(yield_per=_CHUNK)
+    )
+    with store.engine.connect() as conn:
+        for row in conn.execute(query):
+            yield event_of(row)
+
+
+def earliest_event(store: Store) -> datetime | None:
+    with store.engine.connect() as conn:
+        value = conn.execute(
+            select(events.c.TimeGenerated).order_by(events.c.TimeGenerated).limit(1)
+        ).scalar()
+    return None if value is None else to_utc(value)
+
+
+def current_runs(
+    store: Store, tree_since: datetime | None
+) -> Iterator[tuple[RunStatusEvent, datetime | None]]:
+    """Runs that have not ended, and (for roll-ups) runs of trees active since
+    `tree_since`: children seen since then and their roots."""
+    active = runs.c.Status.not_in(sorted(TERMINAL_STATUSES))
+    condition: ColumnElement[bool] = active
+    if tree_since is not None:
+        condition = or_(active, runs.c.LastSeen >= tree_since)
+    # Oldest change first: the run tracker's cap then keeps the most recently changed.
+    query = select(runs).where(condition).order_by(runs.c.LastSeen, runs.c.RunId)
+    # Small chunks: a run row carries its tags and properties, which may be large, and the
+    # tracker keeps only what its rules read of them.
+    with store.engine.connect() as conn:
+        for row in conn.execute(query.execution_options(yield_per=_RUN_CHUNK)):
+            yield run_event(row)
+
+
+def last_seen(store: Store) -> Callable[[Collection[str]], dict[str, datetime]]:
+    """The runs' LastSeen (latest status event or run update, heartbeats included), for
+    absence rules with `since: last_seen`; one indexed lookup per run asked about."""
+
+    def read(run_ids: Collection[str]) -> dict[str, datetime]:
+        ids = list(run_ids)
+        found: dict[str, datetime] = {}
+        with store.engine.connect() as conn:
+            for start in range(0, len(ids), _ID_CHUNK):
+                query = select(runs.c.RunId, runs.c.LastSeen).where(
+                    runs.c.RunId.in_(ids[start : start + _ID_CHUNK])
+                )
+                found.update((row.RunId, to_utc(row.LastSeen)) for row in conn.execute(query))
+        return found
+
+    return read
+
+
+def run_details(store: Store) -> Callable[[RunStatusEvent], RunStatusEvent]:
+    """For an alert about to fire on a run the tracker keeps cut down (consumers.rules.reads):
+    the run's tags, properties and message back from the `runs` table, so that the
+    notification, its routing and silences see them. Best effort: if the store cannot say,
+    the alert goes out with what the tracker kept rather than not at all."""
+
+    def describe(event: RunStatusEvent) -> RunStatusEvent:
+        query = select(runs.c.Tags, runs.c.Properties, runs.c.Message).where(
+            runs.c.RunId == event.RunId
+        )
+        try:
+            with store.engine.connect() as conn:
+                row = conn.execute(query).first()
+        except Exception as exc:  # an alert without its tags beats no alert
+            log.warning("run %s: details not read from the store: %s", event.RunId, exc)
+            return event
+        if row is None:
+            return event
+        update: dict[str, Any] = {"Tags": row.Tags or {}, "Properties": row.Properties or {}}
+        if event.Message is None:
+            update["Message"] = row.Message
+        return event.model_copy(update=update)
+
+    return describe
+
+
+def baseline_loader(
+    store: Store, *, stored_up_to: int | None = None, ended_before: datetime | None = None
+) -> BaselineLoader:
+    """The last n completed runs of an experiment as (run id, seconds), oldest first: those
+    the caller is not fed. The live scheduler's boundary is the feed's own, a row id
+    (`stored_up_to`: the run's completion was stored at or below it), not a time: a run that
+    completed before the warm-up but was stored after it is the feed's to deliver. The dry
+    run replays by time, so its boundary is a time (`ended_before`). Either way the tracker
+    counts a run once (consumers.rules.tracker.Baseline)."""
+
+    def load(experiment: str, n: int) -> list[tuple[str, float]]:
+        query = (
+            select(runs.c.RunId, runs.c.StartTime, runs.c.EndTime)
+            .where(
+                runs.c.ExperimentName == experiment,
+                runs.c.Status == Status.Completed.value,
+                runs.c.StartTime.is_not(None),
+                runs.c.EndTime.is_not(None),
+            )
+            .order_by(runs.c.LastSeen.desc())
+            .limit(n)
+        )
+        if stored_up_to is not None:
+            completion = select(events.c.id).where(
+                events.c.RunId == runs.c.RunId,
+                events.c.Status == Status.Completed.value,
+                events.c.id <= stored_up_to,
+            )
+            query = query.where(completion.exists())
+        if ended_before is not None:
+            query = query.where(runs.c.EndTime <= ended_before)
+        with store.engine.connect() as conn:
+            rows = list(conn.execute(query))
+        return [
+            (r.RunId, (to_utc(r.EndTime) - to_utc(r.StartTime)).total_seconds())
+            for r in reversed(rows)
+        ]
+
+    return load
