@@ -10,6 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from consumers.store import open_store
+from consumers.store.migrate import head_revision, revision
 from consumers.store.schema import metadata
 
 
@@ -43,7 +44,7 @@ def _upgrade_from_0005_with_a_row(url: str) -> tuple[Any, Any]:
     from alembic import command
     from sqlalchemy import create_engine, text
 
-    from consumers.store.engine import _alembic_config
+    from consumers.store.migrate import _alembic_config
 
     engine = create_engine(url)
     try:
@@ -72,7 +73,7 @@ def _upgrade_from_0005_with_a_row(url: str) -> tuple[Any, Any]:
         engine.dispose()
     store = open_store(url, migrate=True)
     try:
-        assert store.revision() == "0008_console"  # the head: 0007_causes and all after it
+        assert revision(store) == head_revision() == "0008_console"  # 0007_causes and after
         with store.engine.connect() as conn:
             event = conn.execute(
                 text('SELECT "RunId", "ResourceId", cause, cause_detail FROM events')
