@@ -272,7 +272,14 @@ def part_broker(args: argparse.Namespace, workdir: Path) -> None:
             create_topics(s.broker.bootstrap, {s.topic: 4, s.dead: 1})
             back = time.monotonic()
             if s.settle(lambda: s.stored() > before, 120, "ingest after the broker returned"):
-                print(f"  ingest resumed {time.monotonic() - back:.1f}s after the broker returned")
+                resumed = time.monotonic() - back
+                # what the source producer buffered meanwhile can only be ingested once it
+                # is on the topic again: its own reconnect backoff, not runwatch's
+                on_topic = producer.first_ack_after(back) - back
+                print(
+                    f"  ingest resumed {resumed:.1f}s after the broker returned "
+                    f"(the buffered stream was back on the topic after {on_topic:.1f}s)"
+                )
             s.settle(
                 lambda: (
                     not producer.is_alive()

@@ -224,7 +224,8 @@ class SteadyProducer(threading.Thread):
     """`events` run events at `rate` per second, every `failure_every`-th one Failed; after
     every valid event, `poison_per_event` poison messages on average, taken from `poison` in
     order (each sent once; `poison_sent` says how many were). Keeps producing through a
-    broker outage: kafka-python buffers and retries."""
+    broker outage: kafka-python buffers and retries, reconnecting within 0.5 s of the broker
+    answering again."""
 
     def __init__(
         self,
@@ -253,6 +254,7 @@ class SteadyProducer(threading.Thread):
         self.error: BaseException | None = None
         self.stopping = threading.Event()
         self.paused = threading.Event()  # set: hold on (the rate's clock restarts after)
+        self._acked: list[float] = []  # monotonic time of every acknowledgement
 
     def run(self) -> None:
         try:
@@ -271,6 +273,11 @@ class SteadyProducer(threading.Thread):
             delivery_timeout_ms=600_000,
             max_block_ms=600_000,
             max_request_size=8 * 1024 * 1024,
+            # As runwatch's own clients (kafka.reconnect_backoff_max_ms): kafka-python's default
+            # backs off to 30 s, and after a 15 s outage this producer's buffered records then
+            # reached the broker 9-12 s after it was back, which the chaos figures counted as
+            # runwatch's time to resume.
+            reconnect_backoff_max_ms=500,
         )
         begin = time.perf_counter()
         for index in range(self._events):
@@ -285,7 +292,9 @@ class SteadyProducer(threading.Thread):
                 time.sleep(delay)
             failed = index % self._every == self._every - 1
             event = run_event(index, failed, self._prefix)
-            producer.send(self._topic, key=event.RunId.encode(), value=event.to_json())
+            producer.send(
+                self._topic, key=event.RunId.encode(), value=event.to_json()
+            ).add_callback(self._on_ack)
             self.keys.append((event.RunId, event.Status))
             if failed:
                 self.failed.append(event.RunId)
@@ -294,6 +303,7 @@ class SteadyProducer(threading.Thread):
             while self.poison_sent < due:
                 key = f"poison-{self.poison_sent}".encode()
                 future = producer.send(self._topic, key=key, value=self._poison[self.poison_sent])
+                future.add_callback(self._on_ack)
                 self._poison_futures.append(future)
                 self.poison_sent += 1
         if self.stopping.is_set():  # told to stop: what is still buffered may go
@@ -301,6 +311,14 @@ class SteadyProducer(threading.Thread):
         else:
             producer.flush()
             producer.close()
+
+    def _on_ack(self, _metadata: object) -> None:
+        self._acked.append(time.monotonic())  # on the producer's IO thread
+
+    def first_ack_after(self, moment: float) -> float:
+        """When the broker first acknowledged a record after `moment` (monotonic; inf if
+        never): after an outage, when the buffered stream was back on the topic."""
+        return min((at for at in list(self._acked) if at >= moment), default=float("inf"))
 
     def poison_places(self) -> set[tuple[int, int]]:
         """(partition, offset) of every poison message the broker acknowledged. A broker that

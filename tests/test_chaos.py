@@ -164,9 +164,23 @@ def test_broker_restart_loses_nothing_and_ingest_resumes_within_2s(
 ) -> None:
     """The broker is stopped for 4 s and started again while events and the odd dead letter
     keep coming: every event is stored once, every dead letter kept, and ingest resumes
-    within 2 s of the broker answering again.
+    within 2 s of the broker answering again."""
+    _broker_restart(smtp, tmp_path, down_s=4.0)
 
-    The bundled broker's memory storage loses topics, records and offsets on a restart
+
+def test_dead_letter_first_after_15s_broker_outage_resumes_within_2s(
+    smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """The benchmark's outage (15 s), with dead letters in the first batches after it: the
+    dead-letter producer meets a broker that forgot its producer id and is replaced at once.
+    The 9-12 s the benchmark once reported were the test producer's own reconnect backoff
+    (kafka-python's default grows to 30 s): its buffered records reached the broker that
+    late, and the dead letter was published ~0.2 s after they did."""
+    _broker_restart(smtp, tmp_path, down_s=15.0)
+
+
+def _broker_restart(smtp: SmtpServer, tmp_path: Path, *, down_s: float) -> None:
+    """The bundled broker's memory storage loses topics, records and offsets on a restart
     (its s3:// storage against moto_server would keep them, but Tansu 0.6 then stops serving
     a partition after about 200-250 records: measured, see benchmarks/chaos.py), so the
     stream is caught up before the stop, the topics are created again after it, and what
@@ -203,17 +217,19 @@ def test_broker_restart_loses_nothing_and_ingest_resumes_within_2s(
         serve.expect(
             lambda: stored() >= producer.produced and letters() >= producer.poison_sent,
             30,
-            "caught up before the broker stops",
+            "caught up before the stop",
         )
         broker.stop()
+        letters_before, poison_before = letters(), producer.poison_sent
         producer.paused.clear()  # sent into the producer's buffer while the broker is away
-        time.sleep(4.0)
+        time.sleep(down_s)
         before = stored()
         broker.start()
         create_topics(broker.bootstrap, {topic: 3, dead: 1})
         back = time.monotonic()
-        serve.expect(lambda: stored() > before, 30, "ingest after the broker came back")
+        serve.expect(lambda: stored() > before, 60, "ingest after the broker came back")
         resumed = time.monotonic() - back
+        letters_at_resume = letters()
         producer.join(timeout=60)
         assert producer.error is None
         serve.expect(
@@ -228,13 +244,20 @@ def test_broker_restart_loses_nothing_and_ingest_resumes_within_2s(
         code = serve.stop()
         broker.stop()
         collect_refused_sockets()
-    print(f"ingest resumed {resumed:.1f}s after the broker answered again")
+    on_topic = producer.first_ack_after(back) - back
+    print(
+        f"broker down {down_s:.0f}s: buffered records on the topic {on_topic:.1f}s and "
+        f"ingest resumed {resumed:.1f}s after the broker answered again"
+    )
     assert code == 0, serve.tail()
     keys = stored_keys(db)
     assert len(keys) == producer.produced and set(keys) == set(producer.keys)
     # offsets handed out again after the restart: one letter per (partition, offset)
     assert dead_letter_reasons(db) == {"empty": len(producer.poison_places())}
     assert len(producer.poison_places()) >= producer.poison_sent - 3
+    # poison was buffered during the outage, and the resumed ingest published its letters
+    assert producer.poison_sent > poison_before + 3
+    assert letters_at_resume > letters_before
     # the goal is 2 s (benchmarks/chaos.py reports it); about 1 s of it is Tansu holding the
     # group's rejoin for half the session timeout, and this machine is shared: 2 s of slack
     assert resumed <= 4.0
