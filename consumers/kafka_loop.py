@@ -227,7 +227,9 @@ class KafkaLoop(Generic[P]):
         try:
             while not stop.is_set():
                 self.commit_done()
-                assignment = self._assignment  # before the poll: the records' may be older
+                # Read before the poll (its records may predate an assignment it brings)...
+                assignment = self._assignment
+                owned = bool(consumer.assignment())
                 try:
                     polled = consumer.poll(
                         timeout_ms=_POLL_TIMEOUT_MS,
@@ -239,6 +241,8 @@ class KafkaLoop(Generic[P]):
                 self.broker_connected = _coordinator_connected(consumer)
                 if not polled:
                     continue
+                if not owned:  # ...unless nothing was owned: no position predates it
+                    assignment = self._assignment
                 self.batch_cap = min(self.batch_cap * 2, self._settings.max_poll_records)
                 records = [record for batch in polled.values() for record in batch]
                 offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items() if batch}
