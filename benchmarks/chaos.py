@@ -49,6 +49,7 @@ from tests.chaoskit import (
     OVERFLOW_RULE,
     RULES,
     MailTally,
+    OutageBurst,
     Serve,
     SteadyProducer,
     chaos_config,
@@ -271,24 +272,41 @@ def part_broker(args: argparse.Namespace, workdir: Path) -> None:
             s.broker.start()
             create_topics(s.broker.bootstrap, {s.topic: 4, s.dead: 1})
             back = time.monotonic()
-            if s.settle(lambda: s.stored() > before, 120, "ingest after the broker returned"):
-                print(f"  ingest resumed {time.monotonic() - back:.1f}s after the broker returned")
+            # a poison message and events sent at once (the steady producer's buffer comes
+            # back with its own reconnect backoff, up to 30 s): past the offsets reached
+            # before the stop, as a broker that lost its state hands them out again
+            burst = OutageBurst.send(s.broker.bootstrap, s.topic, events=before + 200)
+            burst_stored = "select count(*) from events where \"RunId\" like 'burst-%'"
+            if s.settle(
+                lambda: sql_count(s.db, burst_stored) > 0,
+                120,
+                "ingest after the broker returned",
+            ):
+                resumed = time.monotonic() - back
+                print(
+                    f"  ingest resumed {resumed:.1f}s after the broker returned "
+                    f"({len(burst.keys)} events sent then, on the topic after "
+                    f"{burst.acked_at - back:.1f}s)"
+                )
             s.settle(
                 lambda: (
                     not producer.is_alive()
-                    and s.stored() >= producer.produced
-                    and s.letters() >= len(producer.poison_places())
+                    and s.stored() >= producer.produced + len(burst.keys)
+                    and s.letters() >= len(producer.poison_places() | burst.poison_places)
                 ),
                 duration + 300,
                 "every event and dead letter stored",
             )
             s.settle(all_mailed(s, producer), 300, "every failure mailed")
             report_events(s, producer)
+            burst_keys = {key for key in stored_keys(s.db) if key[0].startswith("burst-")}
+            print(f"  burst: {len(burst_keys)} of {len(burst.keys)} events stored")
             # A broker that lost its state hands offsets out again, and a dead letter is one
             # per (partition, offset): two poison messages at one place are one letter.
+            places = producer.poison_places() | burst.poison_places
             print(
-                f"  dead letters: {s.letters()} stored for {len(producer.poison_places())} "
-                f"places acknowledged ({producer.poison_sent} sent)"
+                f"  dead letters: {s.letters()} stored for {len(places)} "
+                f"places acknowledged ({producer.poison_sent + 1} sent)"
             )
             report_mails(s, producer, mails_of(smtp))
             report_process(s)

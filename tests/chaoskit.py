@@ -253,6 +253,8 @@ class SteadyProducer(threading.Thread):
         self.error: BaseException | None = None
         self.stopping = threading.Event()
         self.paused = threading.Event()  # set: hold on (the rate's clock restarts after)
+        self._acked: list[float] = []  # monotonic time of every acknowledgement
+        self.send_errors: list[tuple[str, BaseException]] = []  # (key, why) never acknowledged
 
     def run(self) -> None:
         try:
@@ -271,6 +273,11 @@ class SteadyProducer(threading.Thread):
             delivery_timeout_ms=600_000,
             max_block_ms=600_000,
             max_request_size=8 * 1024 * 1024,
+            # kafka-python's reconnect backoff (up to 30 s) is kept: after a 15 s outage what
+            # this producer buffered reaches the broker 9-12 s after it is back, well after
+            # the topics are created again. A producer that reconnects at once races that
+            # (the memory broker auto-creates the topic and can fail a produce meanwhile), so
+            # the time to resume is measured with an `OutageBurst` instead.
         )
         begin = time.perf_counter()
         for index in range(self._events):
@@ -285,7 +292,9 @@ class SteadyProducer(threading.Thread):
                 time.sleep(delay)
             failed = index % self._every == self._every - 1
             event = run_event(index, failed, self._prefix)
-            producer.send(self._topic, key=event.RunId.encode(), value=event.to_json())
+            producer.send(
+                self._topic, key=event.RunId.encode(), value=event.to_json()
+            ).add_callback(self._on_ack).add_errback(self._on_error, event.RunId)
             self.keys.append((event.RunId, event.Status))
             if failed:
                 self.failed.append(event.RunId)
@@ -294,6 +303,7 @@ class SteadyProducer(threading.Thread):
             while self.poison_sent < due:
                 key = f"poison-{self.poison_sent}".encode()
                 future = producer.send(self._topic, key=key, value=self._poison[self.poison_sent])
+                future.add_callback(self._on_ack)
                 self._poison_futures.append(future)
                 self.poison_sent += 1
         if self.stopping.is_set():  # told to stop: what is still buffered may go
@@ -301,6 +311,17 @@ class SteadyProducer(threading.Thread):
         else:
             producer.flush()
             producer.close()
+
+    def _on_ack(self, _metadata: object) -> None:
+        self._acked.append(time.monotonic())  # on the producer's IO thread
+
+    def _on_error(self, key: str, exc: BaseException) -> None:
+        self.send_errors.append((key, exc))
+
+    def first_ack_after(self, moment: float) -> float:
+        """When the broker first acknowledged a record after `moment` (monotonic; inf if
+        never): after an outage, when the buffered stream was back on the topic."""
+        return min((at for at in list(self._acked) if at >= moment), default=float("inf"))
 
     def poison_places(self) -> set[tuple[int, int]]:
         """(partition, offset) of every poison message the broker acknowledged. A broker that
@@ -312,6 +333,40 @@ class SteadyProducer(threading.Thread):
                 meta = future.value
                 places.add((meta.partition, meta.offset))
         return places
+
+
+@dataclass
+class OutageBurst:
+    """Sent by a fresh producer as soon as the topics are created again after a broker
+    outage: a poison message first (its dead letter is the first thing published after the
+    outage), then `events` run events. Ingest has resumed when the first is stored. They are
+    on the topic before `serve` has joined the group again, at offsets from 0 (the broker
+    lost its state): below, and with enough events past, the offsets it had reached."""
+
+    keys: list[tuple[str, str]]
+    poison_places: set[tuple[int, int]]
+    acked_at: float  # monotonic, when the broker had all of it
+
+    @classmethod
+    def send(cls, bootstrap: str, topic: str, events: int = 20) -> OutageBurst:
+        producer = KafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=0
+        )
+        try:
+            poison = producer.send(topic, key=b"burst-poison", value=b"")
+            keys, futures = [], []
+            for index in range(events):
+                event = run_event(index, failed=False, prefix="burst")
+                futures.append(
+                    producer.send(topic, key=event.RunId.encode(), value=event.to_json())
+                )
+                keys.append((event.RunId, event.Status))
+            meta = poison.get(timeout=30)
+            for future in futures:
+                future.get(timeout=30)
+            return cls(keys, {(meta.partition, meta.offset)}, time.monotonic())
+        finally:
+            producer.close(timeout=5)
 
 
 def sql_count(db: Path, query: str, *params: object) -> int:

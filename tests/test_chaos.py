@@ -19,6 +19,7 @@ from tests.chaoskit import (
     OVERFLOW_RULE,
     RULES,
     MailTally,
+    OutageBurst,
     PoisonKind,
     Serve,
     SteadyProducer,
@@ -164,9 +165,22 @@ def test_broker_restart_loses_nothing_and_ingest_resumes_within_2s(
 ) -> None:
     """The broker is stopped for 4 s and started again while events and the odd dead letter
     keep coming: every event is stored once, every dead letter kept, and ingest resumes
-    within 2 s of the broker answering again.
+    within 2 s of the broker answering again."""
+    _broker_restart(smtp, tmp_path, down_s=4.0)
 
-    The bundled broker's memory storage loses topics, records and offsets on a restart
+
+def test_dead_letter_first_after_15s_broker_outage_resumes_within_2s(
+    smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """The benchmark's outage (15 s), a dead letter first after it: the dead-letter producer
+    meets a broker that forgot its producer id and is replaced at once. The 9-12 s the
+    benchmark once reported were its source producer's reconnect backoff (kafka-python's
+    default grows to 30 s): its buffered records reached the broker that late."""
+    _broker_restart(smtp, tmp_path, down_s=15.0)
+
+
+def _broker_restart(smtp: SmtpServer, tmp_path: Path, *, down_s: float) -> None:
+    """The bundled broker's memory storage loses topics, records and offsets on a restart
     (its s3:// storage against moto_server would keep them, but Tansu 0.6 then stops serving
     a partition after about 200-250 records: measured, see benchmarks/chaos.py), so the
     stream is caught up before the stop, the topics are created again after it, and what
@@ -203,24 +217,33 @@ def test_broker_restart_loses_nothing_and_ingest_resumes_within_2s(
         serve.expect(
             lambda: stored() >= producer.produced and letters() >= producer.poison_sent,
             30,
-            "caught up before the broker stops",
+            "caught up before the stop",
         )
         broker.stop()
+        poison_before = producer.poison_sent
         producer.paused.clear()  # sent into the producer's buffer while the broker is away
-        time.sleep(4.0)
-        before = stored()
+        time.sleep(down_s)
         broker.start()
         create_topics(broker.bootstrap, {topic: 3, dead: 1})
         back = time.monotonic()
-        serve.expect(lambda: stored() > before, 30, "ingest after the broker came back")
+        # more than each partition held before the stop: on the new log, past the offsets
+        # `serve` had reached, so that resuming from those would skip the first ones
+        burst = OutageBurst.send(broker.bootstrap, topic, events=1500)
+        burst_stored = "select count(*) from events where \"RunId\" like 'burst-%'"
+        serve.expect(
+            lambda: sql_count(db, burst_stored) > 0, 60, "ingest after the broker came back"
+        )
         resumed = time.monotonic() - back
         producer.join(timeout=60)
         assert producer.error is None
         serve.expect(
-            lambda: stored() >= producer.produced and letters() >= len(producer.poison_places()),
+            lambda: (
+                stored() >= producer.produced + len(burst.keys)
+                and letters() >= len(producer.poison_places() | burst.poison_places)
+            ),
             60,
             f"every event ({producer.produced}) and dead letter ({producer.poison_sent}) stored",
-            progress=lambda: (stored(), letters()),
+            progress=lambda: (stored(), letters(), len(producer.send_errors)),
         )
     finally:
         producer.stopping.set()
@@ -228,13 +251,21 @@ def test_broker_restart_loses_nothing_and_ingest_resumes_within_2s(
         code = serve.stop()
         broker.stop()
         collect_refused_sockets()
-    print(f"ingest resumed {resumed:.1f}s after the broker answered again")
+    on_topic = producer.first_ack_after(back) - back
+    print(
+        f"broker down {down_s:.0f}s: ingest resumed {resumed:.1f}s after the broker answered "
+        f"again (what the steady producer buffered was back on the topic after {on_topic:.1f}s)"
+    )
     assert code == 0, serve.tail()
+    assert producer.send_errors == []
     keys = stored_keys(db)
-    assert len(keys) == producer.produced and set(keys) == set(producer.keys)
+    expected = producer.keys + burst.keys
+    assert len(keys) == len(expected) and set(keys) == set(expected)
     # offsets handed out again after the restart: one letter per (partition, offset)
-    assert dead_letter_reasons(db) == {"empty": len(producer.poison_places())}
+    places = producer.poison_places() | burst.poison_places
+    assert dead_letter_reasons(db) == {"empty": len(places)}
     assert len(producer.poison_places()) >= producer.poison_sent - 3
+    assert producer.poison_sent > poison_before + 3  # poison buffered during the outage too
     # the goal is 2 s (benchmarks/chaos.py reports it); about 1 s of it is Tansu holding the
     # group's rejoin for half the session timeout, and this machine is shared: 2 s of slack
     assert resumed <= 4.0

@@ -45,6 +45,12 @@ _BACKOFF_START_S = 0.2
 _BACKOFF_MAX_S = 1.0
 _RETRY_LOG_EVERY_S = 30.0  # a failing batch is logged once, then at most this often
 _IN_FLIGHT = 2  # prepared batches waiting for the writer: bounds memory, gives backpressure
+# The first batch after joining the group (at start, after a broker outage) takes at most this
+# many messages, and each later one twice the one before, up to max_poll_records: a backlog
+# found on joining is stored from its first messages within a fraction of a second, not after
+# one full batch (5,000 took ~1.1 s to decode and store after a 15 s outage: measured by
+# benchmarks/chaos.py --part broker).
+_FIRST_BATCH = 500
 
 
 def make_consumer(settings: KafkaSettings, **overrides: Any) -> KafkaConsumer:
@@ -94,18 +100,19 @@ class _Writer(threading.Thread, Generic[P]):
         self._write = write
         self._metrics = metrics
         self._stop_requested = stop
-        self.inbox: queue.Queue[tuple[P, Offsets, int] | None] = queue.Queue(_IN_FLIGHT)
-        self._done: list[Offsets] = []
+        # (prepared, offsets, messages, the assignment the batch was polled under)
+        self.inbox: queue.Queue[tuple[P, Offsets, int, int] | None] = queue.Queue(_IN_FLIGHT)
+        self._done: list[tuple[int, Offsets]] = []
         self._lock = threading.Lock()
         self.failure: BaseException | None = None
 
     def run(self) -> None:
         try:
             while (item := self.inbox.get()) is not None:
-                prepared, offsets, size = item
+                prepared, offsets, size, assignment = item
                 self._write_until_done(prepared, size)
                 with self._lock:
-                    self._done.append(offsets)
+                    self._done.append((assignment, offsets))
                 self.inbox.task_done()
             self.inbox.task_done()  # the stop sentinel
         except BaseException as exc:
@@ -163,12 +170,15 @@ class _Writer(threading.Thread, Generic[P]):
                 dropped += 1
         return dropped
 
-    def take_done(self) -> Offsets:
+    def take_done(self, assignment: int) -> Offsets:
+        """The offsets of the batches written since the last call that were polled under
+        `assignment`; the others are dropped (see KafkaLoop.assigned)."""
         with self._lock:
             done, self._done = self._done, []
         merged: Offsets = {}
-        for offsets in done:
-            merged.update(offsets)  # in order, so the later offset wins
+        for polled_under, offsets in done:
+            if polled_under == assignment:
+                merged.update(offsets)  # in order, so the later offset wins
         return merged
 
 
@@ -193,6 +203,7 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+        self._loop.assigned()
 
 
 class KafkaLoop(Generic[P]):
@@ -217,6 +228,8 @@ class KafkaLoop(Generic[P]):
         self._uncommitted_lock = threading.Lock()
         self.connected = threading.Event()
         self.broker_connected = False  # the group coordinator is known and connected
+        self.batch_cap = _FIRST_BATCH  # most messages the next poll takes (see _FIRST_BATCH)
+        self._assignment = 0  # counts the group's assignments to this consumer (assigned())
 
     def run(self, stop: threading.Event) -> None:
         """Blocks until `stop` is set; batches in hand are written and committed first."""
@@ -228,17 +241,26 @@ class KafkaLoop(Generic[P]):
         try:
             while not stop.is_set():
                 self.commit_done()
+                # Read before the poll (its records may predate an assignment it brings)...
+                assignment = self._assignment
+                owned = bool(consumer.assignment())
                 try:
-                    polled = consumer.poll(timeout_ms=_POLL_TIMEOUT_MS)
+                    polled = consumer.poll(
+                        timeout_ms=_POLL_TIMEOUT_MS,
+                        max_records=min(self.batch_cap, self._settings.max_poll_records),
+                    )
                 except KafkaError as exc:  # a state kafka-python does not leave by itself
                     consumer = self._replace_consumer(consumer, exc, stop)
                     continue
                 self.broker_connected = _coordinator_connected(consumer)
                 if not polled:
                     continue
+                if not owned:  # ...unless nothing was owned: no position predates it
+                    assignment = self._assignment
+                self.batch_cap = min(self.batch_cap * 2, self._settings.max_poll_records)
                 records = [record for batch in polled.values() for record in batch]
                 offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items() if batch}
-                item = (self._prepare(records), offsets, len(records))
+                item = (self._prepare(records), offsets, len(records), assignment)
                 while not stop.is_set():
                     try:
                         writer.inbox.put(item, timeout=0.1)
@@ -262,8 +284,8 @@ class KafkaLoop(Generic[P]):
         self, old: KafkaConsumer, exc: KafkaError, stop: threading.Event
     ) -> KafkaConsumer:
         """Close the consumer and build a new one, which joins the group afresh. What the
-        writer finishes meanwhile is committed once the new consumer owns the partitions;
-        anything else is redelivered, and the store makes that a no-op."""
+        writer finishes meanwhile was polled under the old assignment: it is not committed but
+        read again (see assigned()), and the store makes that a no-op."""
         log.warning("Kafka consumer failed (%s: %s); replacing it", type(exc).__name__, str(exc))
         self.broker_connected = False
         close_consumer(old)
@@ -301,13 +323,27 @@ class KafkaLoop(Generic[P]):
             writer.inbox.put(None, timeout=1)
         writer.join(timeout=60)
         self._writer = None  # close() revokes partitions again: nothing left to wait for
-        self._commit(writer.take_done())
+        assignment = self._assignment
+        self._commit(writer.take_done(assignment), assignment)
 
     def commit_done(self, *, blocking: bool = True) -> None:
         if self._writer is not None:
-            self._commit(self._writer.take_done(), blocking=blocking)
+            assignment = self._assignment
+            self._commit(self._writer.take_done(assignment), assignment, blocking=blocking)
 
-    def _commit(self, offsets: Offsets, *, blocking: bool = True) -> None:
+    def assigned(self) -> None:
+        """A new assignment (kafka-python's IO thread). What was stored under an earlier one
+        is never committed under this one: a broker that lost its state (the bundled one's
+        memory storage) hands offsets 0, 1, ... out again, and a commit of the old positions
+        would make the group skip every record the new log holds below them (seen: the 1,089
+        events produced during a 4 s outage, with producers that reconnect at once). Those
+        batches are read again instead; the store makes that a no-op."""
+        with self._uncommitted_lock:
+            self._assignment += 1
+            self._uncommitted.clear()
+        self.batch_cap = _FIRST_BATCH
+
+    def _commit(self, offsets: Offsets, assignment: int, *, blocking: bool = True) -> None:
         """A failed commit is retried with the next one (every poll, at the latest): at the end
         of a stream no later batch would carry it, and the group's lag would never reach 0
         (seen when a commit met a coordinator change after a member was killed)."""
@@ -315,6 +351,8 @@ class KafkaLoop(Generic[P]):
         if consumer is None:
             return
         with self._uncommitted_lock:  # the revoke path runs on kafka-python's IO thread
+            if self._assignment != assignment:
+                return  # reassigned since `offsets` were taken: the old assignment's
             merged, self._uncommitted = self._uncommitted, {}
         for tp, offset in offsets.items():
             merged[tp] = max(offset, merged.get(tp, offset))
@@ -325,6 +363,8 @@ class KafkaLoop(Generic[P]):
         if not merged:
             return
         commits = {tp: OffsetAndMetadata(o, "", -1) for tp, o in merged.items()}
+        if self._assignment != assignment:
+            return  # reassigned since they were taken: the old assignment's, read again
         try:
             if blocking:
                 consumer.commit(commits)
@@ -345,6 +385,8 @@ class KafkaLoop(Generic[P]):
             )
             if blocking:
                 with self._uncommitted_lock:
+                    if self._assignment != assignment:
+                        return  # reassigned meanwhile: these are the old assignment's
                     for tp, offset in merged.items():
                         self._uncommitted[tp] = max(offset, self._uncommitted.get(tp, offset))
 
