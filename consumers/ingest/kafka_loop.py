@@ -230,6 +230,9 @@ class KafkaLoop(Generic[P]):
         self.broker_connected = False  # the group coordinator is known and connected
         self.batch_cap = _FIRST_BATCH  # most messages the next poll takes (see _FIRST_BATCH)
         self._assignment = 0  # counts the group's assignments to this consumer (assigned())
+        # The coordinator was seen disconnected since the records of the current assignment
+        # were last read: a broker that comes back may have lost its log (see assigned()).
+        self._cut_off = False
 
     def run(self, stop: threading.Event) -> None:
         """Blocks until `stop` is set; batches in hand are written and committed first."""
@@ -253,10 +256,20 @@ class KafkaLoop(Generic[P]):
                     consumer = self._replace_consumer(consumer, exc, stop)
                     continue
                 self.broker_connected = _coordinator_connected(consumer)
+                if not self.broker_connected:
+                    self._cut_off = True
                 if not polled:
                     continue
-                if not owned:  # ...unless nothing was owned: no position predates it
+                if not owned or not self._cut_off:
+                    # ...unless nothing was owned (no position predates the poll), or the
+                    # broker stayed connected since the last assignment: a rebalance inside
+                    # this poll (a graceful handover) left the log as it was, so its records
+                    # belong to the new assignment and are committed under it. Otherwise a
+                    # stream that ends with the handover would keep its last batch
+                    # uncommitted, a lag that never reaches 0 (tests/test_group_handover.py).
                     assignment = self._assignment
+                if assignment == self._assignment:
+                    self._cut_off = False  # records read under the current assignment
                 self.batch_cap = min(self.batch_cap * 2, self._settings.max_poll_records)
                 records = [record for batch in polled.values() for record in batch]
                 offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items() if batch}
