@@ -67,10 +67,6 @@ _TOO_LARGE = (kafka_errors.MessageSizeTooLargeError, kafka_errors.RecordListTooL
 _TOPIC = (kafka_errors.InvalidTopicError, kafka_errors.TopicAuthorizationFailedError)
 
 
-_TOO_LARGE = (kafka_errors.MessageSizeTooLargeError, kafka_errors.RecordListTooLargeError)
-_TOPIC = (kafka_errors.InvalidTopicError, kafka_errors.TopicAuthorizationFailedError)
-
-
 def is_retriable(exc: BaseException) -> bool:
     """Doing the same again later can succeed without anyone acting (a broker away)."""
     return isinstance(exc, kafka_errors.KafkaError) and bool(exc.retriable)
