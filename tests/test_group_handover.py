@@ -77,6 +77,11 @@ def test_sigterm_hands_the_partitions_over_before_the_session_times_out(
         topics.produce([encode(e, EventFormat.NATIVE) for e in events])
         dbs = [folder / "runwatch.db" for folder in folders]
         wait_for(lambda: sum(_rows(db) for db in dbs) == 200, timeout=60)
+        # A settled group: a SIGTERM 0.24 s after the assignment was once taken over only at
+        # the 20 s session expiry (under the full suite's load; the leave likely raced the
+        # bundled broker's completion of that join). A deploy's SIGTERM comes long after the
+        # join; this test is about the leave, not that race.
+        time.sleep(2.0)
 
         signalled = time.monotonic()
         a.send_signal(signal.SIGTERM)
