@@ -61,7 +61,8 @@ def test_a_batch_polled_before_a_reassignment_is_not_committed_after_it(topics: 
     loop: KafkaLoop[Sequence[Any]]
 
     def write(records: Sequence[Any]) -> None:
-        if not written:  # the group is re-joined while the first batch is being written
+        if not written:  # the group is re-joined while the first batch is being written,
+            loop._cut_off = True  # after the broker was seen away (as kafka_loop notes it)
             partitions = [TopicPartition(topics.topic, p) for p in range(3)]
             _CommitOnRevoke(loop).on_partitions_assigned(partitions)
         written.append(len(records))

@@ -350,10 +350,15 @@ class KafkaLoop(Generic[P]):
         memory storage) hands offsets 0, 1, ... out again, and a commit of the old positions
         would make the group skip every record the new log holds below them (seen: the 1,089
         events produced during a 4 s outage, with producers that reconnect at once). Those
-        batches are read again instead; the store makes that a no-op."""
+        batches are read again instead; the store makes that a no-op.
+        Only after the broker was seen disconnected, though: a rebalance on a broker that
+        stayed up (a peer joined, left or was killed) keeps the log, and what was stored
+        before it is committed as usual, or a stream that ends with the rebalance would
+        keep its last batches uncommitted, a lag that never reaches 0."""
         with self._uncommitted_lock:
-            self._assignment += 1
-            self._uncommitted.clear()
+            if self._cut_off:
+                self._assignment += 1
+                self._uncommitted.clear()
         self.batch_cap = _FIRST_BATCH
 
     def _commit(self, offsets: Offsets, assignment: int, *, blocking: bool = True) -> None:
