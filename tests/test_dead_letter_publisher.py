@@ -181,7 +181,13 @@ def test_a_broker_that_is_away_holds_the_letter_until_it_is_back(
     private_broker: EmbeddedBroker, metrics: Metrics
 ) -> None:
     create_topics(private_broker.bootstrap, {"dead": 1})
-    settings = Topics(private_broker.bootstrap, "runs", "dead", "g").kafka_settings()
+    # The bundled broker comes back empty and auto-creates a topic a producer reaches first;
+    # a letter acknowledged into that one was then not readable (seen on an idle machine,
+    # where the producer's 0.5 s reconnect beat create_topics). A slower reconnect lets the
+    # topic be created first, as it is on a broker that keeps its topics.
+    settings = Topics(private_broker.bootstrap, "runs", "dead", "g").kafka_settings(
+        reconnect_backoff_max_ms=4000
+    )
     publisher = DeadLetterPublisher(settings, metrics)
     done = threading.Event()
     failure: list[BaseException] = []
