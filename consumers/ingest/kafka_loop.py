@@ -260,13 +260,9 @@ class KafkaLoop(Generic[P]):
                     self._cut_off = True
                 if not polled:
                     continue
-                if not owned or not self._cut_off:
-                    # ...unless nothing was owned (no position predates the poll), or the
-                    # broker stayed connected since the last assignment: a rebalance inside
-                    # this poll (a graceful handover) left the log as it was, so its records
-                    # belong to the new assignment and are committed under it. Otherwise a
-                    # stream that ends with the handover would keep its last batch
-                    # uncommitted, a lag that never reaches 0 (tests/test_group_handover.py).
+                if not owned:  # ...unless nothing was owned: no position predates the poll
+                    # (assigned() moves the assignment on only after a disconnection, so a
+                    # graceful rebalance inside this poll leaves `assignment` current)
                     assignment = self._assignment
                 if assignment == self._assignment:
                     self._cut_off = False  # records read under the current assignment
