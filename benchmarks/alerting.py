@@ -3,13 +3,18 @@
 1. Steady: RATE events/s for SECONDS, 10 % Failed; a rule mails and posts on Failed.
    Latency percentiles from the producer's send time to the receiver's arrival time.
 2. Burst: BURST Failed events already on the topic when runwatch starts; time to drain them
-   all to SMTP, against a raw aiosmtplib loop sending as many mails to the same server. Like
-   for like, the burst's rule only mails (the raw loop posts no webhooks); with --burst-hook
-   it also posts, and runwatch then does twice the deliveries in the time measured.
+   all to SMTP (from the first mail on), against a raw aiosmtplib loop sending as many mails
+   over the same number of connections (smtp.connections) to the same server. Like for
+   like, the burst's rule only mails. With --burst-hook a second burst's rule only posts,
+   against a raw aiohttp loop posting as many bodies of the same shape and size over the
+   same number of connections (notify.concurrency) to the same endpoint.
 
 The SMTP server (aiosmtpd) and the webhook endpoint (aiohttp) run in their own processes.
+--store postgres runs runwatch on a fresh PostgreSQL database (127.0.0.1:5432) per phase;
+--seconds 0 skips the steady phase.
 
-    python benchmarks/alerting.py [--rate 200] [--seconds 60] [--burst 5000]
+    python benchmarks/alerting.py [--rate 200] [--seconds 60] [--burst 5000] [--burst-hook]
+        [--store sqlite|postgres]
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiosmtplib
 import orjson
 from percentiles import pct  # benchmarks/, on the path when run as a script
+from scale import drop_database, fresh_store
 
 from consumers.config.settings import Settings
 from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
@@ -45,6 +52,8 @@ rules:
     severity: 1
     notify: [mail, hook]
 """
+SMTP_CONNECTIONS = 8
+CONCURRENCY = 16  # notify.concurrency: at most this many webhook connections
 
 
 def smtp_server(port: int, arrivals: Queue[Any]) -> None:
@@ -100,10 +109,17 @@ def producer(bootstrap: str, topic: str, rate: float, seconds: float, sent: Queu
 
 
 def settings_for(
-    bootstrap: str, topic: str, folder: Path, smtp: int, http: int, *, hook: bool = True
+    bootstrap: str,
+    topic: str,
+    folder: Path,
+    smtp: int,
+    http: int,
+    *,
+    url: str,
+    notify: str = "[mail, hook]",
 ) -> Settings:
     (folder / "rules").mkdir(exist_ok=True)
-    rules = RULES if hook else RULES.replace("notify: [mail, hook]", "notify: [mail]")
+    rules = RULES.replace("notify: [mail, hook]", f"notify: {notify}")
     (folder / "rules" / "bench.yaml").write_text(rules)
     return Settings.model_validate(
         {
@@ -114,10 +130,11 @@ def settings_for(
                 "session_timeout_ms": 6000,
                 "heartbeat_interval_ms": 1000,
             },
-            "store": {"url": f"sqlite:///{folder / 'bench.db'}"},
+            "store": {"url": url},
             "metrics": {"enabled": False},
             "rules_dir": str(folder / "rules"),
-            "smtp": {"host": "127.0.0.1", "port": smtp, "connections": 8},
+            "smtp": {"host": "127.0.0.1", "port": smtp, "connections": SMTP_CONNECTIONS},
+            "notify": {"concurrency": CONCURRENCY},
             "receivers": {
                 "mail": {"email": {"to": ["oncall@example.com"]}},
                 "hook": {"webhook": {"url": f"http://127.0.0.1:{http}/hook"}},
@@ -149,10 +166,11 @@ def steady(
     arrivals: Queue[Any],
     rate: float,
     seconds: float,
+    url: str,
 ) -> None:
     topic = f"steady-{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, {topic: 4})
-    _, stop, thread = run_service(settings_for(bootstrap, topic, folder, smtp, http))
+    _, stop, thread = run_service(settings_for(bootstrap, topic, folder, smtp, http, url=url))
     time.sleep(4)  # group join
     ctx = multiprocessing.get_context("spawn")
     sent: Queue[Any] = ctx.Queue()
@@ -199,8 +217,10 @@ def burst(
     http: int,
     arrivals: Queue[Any],
     count: int,
-    hook: bool,
+    kind: str,
+    url: str,
 ) -> float:
+    """`kind` "mail" or "hook": what the burst's rule sends, and what is counted."""
     from kafka import KafkaProducer
 
     topic = f"burst-{uuid.uuid4().hex[:6]}"
@@ -219,22 +239,24 @@ def burst(
     while not arrivals.empty():
         arrivals.get()
     started = time.perf_counter()
-    _, stop, thread = run_service(settings_for(bootstrap, topic, folder, smtp, http, hook=hook))
-    mails = 0
+    settings = settings_for(bootstrap, topic, folder, smtp, http, url=url, notify=f"[{kind}]")
+    _, stop, thread = run_service(settings)
+    received = 0
     first = None
-    while mails < count:
-        kind, _, _ = arrivals.get(timeout=120)
-        if kind == "mail":
-            mails += 1
+    while received < count:
+        what, _, _ = arrivals.get(timeout=120)
+        if what == kind:
+            received += 1
             first = first or time.perf_counter()
     elapsed = time.perf_counter() - started
     drain = time.perf_counter() - (first or started)
     stop.set()
     thread.join()
     rate = count / drain
+    noun = "mailed" if kind == "mail" else "posted"
     print(
-        f"burst of {count} Failed: all mailed {elapsed:.1f}s after start "
-        f"(incl. group join); {rate:,.0f} mails/s from the first mail on"
+        f"burst of {count} Failed: all {noun} {elapsed:.1f}s after start "
+        f"(incl. group join); {rate:,.0f} {kind}s/s from the first one on"
     )
     return rate
 
@@ -261,12 +283,62 @@ async def raw_smtp(port: int, count: int, connections: int) -> float:
     return count / elapsed
 
 
+def hook_body(number: int) -> bytes:
+    """A body of the shape and size runwatch's native webhook posts for a burst alert."""
+    event = RunStatusEvent(
+        TimeGenerated=datetime.now(UTC),
+        RunId=f"raw-{number}",
+        Status="Failed",
+        ExperimentName="bench",
+    )
+    return orjson.dumps(
+        {
+            "version": "1",
+            "notificationId": uuid.uuid4().hex,
+            "receiver": "hook",
+            "attempt": 1,
+            "alert": {"rule": "bench-failed", "severity": 1, "summary": "x" * 200},
+            "event": event.model_dump(mode="json"),
+            "run": None,
+            "timeline": [],
+            "children": {"total": 0, "by_status": {}, "failed": []},
+            "runUrl": None,
+        }
+    )
+
+
+async def raw_http(port: int, count: int, connections: int) -> float:
+    """`connections` workers posting over an aiohttp session of at most as many connections."""
+    url = f"http://127.0.0.1:{port}/hook"
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker(numbers: range) -> None:
+            for number in numbers:
+                headers = {"Content-Type": "application/json", "Idempotency-Key": str(number)}
+                async with session.post(url, data=hook_body(number), headers=headers) as resp:
+                    resp.raise_for_status()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(range(i, count, connections)) for i in range(connections)))
+        return count / (time.perf_counter() - started)
+
+
+def drain(arrivals: Queue[Any]) -> None:
+    time.sleep(0.5)
+    while not arrivals.empty():
+        arrivals.get()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--burst", type=int, default=5000)
-    parser.add_argument("--burst-hook", action="store_true", help="the burst also posts")
+    parser.add_argument(
+        "--burst-hook", action="store_true", help="a webhook burst too, against raw aiohttp"
+    )
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     args = parser.parse_args()
     ctx = multiprocessing.get_context("spawn")
     arrivals: Queue[Any] = ctx.Queue()
@@ -280,24 +352,57 @@ def main() -> int:
     time.sleep(1.5)
     broker = EmbeddedBroker().start()
     folder = Path(tempfile.mkdtemp(prefix="runwatch-alert-bench-"))
+    databases: list[str] = []
     try:
-        (folder / "steady").mkdir()
-        (folder / "burst").mkdir()
-        steady(broker.bootstrap, folder / "steady", smtp, http, arrivals, args.rate, args.seconds)
+        for phase in ("steady", "burst", "burst-hook"):
+            (folder / phase).mkdir()
+        if args.seconds > 0:
+            url = fresh_store(args.store, folder / "steady", databases)
+            steady(
+                broker.bootstrap,
+                folder / "steady",
+                smtp,
+                http,
+                arrivals,
+                args.rate,
+                args.seconds,
+                url,
+            )
+        url = fresh_store(args.store, folder / "burst", databases)
         rate = burst(
-            broker.bootstrap, folder / "burst", smtp, http, arrivals, args.burst, args.burst_hook
+            broker.bootstrap, folder / "burst", smtp, http, arrivals, args.burst, "mail", url
         )
-        while not arrivals.empty():
-            arrivals.get()
-        raw = asyncio.run(raw_smtp(smtp, args.burst, 8))
+        drain(arrivals)
+        raw = asyncio.run(raw_smtp(smtp, args.burst, SMTP_CONNECTIONS))
         print(
-            f"raw aiosmtplib, 8 connections, same server: {raw:,.0f} mails/s; "
-            f"ratio runwatch / raw {rate / raw:.2f} (target >= 0.8)"
+            f"raw aiosmtplib, {SMTP_CONNECTIONS} connections, same server: {raw:,.0f} mails/s; "
+            f"ratio runwatch / raw {rate / raw:.2f} (target >= 0.8) [{args.store}]"
         )
+        if args.burst_hook:
+            drain(arrivals)
+            url = fresh_store(args.store, folder / "burst-hook", databases)
+            rate = burst(
+                broker.bootstrap,
+                folder / "burst-hook",
+                smtp,
+                http,
+                arrivals,
+                args.burst,
+                "hook",
+                url,
+            )
+            drain(arrivals)
+            raw = asyncio.run(raw_http(http, args.burst, CONCURRENCY))
+            print(
+                f"raw aiohttp, {CONCURRENCY} connections, same endpoint: {raw:,.0f} posts/s; "
+                f"ratio runwatch / raw {rate / raw:.2f} (target >= 0.8) [{args.store}]"
+            )
     finally:
         broker.stop()
         for server in servers:
             server.terminate()
+        for name in databases:
+            drop_database(name)
     return 0
 
 

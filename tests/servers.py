@@ -24,6 +24,7 @@ class Mail:
     envelope_to: list[str]
     raw: bytes
     message: EmailMessage
+    peer: tuple[str, int]  # the client's address: one per SMTP connection
 
 
 class _Collect:
@@ -37,19 +38,39 @@ class _Collect:
             raw: bytes = envelope.original_content or envelope.content
             message = email.message_from_bytes(raw, policy=email.policy.default)
             assert isinstance(message, EmailMessage)
-            self.mails.append(Mail(envelope.mail_from, list(envelope.rcpt_tos), raw, message))
+            mail = Mail(envelope.mail_from, list(envelope.rcpt_tos), raw, message, session.peer)
+            self.mails.append(mail)
         return answer
 
 
 class SmtpServer:
-    def __init__(self, port: int | None = None, reply: Callable[[], str] = lambda: "250 OK"):
+    """`idle_timeout_s`: the server closes a connection that sent no command for this long
+    (aiosmtpd's own timeout, 300 s by default), as real servers do."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        reply: Callable[[], str] = lambda: "250 OK",
+        *,
+        idle_timeout_s: float = 300.0,
+    ):
         self.port = port or free_port()
         self.handler = _Collect(reply)
-        self._controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self._controller = Controller(
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            timeout=idle_timeout_s,
+        )
 
     @property
     def mails(self) -> list[Mail]:
         return self.handler.mails
+
+    @property
+    def connections(self) -> int:
+        """How many client connections the accepted mails came over."""
+        return len({mail.peer for mail in self.mails})
 
     def start(self) -> SmtpServer:
         self._controller.start()
@@ -65,6 +86,7 @@ class Hit:
     headers: dict[str, str]
     body: bytes
     at: float
+    peer: tuple[str, int] | None = None  # the client's address: one per TCP connection
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -95,8 +117,14 @@ class HttpServer:
     def on(self, path: str) -> list[Hit]:
         return [hit for hit in self.hits if hit.path == path]
 
+    def connections(self, path: str) -> int:
+        """How many client connections the POSTs to `path` came over."""
+        return len({hit.peer for hit in self.on(path)})
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        hit = Hit(request.path, dict(request.headers), await request.read(), time.monotonic())
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        body = await request.read()
+        hit = Hit(request.path, dict(request.headers), body, time.monotonic(), peer)
         before = len(self.on(request.path))
         self.hits.append(hit)
         handler = self.handlers.get(request.path)

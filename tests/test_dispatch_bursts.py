@@ -1,0 +1,94 @@
+"""A burst of notifications against the real aiosmtpd server and aiohttp endpoint: the
+connections are held open and reused across the burst, a connection the server closed is
+replaced on the next send without losing or doubling a mail, and each mail and post goes
+out exactly once."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from consumers.config.settings import Settings
+from consumers.store import Store
+from consumers.store.outbox import Outbox
+from tests.conftest import wait_for
+from tests.servers import HttpServer, SmtpServer
+from tests.test_dispatcher import Running, alert, event, write
+
+BURST = 300
+
+
+def burst_settings(smtp_port: int, http: HttpServer | None = None, **notify: object) -> Settings:
+    receivers: dict[str, object] = {"mail": {"email": {"to": ["oncall@example.com"]}}}
+    if http is not None:
+        receivers["ok"] = {"webhook": {"url": http.url("/ok")}}
+    return Settings.model_validate(
+        {
+            "smtp": {"host": "127.0.0.1", "port": smtp_port, "connections": 4},
+            "receivers": receivers,
+            "notify": {"concurrency": 8, **notify},
+        }
+    )
+
+
+def write_burst(store: Store, receiver: str, count: int, prefix: str = "b") -> None:
+    alerts = [alert(event(f"{prefix}-{i}", seconds=i / 1000), receiver) for i in range(count)]
+    for start in range(0, count, 100):
+        write(store, *alerts[start : start + 100])
+
+
+def ids_of(smtp: SmtpServer) -> Counter[str]:
+    return Counter(str(m.message["X-Runwatch-Notification-Id"]) for m in smtp.mails)
+
+
+def all_sent(store: Store, count: int) -> bool:
+    return Outbox(store).depth()["sent"] == count
+
+
+def test_a_burst_of_mails_goes_over_the_pooled_connections_once_each(
+    store: Store, smtp: SmtpServer
+) -> None:
+    write_burst(store, "mail", BURST)
+    with Running(store, burst_settings(smtp.port)):
+        wait_for(lambda: all_sent(store, BURST), timeout=60)
+    sent = ids_of(smtp)
+    assert len(sent) == BURST and set(sent.values()) == {1}
+    # smtp.connections is 4: a connection per mail (or per claimed batch) would show more
+    assert smtp.connections <= 4, smtp.connections
+    assert {n.attempts for n in Outbox(store).list(limit=BURST)} == {1}
+
+
+def test_a_burst_of_webhooks_reuses_its_connections(store: Store, http: HttpServer) -> None:
+    smtp_port = 1  # no mail in this burst
+    write_burst(store, "ok", BURST)
+    with Running(store, burst_settings(smtp_port, http)):
+        wait_for(lambda: all_sent(store, BURST), timeout=60)
+    keys = Counter(hit.headers["Idempotency-Key"] for hit in http.on("/ok"))
+    assert len(keys) == BURST and set(keys.values()) == {1}
+    # at most one connection per worker (notify.concurrency 8), held across the burst
+    assert http.connections("/ok") <= 8, http.connections("/ok")
+
+
+def test_a_connection_the_server_closed_is_replaced_on_the_next_send(store: Store) -> None:
+    """The server drops idle connections after 0.3 s (as real ones do after minutes): the
+    second burst finds every pooled connection closed, reconnects, and neither loses a mail
+    nor sends one twice nor records a failure."""
+    server = SmtpServer(idle_timeout_s=0.3).start()
+    try:
+        with Running(store, burst_settings(server.port)) as running:
+            write_burst(store, "mail", 40, prefix="first")
+            running.dispatcher.wake()
+            wait_for(lambda: all_sent(store, 40), timeout=30)
+            first = server.connections
+            time.sleep(1.0)  # every connection idle past the server's timeout: closed
+            write_burst(store, "mail", 40, prefix="second")
+            running.dispatcher.wake()
+            wait_for(lambda: all_sent(store, 80), timeout=30)
+        sent = ids_of(server)
+        assert len(sent) == 80 and set(sent.values()) == {1}
+        assert server.connections > first  # the closed ones were replaced, not reused
+        rows = Outbox(store).list(limit=100)
+        assert {(n.state, n.attempts, n.reason) for n in rows} == {("sent", 1, None)}
+        assert running.metrics.notification_failures._metrics == {}
+    finally:
+        server.stop()
