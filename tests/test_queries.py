@@ -23,6 +23,7 @@ from consumers.store.migrate import upgrade
 from consumers.store.queries import (
     RunFilter,
     get_run,
+    get_runs,
     glob_to_like,
     list_dead_letters,
     list_runs,
@@ -256,6 +257,19 @@ def test_timeline_of_active_run_and_children(seeded: Store) -> None:
     ]
     assert parent.children[0]["rootRunId"] == "p"
     assert get_run(seeded, "nope") is None
+
+
+def test_runs_read_together_are_each_what_it_is_alone(seeded: Store) -> None:
+    """The dispatcher reads a claimed batch's runs at once: no timeline or child may leak
+    from one run of the batch to another, and an unknown run is None among known ones."""
+    wanted = ["p", "a1", "nope", "a2", "k1", "b1", "c1", "k2", "a1"]
+    together = get_runs(seeded, wanted, now=NOW)
+    assert list(together) == list(dict.fromkeys(wanted))
+    alone = {run_id: get_runs(seeded, [run_id], now=NOW)[run_id] for run_id in wanted}
+    assert together == alone
+    assert together["nope"] is None and get_runs(seeded, [], now=NOW) == {}
+    a1 = together["a1"]
+    assert a1 is not None and [e.status for e in a1.timeline] == ["Queued", "Running", "Completed"]
 
 
 def letter(offset: int, reason: str, payload: bytes | None, key: bytes | None = None) -> Any:
