@@ -25,6 +25,7 @@ class Mail:
     raw: bytes
     message: EmailMessage
     peer: tuple[str, int]  # the client's address: one per SMTP connection
+    at: float  # time.monotonic() at acceptance
 
 
 class _Collect:
@@ -38,7 +39,14 @@ class _Collect:
             raw: bytes = envelope.original_content or envelope.content
             message = email.message_from_bytes(raw, policy=email.policy.default)
             assert isinstance(message, EmailMessage)
-            mail = Mail(envelope.mail_from, list(envelope.rcpt_tos), raw, message, session.peer)
+            mail = Mail(
+                envelope.mail_from,
+                list(envelope.rcpt_tos),
+                raw,
+                message,
+                session.peer,
+                time.monotonic(),
+            )
             self.mails.append(mail)
         return answer
 

@@ -1,8 +1,12 @@
 """The claim loop: due notifications out of the outbox into the workers' queue.
 
-It keeps the queue at most twice the workers deep (claiming more only leases rows nobody
-sends yet), reads the claimed runs in one thread hop (consumers.dispatch.runs), turns a
-group's rows into one digest, and otherwise sleeps until woken (ingest's commit, another
+It keeps the queue at most four times the workers deep, and is woken to claim more when it
+falls below twice: claims of 2-4 rounds of sends, each one transaction and one read of the
+runs (at most twice as deep, claims were a third of a burst's store time and the workers
+ran dry while one was made). Deeper would only lease rows nobody sends yet: a claimed row
+waits at most 4 sends of a worker (4 x the receivers' 10 s timeout, within the 60 s lease).
+It reads the claimed runs in one thread hop (consumers.dispatch.runs), turns a group's rows
+into one digest, and otherwise sleeps until woken (ingest's commit, another
 replica's NOTIFY, workers running low) or until the next retry is due, at most a second.
 Every few seconds it returns expired claims (a replica that died mid-send) and refreshes
 the outbox depth gauge. A store that fails is waited for with backoff: the loop, and with
@@ -85,7 +89,7 @@ class ClaimLoop:
     ) -> None:
         await self._release_expired()
         last_depth = 0.0
-        room_limit = self._notify.concurrency * 2
+        room_limit = self._notify.concurrency * 4
         while not stop.is_set():
             wake.clear()
             room = room_limit - queue.qsize()

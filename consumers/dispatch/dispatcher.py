@@ -143,7 +143,7 @@ class Dispatcher:
         await asyncio.gather(*workers, return_exceptions=True)
 
     async def _worker(self, queue: asyncio.Queue[Notification], wake: asyncio.Event) -> None:
-        low_water = self._notify.concurrency
+        low_water = self._notify.concurrency * 2  # the claim loop's queue holds up to 4x
         while True:
             notification = await queue.get()
             if queue.qsize() < low_water:
