@@ -5,14 +5,17 @@ out exactly once."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 from consumers.config.settings import Settings
+from consumers.notify.templating import RECHECK_S, Renderer
 from consumers.store import Store
 from consumers.store.outbox import Outbox
 from consumers.store.sent_marks import SentJournal
@@ -119,3 +122,28 @@ def test_a_worker_sends_on_while_its_mark_commits(
     assert set(ids_of(smtp).values()) == {1}
     arrivals = sorted(m.at for m in smtp.mails)
     assert arrivals[-1] - arrivals[0] < 0.8, arrivals  # waiting for each mark: >= 1.6 s
+
+
+def test_templates_are_looked_up_once_a_second_and_an_edit_is_live_within_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst renders the same templates thousands of times: their files are checked at
+    most every RECHECK_S, not at each render, and an edited file is still picked up."""
+    folder = tmp_path / "templates" / "webhook"
+    folder.mkdir(parents=True)
+    (folder / "native.json.j2").write_text('{"v": 1}')
+    renderer = Renderer(tmp_path / "templates")
+    stats = []
+    real_getmtime = os.path.getmtime
+
+    def getmtime(path: str) -> float:
+        stats.append(path)
+        return real_getmtime(path)
+
+    monkeypatch.setattr(os.path, "getmtime", getmtime)
+    assert [renderer.render_webhook("native", {}) for _ in range(200)] == [b'{"v":1}'] * 200
+    assert len(stats) <= 1  # at most one look at the file, not 200
+    (folder / "native.json.j2").write_text('{"v": 2}')
+    os.utime(folder / "native.json.j2", (time.time() + 5, time.time() + 5))
+    time.sleep(RECHECK_S + 0.1)
+    assert renderer.render_webhook("native", {}) == b'{"v":2}'

@@ -35,6 +35,7 @@ Receiver-specific helpers (one home each, used by the shipped templates):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -97,6 +98,12 @@ def rfc3339(value: str | datetime | None) -> str:
     return to_utc(moment).isoformat().replace("+00:00", "Z")
 
 
+# A template's file is looked at (is it still the one compiled?) at most this often, not at
+# every render: that was a stat() per template per notification, 3 per mail, the costliest
+# call of a webhook burst's loop after the sockets. An edited template is live within it.
+RECHECK_S = 1.0
+
+
 def _dumps(value: Any, **_: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
@@ -148,9 +155,20 @@ class Renderer:
         self._env.globals["azure_properties"] = azure.custom_properties
         self._env.globals["azure_minutes"] = azure.minutes_between
         self._env.globals["azure_severity"] = azure.SEVERITY_DESCRIPTIONS
+        self._selected: dict[tuple[str, ...], tuple[float, jinja2.Template]] = {}
 
     def _template(self, *names: str) -> jinja2.Template:
-        """The first of `names` that exists, in templates_dir, then the shipped ones."""
+        """The first of `names` that exists, in templates_dir, then the shipped ones; looked
+        up again (and reloaded if its file changed) at most every RECHECK_S."""
+        now = time.monotonic()
+        selected = self._selected.get(names)
+        if selected is not None and now - selected[0] < RECHECK_S:
+            return selected[1]
+        template = self._select(names)
+        self._selected[names] = (now, template)
+        return template
+
+    def _select(self, names: tuple[str, ...]) -> jinja2.Template:
         try:
             return self._env.select_template(list(names))
         except jinja2.TemplateSyntaxError as exc:
