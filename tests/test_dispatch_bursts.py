@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,6 @@ from consumers.config.settings import Settings
 from consumers.notify.templating import RECHECK_S, Renderer
 from consumers.store import Store
 from consumers.store.outbox import Outbox
-from consumers.store.sent_marks import SentJournal
 from tests.conftest import wait_for
 from tests.servers import HttpServer, SmtpServer
 from tests.test_dispatcher import Running, alert, event, write
@@ -100,28 +97,6 @@ def test_a_connection_the_server_closed_is_replaced_on_the_next_send(store: Stor
         assert running.metrics.notification_failures._metrics == {}
     finally:
         server.stop()
-
-
-def test_a_worker_sends_on_while_its_mark_commits(
-    store: Store, smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """One worker, and a journal commit that takes 0.4 s: the worker used to wait for each
-    mark before its next send (5 mails, 2 s); now the sends go out back to back while the
-    marks commit, grouped, and every one is committed by the stop."""
-    slow = SentJournal.record
-
-    def record(self: SentJournal, ids: Sequence[str], now: datetime) -> None:
-        time.sleep(0.4)
-        slow(self, ids, now)
-
-    monkeypatch.setattr(SentJournal, "record", record)
-    write_burst(store, "mail", 5)
-    with Running(store, burst_settings(smtp.port, concurrency=1)):
-        wait_for(lambda: len(smtp.mails) == 5, timeout=30)
-    assert all_sent(store, 5)  # committed by the stop at the latest
-    assert set(ids_of(smtp).values()) == {1}
-    arrivals = sorted(m.at for m in smtp.mails)
-    assert arrivals[-1] - arrivals[0] < 0.8, arrivals  # waiting for each mark: >= 1.6 s
 
 
 def test_templates_are_looked_up_once_a_second_and_an_edit_is_live_within_it(

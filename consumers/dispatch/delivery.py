@@ -110,7 +110,7 @@ class Delivery:
             ).inc()
             await self._failed(notification, failure, extra)
             return
-        self._marks.mark_all(notification.ids)  # committed at once; this worker sends on
+        await asyncio.gather(*(self._marks.mark(i) for i in notification.ids))
         now = self._clock()
         self._metrics.notifications.labels(receiver_type=kind, result="sent").inc()
         self._metrics.receiver_notifications.labels(

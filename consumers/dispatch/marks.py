@@ -7,17 +7,13 @@ never waits for an ingest transaction; without a backlog on the event loop itsel
 thread hop), otherwise, and on PostgreSQL, on a thread that does nothing else. A mark is
 committed within a few milliseconds; marks that finish together, or while a commit is in
 progress, go in one transaction (group commit only under backlog).
-
-The worker that sent does not wait for its mark (`mark_all`): the mark commits just as soon,
-so the window is the same, but a worker waiting for each commit (a thread hop and a commit
-behind the others) spent most of a burst waiting, not sending. `close` waits for every mark.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
@@ -49,13 +45,11 @@ class MarkStage:
         self._marker: asyncio.Task[None] | None = None
         self._applier: asyncio.Task[None] | None = None
         self._apply_again = False
-        self._marking: set[asyncio.Task[None]] = set()  # mark_all's, until committed
 
     def open(self) -> None:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="dispatch-mark")
 
     async def close(self) -> None:
-        await asyncio.gather(*self._marking, return_exceptions=True)  # logged by _marked
         if self._thread is not None:
             self._thread.shutdown(wait=True)
         if self._applier is not None:
@@ -67,28 +61,6 @@ class MarkStage:
         """Journaled marks into the outbox now (before expired claims are released: a send
         that was accepted is never taken for a lost one)."""
         await asyncio.to_thread(self._marks.apply)
-
-    def mark_all(self, notification_ids: Sequence[str]) -> None:
-        """Marks sent, without waiting for the commit: the caller goes on to its next send.
-        A mark that fails is logged; the lease then brings the notification back, the
-        documented send-then-crash window."""
-        ids = tuple(notification_ids)
-        task = asyncio.create_task(self._mark_all(ids), name=f"notification {', '.join(ids)}")
-        self._marking.add(task)
-        task.add_done_callback(self._marked)
-
-    async def _mark_all(self, notification_ids: tuple[str, ...]) -> None:
-        await asyncio.gather(*(self.mark(i) for i in notification_ids))
-
-    def _marked(self, task: asyncio.Task[None]) -> None:
-        self._marking.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error(
-                "marking %s sent failed; the lease (notify.lease_s) sends it again: %s",
-                task.get_name(),
-                exc,
-                exc_info=exc,
-            )
 
     async def mark(self, notification_id: str) -> None:
         """Group commit only under backlog: without one, a mark is committed on the next turn
