@@ -401,6 +401,10 @@ def main() -> int:
         broker.stop()
         for server in servers:
             server.terminate()
+        for server in servers:  # aiohttp's run_app can sit in its graceful shutdown for good
+            server.join(5)
+            if server.is_alive():
+                server.kill()
         for name in databases:
             drop_database(name)
     return 0
