@@ -4,13 +4,16 @@ dispatch rate on each, all in the same run against the same topic and SMTP serve
 Ingest: N events (mixed formats) are produced once; each configuration consumes the whole
 topic as its own consumer group, each replica in its own process (KafkaLoop + Ingestor +
 store, offsets committed after each store commit, no rules). Rate = N / (last row stored -
-first batch received), read from the database by the parent.
+first batch received), read from the database by the parent. With --notify, every Failed
+event raises an alert to two receivers (throttled per run and status, as the shipped rules
+do), recorded in the batch's transaction as `serve` does.
 
 Dispatch: M Failed alerts written straight into the outbox, then one Dispatcher (claims
 with FOR UPDATE SKIP LOCKED on PostgreSQL, renders, sends to an aiosmtpd process, marks);
 rate = M / time until all are marked sent.
 
-    python benchmarks/scale.py [--events 100000] [--mails 3000] [--bootstrap H:P]
+    python benchmarks/scale.py [--events 100000] [--mails 3000] [--bootstrap H:P] [--notify]
+                               [--only sqlite1|pg1|pg2 ...] [--no-dispatch]
 """
 
 from __future__ import annotations
@@ -63,12 +66,39 @@ class _NoDeadLetters:
             raise RuntimeError(f"benchmark data produced {len(letters)} dead letters")
 
 
-def replica(url: str, kafka: dict[str, Any], started: Any, stop: MpEvent) -> None:
+RECEIVERS = {"mail": "email", "hook": "webhook"}
+
+
+def failed_alert(event: RunStatusEvent) -> list[Alert]:
+    """What a Failed rule raises (the shipped rules' throttle: per run and status, 1 h)."""
+    if event.Status != "Failed":
+        return []
+    key = f"RunId={event.RunId}|Status={event.Status}"
+    return [
+        Alert(
+            rule="bench-failed",
+            severity=1,
+            receivers=tuple(RECEIVERS),
+            throttle_key=key,
+            throttle_s=3600.0,
+            event=event,
+        )
+    ]
+
+
+def replica(url: str, kafka: dict[str, Any], started: Any, stop: MpEvent, notify: bool) -> None:
     """One replica's ingest path in its own process (its own GIL, as with `runwatch serve`)."""
     settings = KafkaSettings.model_validate(kafka)
     store = open_store(url)
     metrics = Metrics(CollectorRegistry())
-    ingestor = Ingestor(store, _NoDeadLetters(), metrics, max_bytes=settings.max_message_bytes)
+    ingestor = Ingestor(
+        store,
+        _NoDeadLetters(),
+        metrics,
+        max_bytes=settings.max_message_bytes,
+        evaluate=failed_alert if notify else None,
+        receiver_kinds=RECEIVERS,
+    )
     first = threading.Event()
 
     def prepare(records: Sequence[Any]) -> Any:
@@ -83,22 +113,25 @@ def replica(url: str, kafka: dict[str, Any], started: Any, stop: MpEvent) -> Non
     store.dispose()
 
 
-def count_events(url: str) -> int:
+def count_events(url: str, table: str = "events") -> int:
     store = open_store(url)
     try:
         with store.engine.connect() as conn:
-            return int(conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one())
+            return int(conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one())
     finally:
         store.dispose()
 
 
-def ingest(label: str, url: str, kafka: KafkaSettings, replicas: int, expected: int) -> float:
+def ingest(
+    label: str, url: str, kafka: KafkaSettings, replicas: int, expected: int, notify: bool
+) -> float:
     context = multiprocessing.get_context("spawn")
     started: Any = context.Queue()
     stop = context.Event()
     group = {**kafka.model_dump(mode="json"), "group_id": f"bench-{uuid.uuid4().hex[:8]}"}
     processes = [
-        context.Process(target=replica, args=(url, group, started, stop)) for _ in range(replicas)
+        context.Process(target=replica, args=(url, group, started, stop, notify))
+        for _ in range(replicas)
     ]
     for process in processes:
         process.start()
@@ -112,7 +145,11 @@ def ingest(label: str, url: str, kafka: KafkaSettings, replicas: int, expected: 
     while not started.empty():
         first = min(first, started.get())
     rate = stored / (done - first)
-    print(f"ingest {label:<24} {replicas} replica(s): {rate:>9,.0f} events/s ({stored:,} rows)")
+    outbox = f", {count_events(url, 'notifications'):,} notifications" if notify else ""
+    print(
+        f"ingest {label:<24} {replicas} replica(s): {rate:>9,.0f} events/s "
+        f"({stored:,} rows{outbox})"
+    )
     return rate
 
 
@@ -205,6 +242,9 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--mails", type=int, default=3_000)
     parser.add_argument("--bootstrap", help="an existing broker instead of the bundled one")
+    parser.add_argument("--notify", action="store_true", help="alerts for Failed events")
+    parser.add_argument("--only", action="append", choices=("sqlite1", "pg1", "pg2"))
+    parser.add_argument("--no-dispatch", action="store_true")
     args = parser.parse_args()
 
     broker = None if args.bootstrap else EmbeddedBroker().start()
@@ -232,10 +272,16 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             runs = [("SQLite", "sqlite", 1), ("PostgreSQL", "pg", 1), ("PostgreSQL", "pg", 2)]
+            expected = len({e.natural_key for e in events})
             for label, kind, replicas in runs:
+                name = f"{'pg' if kind == 'pg' else 'sqlite'}{replicas}"
+                if args.only and name not in args.only:
+                    continue
                 url = fresh_store(kind, folder, names)
-                ingest(label, url, kafka, replicas, len({e.natural_key for e in events}))
+                ingest(label, url, kafka, replicas, expected, args.notify)
             for label, kind in (("SQLite", "sqlite"), ("PostgreSQL", "pg")):
+                if args.no_dispatch:
+                    break
                 dispatch(label, fresh_store(kind, folder, names), smtp_port, args.mails)
     finally:
         sink.terminate()

@@ -6,7 +6,7 @@ are tested without a database."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -77,6 +77,15 @@ class MemoryState:
         return min(count, limit)
 
     # -- the recorder ----------------------------------------------------------------------
+
+    def prepare(
+        self,
+        keys: Collection[str],
+        fingerprints: Collection[str],
+        throttles: Collection[tuple[str, str]],
+        since: datetime | None,
+    ) -> None:
+        """Everything is in memory already."""
 
     def is_throttled(
         self, rule: str, throttle_key: str, receiver: str, dedup_key: str, since: datetime

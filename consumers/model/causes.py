@@ -15,16 +15,16 @@ engineer wants to read.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from consumers.model.errors import RuleError
 from consumers.model.events import RunStatusEvent, Status
+from consumers.model.yamlpos import YamlSyntaxError, locate, parse
 
 __all__ = [
     "HEAD",
@@ -465,27 +465,21 @@ def _read_file(path: Path) -> tuple[list[CauseRule], list[RuleError]]:
     except UnicodeDecodeError:
         return [], [RuleError(file, None, None, None, "not UTF-8 text")]
     try:
-        root, data = _parse(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        return [], [RuleError(file, line, None, None, f"not valid YAML: {exc.problem}")]
-    except yaml.YAMLError as exc:
-        return [], [RuleError(file, None, None, None, f"not valid YAML: {exc}")]
-    errors = [
-        RuleError(file, line, None, key, "key given twice") for line, key in _duplicates(root)
-    ]
+        root, data, duplicates = parse(text)
+    except YamlSyntaxError as exc:
+        return [], [RuleError(file, exc.line, None, None, f"not valid YAML: {exc}")]
+    errors = [RuleError(file, line, None, key, "key given twice") for line, key in duplicates]
     if not isinstance(data, dict) or "causes" not in data:
-        where = _line(root, ())
+        where = locate(root, ())
         return [], [*errors, RuleError(file, where, None, "causes", "expected a 'causes' list")]
     for key in data:
         if key != "causes":
             errors.append(
-                RuleError(file, _line(root, (key,)), None, str(key), "unknown key (only 'causes')")
+                RuleError(file, locate(root, (key,)), None, str(key), "unknown key (only 'causes')")
             )
     items = data["causes"]
     if not isinstance(items, list):
-        errors.append(RuleError(file, _line(root, ("causes",)), None, "causes", "must be a list"))
+        errors.append(RuleError(file, locate(root, ("causes",)), None, "causes", "must be a list"))
         return [], errors
     causes: list[CauseRule] = []
     seen: dict[str, int | None] = {}
@@ -499,9 +493,9 @@ def _read_file(path: Path) -> tuple[list[CauseRule], list[RuleError]]:
                 loc = ("causes", index, *detail["loc"])
                 field = ".".join(str(p) for p in detail["loc"]) or None
                 message = detail["msg"].removeprefix("Value error, ")
-                errors.append(RuleError(file, _line(root, loc), label, field, message))
+                errors.append(RuleError(file, locate(root, loc), label, field, message))
             continue
-        line = _line(root, ("causes", index, "name"))
+        line = locate(root, ("causes", index, "name"))
         if cause.name in seen:
             first = seen[cause.name]
             errors.append(
@@ -513,62 +507,3 @@ def _read_file(path: Path) -> tuple[list[CauseRule], list[RuleError]]:
         seen[cause.name] = line
         causes.append(cause)
     return causes, errors
-
-
-def _parse(text: str) -> tuple[yaml.Node | None, Any]:
-    """The node tree (for line numbers) and the data, from one parse."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    finally:
-        loader.dispose()
-    return node, data
-
-
-def _line(root: yaml.Node | None, loc: Sequence[Any]) -> int | None:
-    """The line of the deepest node on `loc` that exists."""
-    if root is None:
-        return None
-    node, line = root, root.start_mark.line + 1
-    for part in loc:
-        child: yaml.Node | None = None
-        if isinstance(node, yaml.MappingNode):
-            for key, value in reversed(node.value):
-                if isinstance(key, yaml.ScalarNode) and key.value == str(part):
-                    child, line = value, key.start_mark.line + 1
-                    break
-        elif (
-            isinstance(node, yaml.SequenceNode)
-            and isinstance(part, int)
-            and 0 <= part < len(node.value)
-        ):
-            child = node.value[part]
-            line = child.start_mark.line + 1
-        if child is None:
-            break
-        node = child
-    return line
-
-
-def _duplicates(root: yaml.Node | None) -> list[tuple[int, str]]:
-    """Keys given twice in one mapping: YAML would keep the last one without a word."""
-    found: list[tuple[int, str]] = []
-    stack = [root] if root is not None else []
-    visited: set[int] = set()  # aliases share nodes, and may even form cycles
-    while stack:
-        node = stack.pop()
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            seen: set[str] = set()
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode):
-                    if key.value in seen:
-                        found.append((key.start_mark.line + 1, key.value))
-                    seen.add(key.value)
-                stack.append(value)
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-    return sorted(found)

@@ -4,10 +4,13 @@ stale (older than the replay horizon: `suppressed`), receiver not configured (`d
 within the rule's throttle (`throttled`), then noise control (consumers/noise) -- and marked
 as a follow-up when an earlier row of the same alert fingerprint went to that receiver.
 
-Row by row, through the state port: a throttle or a follow-up can be decided by a row
-written earlier in the same batch. A replayed batch inserts nothing (the dedup key), so it
-is recorded exactly once whoever calls: the ingest write (per-event rules) or the scheduler
-(the scheduled kinds).
+Row by row, in order, through the state port: a throttle or a follow-up can be decided by a
+row recorded earlier in the same batch. The batch's candidates are named to the state first
+(`prepare`), so that the ingest write's state (consumers/store/outbox_batch.py) loads what
+the decisions read in one look-up per table and writes the rows set-based at the end of the
+batch; the scheduler's state asks the database per row. A replayed batch inserts nothing
+(the dedup key), so it is recorded exactly once whoever calls: the ingest write (per-event
+rules) or the scheduler (the scheduled kinds).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from consumers.noise.policy import NoisePolicy, Plan
 from consumers.noise.routing import Target
 from consumers.outbox.rows import alert_row, storm_row
 from consumers.outbox.state import OutboxState
-from consumers.store.outbox_state import SqlOutboxState
+from consumers.store.outbox_batch import BatchOutboxState
 from consumers.store.writer import Recording
 
 _STALE = Decision(NotificationState.SUPPRESSED, "stale")
@@ -57,11 +60,21 @@ class Recorder:
         if not alerts:
             return 0
         plan = self._noise.begin(state, alerts, now) if self._noise is not None else None
+        routed = [
+            (alert, [(*t, alert.dedup_key(t[0])) for t in self._targets(plan, alert)])
+            for alert in alerts
+        ]
+        throttled = [alert for alert in alerts if alert.throttle_s > 0 and not alert.stale]
+        state.prepare(
+            keys=[key for _, targets in routed for *_, key in targets],
+            fingerprints={alert.fingerprint for alert in alerts},
+            throttles={(alert.rule, alert.throttle_key) for alert in throttled},
+            since=min((now - timedelta(seconds=a.throttle_s) for a in throttled), default=None),
+        )
         created = 0
-        for alert in alerts:
+        for alert, targets in routed:
             alert_json = alert.model_dump(mode="json")
-            for receiver, target, unknown_owner in self._targets(plan, alert):
-                key = alert.dedup_key(receiver)
+            for receiver, target, unknown_owner, key in targets:
                 kind = self.kind(receiver)
                 decision = self._decide(state, plan, alert, receiver, kind, target, key, now)
                 if decision.storm is not None:
@@ -129,6 +142,8 @@ def recording(
     recorder = Recorder(receiver_kinds, noise)
 
     def record(conn: Connection, now: datetime) -> int:
-        return recorder.record(SqlOutboxState(conn), alerts, now)
+        state = BatchOutboxState(conn)
+        recorder.record(state, alerts, now)
+        return state.flush()  # the rows, set-based, in the batch's transaction
 
     return record

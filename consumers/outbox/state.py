@@ -3,6 +3,7 @@ reads a row's state depends on, the insert, and the send-time hold of a digest's
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Protocol
 
@@ -11,6 +12,19 @@ from consumers.noise.state import NoiseState
 
 
 class OutboxState(NoiseState, Protocol):
+    def prepare(
+        self,
+        keys: Collection[str],
+        fingerprints: Collection[str],
+        throttles: Collection[tuple[str, str]],
+        since: datetime | None,
+    ) -> None:
+        """The batch's candidates before any is decided: their dedup keys, their alerts'
+        fingerprints, the (rule, throttle key) of the throttled ones and the earliest
+        throttle window start. A state may load what the decisions will read (a batch's
+        rows in one look-up per table) or ignore it."""
+        ...
+
     def is_throttled(
         self, rule: str, throttle_key: str, receiver: str, dedup_key: str, since: datetime
     ) -> bool:

@@ -17,6 +17,7 @@ from pydantic_core import ErrorDetails
 
 from consumers.model.causes import TABLE_FILE
 from consumers.model.errors import RuleError
+from consumers.model.yamlpos import YamlSyntaxError, line_of, locate, node_at, parse
 from consumers.rules.engine import RuleSet
 from consumers.rules.model import (
     AbsenceSpec,
@@ -28,7 +29,6 @@ from consumers.rules.model import (
     TreeSpec,
     When,
 )
-from consumers.rules.yamlpos import YamlSyntaxError, line_of, locate, node_at, parse
 
 RULE_SUFFIXES = (".yaml", ".yml")
 # Which model an unknown key was found in, by the dotted path of its parent.

@@ -10,7 +10,7 @@ statement per row cost more than running it (measured: a fifth of a burst's CPU)
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -205,6 +205,16 @@ class SqlOutboxState:
         return int(self._conn.execute(self._sql.live_count, params).scalar() or 0)
 
     # -- the recorder ----------------------------------------------------------------------
+
+    def prepare(
+        self,
+        keys: Collection[str],
+        fingerprints: Collection[str],
+        throttles: Collection[tuple[str, str]],
+        since: datetime | None,
+    ) -> None:
+        """Nothing to load: each look-up asks the database (consumers/store/outbox_batch.py
+        is the batch's variant)."""
 
     def is_throttled(
         self, rule: str, throttle_key: str, receiver: str, dedup_key: str, since: datetime

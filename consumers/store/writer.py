@@ -154,7 +154,7 @@ def _raw(
     return raw
 
 
-def _execute(
+def insert_rows(
     conn: Connection,
     name: str,
     build: Callable[[Connection, int], Any],
@@ -308,7 +308,7 @@ def _write_events(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
     if conn.dialect.name == "postgresql":
         _EVENT_STAGE.copy(conn, rows)
         return max(conn.execute(_events_from_stage()).rowcount, 0)
-    return _execute(conn, "events", _insert_events, events, rows)
+    return insert_rows(conn, "events", _insert_events, events, rows)
 
 
 def _insert_events(conn: Connection, rows: int) -> Any:
@@ -367,7 +367,7 @@ def write_batch(
             }
             for letter in letters
         ]
-        letter_count = _execute(
+        letter_count = insert_rows(
             conn, "dead_letters", _insert_dead_letters, dead_letters, letter_rows
         )
     created = record(conn, now) if record is not None else 0
@@ -396,7 +396,7 @@ def _upsert_runs(conn: Connection, batch: Sequence[RunStatusEvent]) -> int:
         _RUN_STAGE.copy(conn, run_rows)
         conn.execute(_runs_from_stage())
     else:
-        _execute(conn, "runs", _run_upsert, runs, run_rows)
+        insert_rows(conn, "runs", _run_upsert, runs, run_rows)
     return len(run_rows)
 
 

@@ -1,5 +1,7 @@
-"""Line numbers for rule errors: YAML is parsed once into nodes that keep their marks, and a
-pydantic error location such as ("rules", 2, "when", "status", 0) is walked down that tree.
+"""Line numbers for the errors of the YAML files users edit (rules: consumers/rules/loader.py;
+the cause table: consumers/model/causes.py): YAML is parsed once into nodes that keep their
+marks, and a pydantic error location such as ("rules", 2, "when", "status", 0) is walked down
+that tree. Here, in model, so that both can import it.
 
 A message that says `runs.yaml:14` is fixed in seconds; "rules.2.when.status.0" is not.
 """
