@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,26 @@ def test_templates_are_looked_up_once_a_second_and_an_edit_is_live_within_it(
     os.utime(folder / "native.json.j2", (time.time() + 5, time.time() + 5))
     time.sleep(RECHECK_S + 0.1)
     assert renderer.render_webhook("native", {}) == b'{"v":2}'
+
+
+def test_a_claim_that_waited_past_its_lease_is_left_to_its_new_claimant(
+    store: Store, http: HttpServer
+) -> None:
+    """One worker, a 1 s lease and a first post that takes 2.5 s: the three rows claimed
+    with it wait in the queue past their lease. Meanwhile another replica (played here by
+    the test) takes the expired rows back and claims them. The first dispatcher must not post
+    them after that: the other replica is sending them."""
+    http.responses = {"/ok": lambda n: (200, {}, 2.5 if n == 0 else 0.0)}
+    write_burst(store, "ok", 4)
+    settings = burst_settings(1, http, concurrency=1, lease_s=1)
+    outbox = Outbox(store)
+    with Running(store, settings):
+        wait_for(lambda: len(http.on("/ok")) == 1, timeout=30)
+        time.sleep(1.5)  # every claim is now past its lease
+        outbox.release_expired(datetime.now(UTC))
+        taken = {n.id for n in outbox.claim(datetime.now(UTC), 10, 60)}
+        taken_at = time.monotonic()
+        time.sleep(3.0)  # the slow post ends; the queued rows would go next
+    assert len(taken) == 4, taken  # all four had expired, the one being sent too
+    late = [hit for hit in http.on("/ok") if hit.at > taken_at]
+    assert late == [], [hit.headers["Idempotency-Key"] for hit in late]

@@ -149,6 +149,13 @@ class Dispatcher:
             if queue.qsize() < low_water:
                 wake.set()  # claim more before the workers run dry
             try:
+                if self._claims.expiring(notification):
+                    log.info(
+                        "notification %s waited past its lease in the queue; left for"
+                        " another claim",
+                        notification.id,
+                    )
+                    continue
                 await self._delivery.deliver(notification)
             except Exception:  # a bug must not kill the worker; the lease brings it back
                 log.exception("delivering notification %s failed", notification.id)

@@ -109,6 +109,7 @@ class Notification:
     kind: NotificationKind = NotificationKind.ALERT
     group_key: str | None = None
     members: tuple[Notification, ...] = ()  # a digest: every row it sends (itself first)
+    lease_until: datetime | None = None  # a claimed row's: when another replica may take it
 
     @property
     def ids(self) -> list[str]:
@@ -138,6 +139,7 @@ class Notification:
             last_error=row.last_error,
             kind=NotificationKind(row.kind),
             group_key=row.group_key,
+            lease_until=None if row.lease_until is None else _utc(row.lease_until),
         )
 
 
