@@ -312,7 +312,10 @@ def one_store(
             f"  Prometheus + Alertmanager together {pair:.1f} MB; "
             f"serve / pair {figures['serve'][0] / pair:.2f} (goal: serve < 80 MB)"
         )
-    shutil.rmtree(folder, ignore_errors=True)
+    if args.keep:
+        print(f"  kept {folder} (serve.log, configs)")
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
     return figures
 
 
@@ -324,6 +327,7 @@ def main() -> int:
     parser.add_argument("--fail-every", type=int, default=10, help="every Nth run fails")
     parser.add_argument("--store", default="sqlite,postgresql")
     parser.add_argument("--no-pair", dest="pair", action="store_false")
+    parser.add_argument("--keep", action="store_true", help="keep serve's folder and log")
     parser.add_argument(
         "--fresh", action="store_true", help="serve migrates an empty store itself (first start)"
     )
