@@ -363,6 +363,10 @@ def main() -> int:
         broker.stop()
         for server in servers:
             server.terminate()
+            server.join(5)
+            if server.is_alive():  # aiohttp's run_app can sit in its shutdown
+                server.kill()
+                server.join()
     return 0
 
 
