@@ -352,7 +352,10 @@ def _common(parser: argparse.ArgumentParser, *, kafka: bool = False, store: bool
         parser.add_argument("--store", help="override store.url")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, serving: bool = False) -> argparse.ArgumentParser:
+    """`serving`: for `runwatch serve ...`, which leaves out the `silence` and `run` trees
+    (the run lifecycle client and its modules, ~0.7 MB a long-running service would hold for
+    nothing); everything else parses the same."""
     parser = argparse.ArgumentParser(prog="runwatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -458,18 +461,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     p.set_defaults(func=cmd_config_check)
 
-    from consumers.cli.silence import register as register_silence
+    if not serving:
+        from consumers.cli.silence import register as register_silence
 
-    register_silence(sub, lambda p: _common(p, store=True), _store)
+        register_silence(sub, lambda p: _common(p, store=True), _store)
 
     db = sub.add_parser("db", help="store schema").add_subparsers(dest="db", required=True)
     p = db.add_parser("upgrade", help="apply migrations")
     _common(p, store=True)
     p.set_defaults(func=cmd_db_upgrade)
 
-    from consumers.cli.run import register  # `runwatch run ...`: the lifecycle API
+    if not serving:
+        from consumers.cli.run import register  # `runwatch run ...`: the lifecycle API
 
-    register(sub, _common)
+        register(sub, _common)
     return parser
 
 
@@ -481,7 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(serving=words[:1] == ["serve"]).parse_args(words)
     try:
         code: int = args.func(args)
         return code

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.gc_collector import GCCollector
@@ -30,7 +30,6 @@ from prometheus_client.platform_collector import PlatformCollector
 
 from consumers.config.settings import Settings, shipped
 from consumers.dispatch.dispatcher import Dispatcher
-from consumers.ingest.http import HttpIngest
 from consumers.ingest.ingestor import Ingestor
 from consumers.ingest.kafka_loop import KafkaLoop
 from consumers.ingest.producer import DeadLetterPublisher
@@ -41,12 +40,15 @@ from consumers.model.receivers import OWNER
 from consumers.noise.policy import NoisePolicy
 from consumers.rules.evaluation import mark_stale
 from consumers.rules.loader import load_rules
-from consumers.service.endpoints import Check, Extension, OpsServer
 from consumers.service.reload import RuleWatcher
 from consumers.service.scheduler import Scheduler
 from consumers.store import Store, open_store
 from consumers.store.lease import Lease
 from consumers.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:  # loaded when used: the ops port and HTTP ingest are aiohttp servers
+    from consumers.ingest.http import HttpIngest
+    from consumers.service.endpoints import Check, Extension, OpsServer
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,8 @@ class Service:
     def _start_metrics(self) -> None:
         if not self.settings.metrics.enabled:
             return
+        from consumers.service.endpoints import OpsServer
+
         host, port = self.settings.metrics.address
         extensions: tuple[Extension, ...] = ()
         if self.settings.console.enabled:
@@ -186,6 +190,8 @@ class Service:
         settings = self.settings.http_ingest
         if not settings.enabled:
             return
+        from consumers.ingest.http import HttpIngest
+
         self._http_ingest = HttpIngest(
             settings, self.settings.kafka, self.settings.ingest, self.metrics
         ).start()
@@ -199,6 +205,8 @@ class Service:
 
     def readiness(self) -> Mapping[str, Check]:
         """Ready to do its work: consuming (broker connected), storing, and rules in force."""
+        from consumers.service.endpoints import Check
+
         loop = self._loop
         if loop is None or not loop.connected.is_set():
             kafka = Check(False, "consumer not started")
@@ -214,6 +222,8 @@ class Service:
         }
 
     def _check_store(self) -> Check:
+        from consumers.service.endpoints import Check
+
         # One probe at a time, bounded: a hanging database must not pile up threads.
         probe = self._store_probe
         if probe is None or probe.done():

@@ -11,10 +11,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from consumers.model.events import to_utc
 from consumers.model.instances import InstanceState
+from consumers.store.dialects import dialect_module
 from consumers.store.schema import alert_states as t
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def save_states(
     now: datetime,
 ) -> None:
     """Upsert the changed states; None (or nothing worth keeping) deletes the row."""
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    module: Any = dialect_module(conn.dialect.name)
     gone = [key for key, state in changed.items() if state is None or not state.worth_keeping]
     for rule, group_key in gone:
         conn.execute(delete(t).where(and_(t.c.rule == rule, t.c.group_key == group_key)))

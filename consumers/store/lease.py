@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, case, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
 from consumers.model.errors import StoreError
+from consumers.store.dialects import dialect_module
 from consumers.store.schema import leases
 
 
@@ -49,7 +49,7 @@ class Lease:
         self.holder = holder
         self.ttl_seconds = ttl_seconds
         self._clock = clock
-        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        insert = dialect_module(engine.dialect.name).insert
         proposed = insert(leases)
         new = proposed.excluded
         ours = leases.c.holder == new.holder

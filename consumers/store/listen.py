@@ -11,7 +11,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 
-import psycopg
 from sqlalchemy import Connection, Engine, text
 
 log = logging.getLogger(__name__)
@@ -63,6 +62,8 @@ class OutboxListener:
         return thread
 
     def run(self, stop: threading.Event) -> None:
+        import psycopg  # PostgreSQL only: a SQLite service never loads it
+
         while not stop.is_set():
             try:
                 with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as conn:

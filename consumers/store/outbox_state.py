@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Integer, and_, bindparam, exists, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from consumers.model.events import to_utc
 from consumers.model.notifications import (
@@ -29,6 +28,7 @@ from consumers.model.notifications import (
     NotificationState,
 )
 from consumers.model.silences import Silence
+from consumers.store.dialects import dialect_module
 from consumers.store.schema import inhibitions, notification_groups, notifications, silences
 from consumers.store.silences import silence_from_row
 
@@ -60,7 +60,7 @@ class _Statements:
 
 @functools.cache
 def _statements(dialect: str) -> _Statements:
-    module: Any = postgresql if dialect == "postgresql" else sqlite
+    module: Any = dialect_module(dialect)
     others = and_(n.c.receiver == bindparam("p_receiver"), n.c.dedup_key != bindparam("p_key"))
     live = (
         select(n.c.id)

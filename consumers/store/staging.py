@@ -30,7 +30,6 @@ from operator import itemgetter
 from typing import Any
 
 import orjson
-import psycopg
 from sqlalchemy import JSON, Connection, Table, column, delete, exc, table
 
 
@@ -63,6 +62,8 @@ class Stage:
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.name} ON COMMIT DELETE ROWS AS "
             f"SELECT {names} FROM {_quote(self.target.name)} WITH NO DATA"
         )
+        import psycopg  # PostgreSQL only: a SQLite service never loads it
+
         values = _row_values(self.target, self.columns)
         statement = f"COPY {self.name} ({names}) FROM STDIN"
         raw: Any = conn.connection.driver_connection

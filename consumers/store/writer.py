@@ -36,12 +36,12 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
 from consumers.model.events import STATUS_RANK, TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
 from consumers.model.redact import redact
 from consumers.model.updates import RunUpdate, apply_update
+from consumers.store.dialects import dialect_module
 from consumers.store.listen import notify_outbox, notify_runs
 from consumers.store.schema import dead_letters, events, runs
 from consumers.store.staging import Stage
@@ -81,7 +81,7 @@ class WriteResult:
 def _insert(conn: Connection, table: Table, rows: int, **values: Any) -> Any:
     """INSERT of `rows` rows ... ON CONFLICT for the dialect at hand, with a typed bind per
     column (so PostgreSQL gets its ::JSON and ::TIMESTAMPTZ casts) unless `values` gives it."""
-    module = postgresql if conn.dialect.name == "postgresql" else sqlite
+    module = dialect_module(conn.dialect.name)
     row = {c.name: None for c in table.columns if c.name != "id"} | values
     return module.insert(table).values([row] * rows)
 
@@ -288,7 +288,8 @@ def _events_from_stage() -> Any:
         stage.c.RunId, stage.c.TimeGenerated, stage.c.Status
     )
     return (
-        postgresql.insert(events)
+        dialect_module("postgresql")
+        .insert(events)
         .from_select([*_EVENT_STAGE.columns, "IngestedAt"], query)
         .on_conflict_do_nothing()
         .execution_options(preserve_rowcount=True)
@@ -300,7 +301,9 @@ def _runs_from_stage() -> Any:
     """RunId order, for the same reason as the events' natural-key order."""
     stage = _RUN_STAGE.drained()
     query = select(*(stage.c[name] for name in _RUN_STAGE.columns)).order_by(stage.c.RunId)
-    return _on_run_conflict(postgresql.insert(runs).from_select(_RUN_STAGE.columns, query))
+    return _on_run_conflict(
+        dialect_module("postgresql").insert(runs).from_select(_RUN_STAGE.columns, query)
+    )
 
 
 def _write_events(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -416,7 +419,7 @@ def _apply_updates(conn: Connection, batch: Sequence[RunUpdate]) -> None:
     state = {row.RunId: dict(row._mapping) for row in conn.execute(query)}
     for item in batch:
         if item.RunId not in state:
-            module = postgresql if conn.dialect.name == "postgresql" else sqlite
+            module = dialect_module(conn.dialect.name)
             conn.execute(module.insert(runs).values(_placeholder(item)).on_conflict_do_nothing())
             state[item.RunId] = {"Tags": {}, "Properties": {}, "Description": None}
             state[item.RunId] |= {"UpdatedTime": None, "LastSeen": item.TimeGenerated}
