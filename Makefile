@@ -10,7 +10,7 @@ LOCK := requirements.lock
 DEV_LOCK := requirements-dev.lock
 PIP_TOOLS := pip-tools==7.6.2
 
-.PHONY: demo test lint typecheck unit bench clean k8s-configmaps lock image image-test fuzz
+.PHONY: demo test lint typecheck unit bench clean k8s-configmaps lock image image-test fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# pytest on PYTEST_WORKERS processes (pytest-xdist; 0 runs it in this one), a whole test
+# file to each at a time, so module fixtures start once: the tests mostly wait on brokers,
+# servers and subprocesses, and two workers halve the wall time on 2 cores
+# (docs/development.md).
+PYTEST_WORKERS ?= 2
 test: lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
@@ -55,7 +60,12 @@ fuzz: $(STAMP)
 	@if $(BIN)/python -c "import atheris" 2>/dev/null; then \
 		$(BIN)/python benchmarks/fuzz_decode.py -max_total_time=$(FUZZ_SECONDS); fi
 	RUNWATCH_FUZZ=long RUNWATCH_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
-		$(BIN)/pytest -q -p no:cacheprovider tests/test_decode_fuzz.py
+		$(BIN)/pytest -q -p no:cacheprovider tests/test_decode_fuzz.py tests/test_rule_fuzz.py
+
+# The long versions of tests `make test` runs small (docs/development.md, "What the suite
+# runs small"): three replicas over 20,000 events instead of 5,000, the 15 s broker outage.
+soak: $(STAMP)
+	RUNWATCH_TEST_FULL=1 $(BIN)/pytest -q tests/test_replicas.py tests/test_chaos.py
 
 # deploy/kubernetes/configmaps.yaml from alert_rules/ and templates/ (a test checks it is current)
 k8s-configmaps: $(STAMP)

@@ -30,6 +30,9 @@ from consumers.store import Store, open_store
 from tests.servers import HttpServer, SmtpServer
 
 RUNWATCH = str(Path(sys.executable).parent / "runwatch")
+# `make soak` (RUNWATCH_TEST_FULL=1): the long versions of the scale and outage tests, which
+# `make test` runs at a size that checks the same things in seconds (docs/development.md).
+FULL = os.environ.get("RUNWATCH_TEST_FULL") == "1"
 PG_ADMIN = "postgresql://postgres@127.0.0.1/postgres"
 
 
