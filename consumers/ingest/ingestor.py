@@ -13,7 +13,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -101,7 +101,7 @@ def _classify(result: Decoded, table: CauseTable) -> Decoded:
                 continue
             changed = list(events[:index])
         changed.append(new)
-    return result if changed is None else replace(result, events=tuple(changed))
+    return result if changed is None else result._replace(events=tuple(changed))
 
 
 class Ingestor:
