@@ -13,7 +13,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -21,19 +21,20 @@ from consumers.ingest.decoding import INTERNAL, Decoded, decode
 from consumers.model.alerts import Alert
 from consumers.model.causes import UNKNOWN, CauseTable, classify_event
 from consumers.model.errors import DecodeError, StoreError
-from consumers.model.events import RunStatusEvent
+from consumers.model.events import RunStatusEvent, Status
 from consumers.model.limits import DEFAULT_LIMITS, Bounds, IngestLimits
 from consumers.model.updates import RunUpdate
 from consumers.noise.policy import NoisePolicy
 from consumers.outbox.recorder import recording
 from consumers.store import Store
 from consumers.store.writer import DeadLetter, WriteResult
-from consumers.telemetry.metrics import Metrics
+from consumers.telemetry.metrics import Metrics, observe_many
 
 log = logging.getLogger(__name__)
 _TRACEBACKS_PER_TYPE = 1  # an internal error's traceback is logged once per exception type
 
-_NO_CAUSES = CauseTable.of(())  # no table given: every failure's cause is `unknown`
+_NO_CAUSES = CauseTable.of(())
+_FAILED = Status.Failed  # no table given: every failure's cause is `unknown`
 _CRASH_AFTER_STORE_COMMIT = os.environ.get("RUNWATCH_CHAOS_KILL_AFTER_STORE_COMMIT") == "1"
 
 
@@ -83,6 +84,26 @@ def _letter(record: Record, reason: str, error: str) -> DeadLetter:
     )
 
 
+def _classify(result: Decoded, table: CauseTable) -> Decoded:
+    """Failed runs get their cause here, before the rules see them (`cause` is a label).
+    Per message on the hot path: the common event (not Failed, no cause given) is passed
+    over without a call, and nothing is copied unless an event changed."""
+    events = result.events
+    changed: list[RunStatusEvent] | None = None
+    for index, event in enumerate(events):
+        if event.Status != _FAILED and event.cause is None and event.cause_detail is None:
+            if changed is not None:
+                changed.append(event)
+            continue
+        new = classify_event(table, event)
+        if changed is None:
+            if new is event:
+                continue
+            changed = list(events[:index])
+        changed.append(new)
+    return result if changed is None else result._replace(events=tuple(changed))
+
+
 class Ingestor:
     def __init__(
         self,
@@ -123,10 +144,11 @@ class Ingestor:
         being written. It never raises for what a message holds: each message is decoded in
         its own isolation boundary (`_decode_one`)."""
         bounds = self._limits.at(self._clock())  # the time window, once per batch
+        table = self._causes()  # the cause table in force, likewise
         decoded: list[tuple[Record, Decoded]] = []
         letters: list[DeadLetter] = []
         for record in records:
-            result, letter = self._decode_one(record, bounds)
+            result, letter = self._decode_one(record, bounds, table)
             if result is not None:
                 decoded.append((record, result))
             if letter is not None:
@@ -134,7 +156,7 @@ class Ingestor:
         return Prepared(records, decoded, letters, self._alerts(decoded))
 
     def _decode_one(
-        self, record: Record, bounds: Bounds
+        self, record: Record, bounds: Bounds, table: CauseTable
     ) -> tuple[Decoded | None, DeadLetter | None]:
         """One message: what it holds, and its dead letter if any of it was refused. Any
         exception here, foreseen or not, is this message's dead letter and never the batch's
@@ -143,7 +165,7 @@ class Ingestor:
         try:
             headers = getattr(record, "headers", None)  # test doubles may have none
             result = decode(record.value, max_bytes=self._max_bytes, bounds=bounds, headers=headers)
-            result = self._classify(result)
+            result = _classify(result, table)
             if result.rejected is None:
                 return result, None
             # The good records are stored; the whole message is kept for the bad ones.
@@ -156,16 +178,6 @@ class Ingestor:
         except Exception as exc:
             self._log_internal(record, exc)
             return None, _letter(record, INTERNAL, f"{type(exc).__name__}: {exc}"[:500])
-
-    def _classify(self, result: Decoded) -> Decoded:
-        """Failed runs get their cause here, before the rules see them (`cause` is a label)."""
-        if not result.events:
-            return result
-        table = self._causes()
-        events = tuple(classify_event(table, event) for event in result.events)
-        if all(new is old for new, old in zip(events, result.events, strict=True)):
-            return result  # the common case (no failure): nothing copied
-        return replace(result, events=events)
 
     def _log_internal(self, record: Record, exc: BaseException) -> None:
         """A bug, not bad input: the first of each exception type with its traceback, the
@@ -300,17 +312,19 @@ class Ingestor:
         failures: Counter[str] = Counter()
         causes: Counter[str] = Counter()
         now = self._clock()
-        observe = metrics.ingest_delay.observe
+        times: list[datetime] = []
         for _, result in decoded:
-            fmt = result.format.value
+            kind = result.format
             if result.skipped:
-                skipped[fmt] += result.skipped
+                skipped[kind] += result.skipped
             for event in result.events:
-                by_key[(fmt, event.Status)] += 1
-                observe(max((now - event.TimeGenerated).total_seconds(), 0.0))
-                if event.Status == "Failed":
+                state = event.Status
+                by_key[(kind, state)] += 1
+                times.append(event.TimeGenerated)
+                if state == _FAILED:
                     failures[event.ExperimentName or ""] += 1
                     causes[event.cause or UNKNOWN] += 1
+        observe_many(metrics.ingest_delay, [max((now - t).total_seconds(), 0.0) for t in times])
         for (fmt, status), count in by_key.items():
             metrics.events.labels(format=fmt, status=status).inc(count)
         for experiment, count in failures.items():

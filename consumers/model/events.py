@@ -12,7 +12,15 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationInfo,
+)
 from pydantic_core import PydanticCustomError
 
 from consumers.model.limits import TIME_OUT_OF_RANGE, IngestLimits, json_text, limits_of
@@ -97,10 +105,18 @@ def to_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+# pydantic-core's parsers give every time written with "Z" or "+00:00" this one tzinfo
+# object (offset 0, equal to UTC): such a time is UTC already.
+_PARSED_UTC = TypeAdapter(datetime).validate_python("2000-01-01T00:00:00Z").tzinfo
+
+
 def _utc(value: datetime) -> datetime:
     """to_utc for a validated field: a time UTC cannot hold (0001-01-01T00:00+01:00) is a
     validation error of its own kind, not an OverflowError out of the decoder."""
-    if value.tzinfo is None:  # to_utc, inlined: it runs for every event
+    tz = value.tzinfo
+    if tz is _PARSED_UTC or tz is UTC:  # nearly every event: no copy (astimezone was ~1/3
+        return value  # of a native event's validation in a profile of `serve`)
+    if tz is None:  # to_utc, inlined: it runs for every event
         return value.replace(tzinfo=UTC)
     try:
         return value.astimezone(UTC)

@@ -11,6 +11,10 @@ dashboard query has a series from the first scrape.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Iterable
+from math import isnan
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -55,6 +59,25 @@ HTTP_INGEST_RESULTS = (
     "unavailable",
 )
 OTHER_EXPERIMENTS = "_other"
+
+
+def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
+    """`histogram.observe(a)` for each of `amounts` (`histogram` unlabelled, or a child), with
+    one locked increment per bucket hit instead of two per value: the ingest delay is observed
+    for every event, and one `observe` cost ~1-2 us of the writer's GIL time per event.
+    Relies on prometheus_client's Histogram holding `_upper_bounds` (ascending, +Inf last),
+    `_buckets` and `_sum` (tests/test_metrics_bulk.py checks it against `observe`)."""
+    bounds: list[float] = histogram._upper_bounds
+    total = 0.0
+    hits: Tally[int] = Tally()
+    for amount in amounts:
+        total += amount
+        if not isnan(amount):  # NaN goes into the sum and no bucket, as with observe()
+            hits[bisect_left(bounds, amount)] += 1  # the first bound >= amount, as observe()
+    histogram._sum.inc(total)
+    buckets = histogram._buckets
+    for index, count in hits.items():
+        buckets[index].inc(count)
 
 
 class Metrics:
