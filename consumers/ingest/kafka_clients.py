@@ -155,7 +155,6 @@ logging.getLogger("kafka.cluster").addFilter(_CancelledAtClose())
 # reads took a socket pair to 238 MB/s and 64 KiB ones to 6,474 MB/s (5,120 against 320
 # calls for 20 MB). 64 KiB stays under glibc's mmap threshold, so each read is one malloc.
 RECV_BYTES = 65_536
-_transport_log = logging.getLogger("kafka.net.transport")  # logged as kafka-python logs them
 _WOULD_BLOCK_TCP: tuple[type[BaseException], ...] = (BlockingIOError, InterruptedError)
 _WOULD_BLOCK_SSL = (*_WOULD_BLOCK_TCP, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -173,11 +172,11 @@ def _reader(would_block: tuple[type[BaseException], ...]) -> Callable[[Any], Any
             except would_block:
                 break
             except BaseException as exc:  # as kafka-python: the connection is closed
-                _transport_log.exception("%s: Error receiving network data closing socket", self)
+                log.exception("%s: Error receiving network data closing socket", self)
                 err = KafkaConnectionError(exc)
                 break
             if not data:
-                _transport_log.error("%s: socket disconnected", self)
+                log.error("%s: socket disconnected", self)
                 err = KafkaConnectionError("socket disconnected")
                 break
             received.append(data)
