@@ -1,8 +1,7 @@
 """Ingest benchmark: runwatch Kafka -> SQLite against a bare kafka-python loop, same run.
 
 1. Produce N events (mixed formats) to a fresh topic.
-2. Bare: a kafka-python consumer reading every message (the ceiling), as released (4 KiB
-   socket reads); then the same with runwatch's 64 KiB reads (consumers.ingest.kafka_clients).
+2. Bare: a kafka-python consumer reading every message (the ceiling).
 3. runwatch: KafkaLoop + Ingestor + SQLite store, offsets committed after each batch.
 4. Latency: a separate process produces a steady rate; produce -> row committed, percentiles,
    beside the floor: the same producer into a bare consumer that only parses, same run.
@@ -16,7 +15,6 @@ Both throughput loops run with the benchmark's own data freed and the collector 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import multiprocessing
 import random
@@ -26,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,6 @@ from consumers.demo.simulator import Simulator
 from consumers.ingest.decoding import EventFormat, decode
 from consumers.ingest.encoding import encode, encode_many
 from consumers.ingest.ingestor import Ingestor, Prepared
-from consumers.ingest.kafka_clients import ORIGINAL_READERS
 from consumers.ingest.kafka_loop import KafkaLoop
 from consumers.model.events import RunStatusEvent
 from consumers.model.limits import DEFAULT_LIMITS
@@ -124,19 +121,6 @@ def bare_consume(bootstrap: str, topic: str, expected: int) -> tuple[float, int]
     elapsed = time.perf_counter() - (started or time.perf_counter())
     consumer.close()
     return elapsed, size
-
-
-@contextlib.contextmanager
-def shipped_readers() -> Iterator[None]:
-    """kafka-python's own socket reads (4 KiB per recv) in place of runwatch's, meanwhile."""
-    ours = {transport: transport.__dict__["_sock_recv"] for transport in ORIGINAL_READERS}
-    for transport, reader in ORIGINAL_READERS.items():
-        transport._sock_recv = reader
-    try:
-        yield
-    finally:
-        for transport, reader in ours.items():
-            transport._sock_recv = reader
 
 
 def runwatch_ingest(settings: KafkaSettings, db: Path, expected: int) -> tuple[float, int]:
@@ -289,16 +273,12 @@ def main() -> int:
             decode(value, bounds=bounds)
         decode_rate = len(sample) / (time.perf_counter() - started)
 
-        with shipped_readers():  # the ceiling: kafka-python exactly as released
-            bare_s, size = bare_consume(bootstrap, topic, count)
+        bare_s, size = bare_consume(bootstrap, topic, count)
         bare_rate = count / bare_s
         print(
             f"bare kafka-python consume: {bare_rate:,.0f} msg/s "
             f"({size / bare_s / 1e6:.1f} MB/s, {size / count:.0f} B/msg avg)"
         )
-        gc.collect()
-        read_s, _ = bare_consume(bootstrap, topic, count)
-        print(f"  (the same with runwatch's 64 KiB socket reads: {count / read_s:,.0f} msg/s)")
         gc.collect()
 
         settings = KafkaSettings(

@@ -11,23 +11,17 @@ kafka-python internals relied on here (3.0.x), each checked in tests/test_kafka_
   them (`'NoneType' object has no attribute 'recv'`, logged with a traceback);
 - the idempotent producer recovers UnknownProducerId and friends by bumping its epoch; a
   broker that lost its state (Tansu with memory storage) answers that bump with an error,
-  and the producer stays in a fatal state for good;
-- its transports read a socket 4 KiB per `recv` (`KafkaTCPTransport._sock_recv`, and the
-  SSL transport's own copy), each call giving up the GIL and taking it back: replaced below
-  by the same loop reading 64 KiB per call (checked in tests/test_kafka_recv.py).
+  and the producer stays in a fatal state for good.
 """
 
 from __future__ import annotations
 
 import logging
-import ssl
-from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import errors as kafka_errors
-from kafka.errors import KafkaConnectionError, KafkaError
-from kafka.net.transport import KafkaSSLTransport, KafkaTCPTransport
+from kafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
 
@@ -148,46 +142,3 @@ class _CancelledAtClose(logging.Filter):
 
 
 logging.getLogger("kafka.cluster").addFilter(_CancelledAtClose())
-
-
-# A fetch response of a few MB arrived in 4 KiB reads, each one a GIL hand-over on the IO
-# thread while the consumer and store threads wanted it too: beside one busy thread, 4 KiB
-# reads took a socket pair to 238 MB/s and 64 KiB ones to 6,474 MB/s (5,120 against 320
-# calls for 20 MB). 64 KiB stays under glibc's mmap threshold, so each read is one malloc.
-RECV_BYTES = 65_536
-_WOULD_BLOCK_TCP: tuple[type[BaseException], ...] = (BlockingIOError, InterruptedError)
-_WOULD_BLOCK_SSL = (*_WOULD_BLOCK_TCP, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-
-
-def _reader(would_block: tuple[type[BaseException], ...]) -> Callable[[Any], Any]:
-    """kafka-python's `_sock_recv` (3.0.x), reading RECV_BYTES per call instead of 4 KiB:
-    everything the socket holds, joined; an error ends the read as it did there."""
-
-    def _sock_recv(self: Any) -> tuple[bytes, KafkaConnectionError | None]:
-        received: list[bytes] = []
-        err = None
-        while True:
-            try:
-                data = self._sock.recv(RECV_BYTES)
-            except would_block:
-                break
-            except BaseException as exc:  # as kafka-python: the connection is closed
-                log.exception("%s: Error receiving network data closing socket", self)
-                err = KafkaConnectionError(exc)
-                break
-            if not data:
-                log.error("%s: socket disconnected", self)
-                err = KafkaConnectionError("socket disconnected")
-                break
-            received.append(data)
-        return b"".join(received), err
-
-    return _sock_recv
-
-
-ORIGINAL_READERS = {
-    KafkaTCPTransport: KafkaTCPTransport.__dict__["_sock_recv"],
-    KafkaSSLTransport: KafkaSSLTransport.__dict__["_sock_recv"],
-}
-KafkaTCPTransport._sock_recv = _reader(_WOULD_BLOCK_TCP)
-KafkaSSLTransport._sock_recv = _reader(_WOULD_BLOCK_SSL)
