@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
+from typing import Any
 
 from consumers.model.events import RunStatusEvent
 from consumers.rules.durations import span
@@ -28,6 +29,7 @@ from consumers.rules.instances import Finding
 from consumers.rules.model import Rule
 from consumers.rules.threshold import group_key, group_values
 from consumers.rules.tracker import ActiveRun, RunTracker
+from consumers.rules.windows import WindowStateError, event_data, event_from
 
 # Run ids -> their LastSeen in the store (the ones it has).
 LastSeen = Callable[[Collection[str]], Mapping[str, datetime]]
@@ -101,6 +103,7 @@ class Flatline:
         self.last: dict[str, RunStatusEvent] = {}  # group -> latest matching event
         self.values: dict[str, dict[str, str]] = {}
         self.watching_since: datetime | None = None  # the start of the history judged
+        self.dirty = True  # changed since the state was last taken (`dump`) or loaded
 
     def observe(self, event: RunStatusEvent) -> None:
         values = group_values(event, self.spec.group_by)
@@ -109,6 +112,23 @@ class Flatline:
         if last is None or event.TimeGenerated > last.TimeGenerated:
             self.last[key] = event
             self.values[key] = values
+            self.dirty = True
+
+    def dump(self) -> dict[str, Any]:
+        """Per group its values and latest matching event (consumers.rules.windows)."""
+        return {"groups": [[k, self.values[k], event_data(e)] for k, e in self.last.items()]}
+
+    def load(self, state: dict[str, Any]) -> None:
+        """What `dump` gave; raises on a state it cannot take, leaving itself as it was."""
+        last: dict[str, RunStatusEvent] = {}
+        values: dict[str, dict[str, str]] = {}
+        for key, group, event in state["groups"]:
+            if not isinstance(group, dict):
+                raise WindowStateError(f"group {key!r} is damaged")
+            last[str(key)] = event_from(event)
+            values[str(key)] = {str(k): str(v) for k, v in group.items()}
+        self.last, self.values = last, values
+        self.dirty = False
 
     def evaluate(self, now: datetime) -> list[Finding]:
         window = self.spec.window

@@ -8,6 +8,7 @@ test` a simulated clock stepping through the stored history, tests an injected o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
@@ -18,13 +19,16 @@ from consumers.model.instances import InstanceState
 from consumers.rules.absence import LastSeen
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Describe, Instances, Key
-from consumers.rules.kinds import Context, ScheduledRule, Seen, build
+from consumers.rules.kinds import Context, ScheduledRule, Seen, Windowed, build, windowed
 from consumers.rules.model import Rule
 from consumers.rules.reads import union
 from consumers.rules.tracker import DEFAULT_MAX_RUNS, RunTracker
 from consumers.rules.trees import evict_finished
+from consumers.rules.windows import FORMAT, decode, encode, fingerprint
 
 _EVICT_EVERY = timedelta(minutes=1)
+
+log = logging.getLogger(__name__)
 
 
 class Evaluation:
@@ -74,6 +78,13 @@ class Evaluation:
             for status in Status
         }
 
+        # Kinds with window state, by rule name, with the fingerprint of their definition.
+        self.windowed: dict[str, tuple[Windowed, str]] = {}
+        for kind in self.kinds:
+            held, fp = windowed(kind), fingerprint(kind.rule)
+            if held is not None and fp is not None:
+                self.windowed[kind.rule.name] = (held, fp)
+
     def __bool__(self) -> bool:
         return bool(self.rules)
 
@@ -116,6 +127,85 @@ class Evaluation:
     def observe_all(self, events: Sequence[RunStatusEvent]) -> None:
         for event in events:
             self.observe(event)
+
+    # -- window snapshots (consumers.rules.windows) -------------------------------------
+
+    def restore(self, stored: Mapping[str, tuple[str, str]]) -> list[str]:
+        """Load the stored window states (rule -> (fingerprint, state)) of the rules whose
+        definition is the one in force; return the windowed rules left to replay: no row,
+        another definition's, or one that cannot be read (logged)."""
+        replay = []
+        for name, (kind, fp) in self.windowed.items():
+            row = stored.get(name)
+            if row is None or row[0] != fp:
+                replay.append(name)
+                continue
+            try:
+                kind.load(decode(row[1]))
+            except (ValueError, TypeError, KeyError) as exc:  # pydantic's errors included
+                log.warning("rule %s: stored window state ignored, replaying it: %s", name, exc)
+                replay.append(name)
+        return replay
+
+    def replay_span(
+        self, names: Iterable[str], now: datetime
+    ) -> tuple[datetime, frozenset[str] | None] | None:
+        """What `replay` of these rules needs read: events since this time, of these
+        statuses (None: of any); None when nothing."""
+        kinds = [self.windowed[n][0] for n in names]
+        if not kinds:
+            return None
+        since = min(now - self._window(k.rule) for k in kinds)
+        statuses: frozenset[str] | None = frozenset()
+        for kind in kinds:
+            if kind.observes is None or statuses is None:
+                statuses = None
+            else:
+                statuses |= kind.observes
+        return since, statuses
+
+    def replay(self, events: Iterable[RunStatusEvent], names: Iterable[str], now: datetime) -> int:
+        """Count `events` (oldest first) into the named rules only, each from the start of
+        its own window on; the run tracker is not fed (it is loaded from the runs table)."""
+        pending = sorted(
+            ((now - self._window(self.windowed[n][0].rule), self.windowed[n][0]) for n in names),
+            key=lambda item: item[0],
+            reverse=True,
+        )
+        observers: dict[str, list[Windowed]] = {status.value: [] for status in Status}
+        guard, count = self.guard, 0
+        for event in events:
+            at = event.TimeGenerated
+            while pending and pending[-1][0] <= at:
+                _, kind = pending.pop()
+                for status, watching in observers.items():
+                    if kind.observes is None or status in kind.observes:
+                        watching.append(kind)
+            active = observers.get(event.Status)
+            if not active:
+                continue
+            count += 1
+            seen = Seen(event)
+            for kind in active:
+                try:  # the isolation boundary, as in `observe`
+                    kind.observe(seen)
+                except Exception as exc:
+                    guard.failed(kind.rule.name, exc)
+        return count
+
+    @staticmethod
+    def _window(rule: Rule) -> timedelta:
+        spec = rule.threshold or rule.flatline
+        return timedelta(seconds=spec.window if spec is not None else 0.0)
+
+    def take_windows(self) -> dict[str, tuple[str, str]]:
+        """The window states changed since they were last taken or loaded, as rule ->
+        (fingerprint, state), for the store."""
+        return {
+            name: (fp, encode({"format": FORMAT, **kind.take()}))
+            for name, (kind, fp) in self.windowed.items()
+            if kind.dirty
+        }
 
     def _due(self, rule: Rule, now: datetime) -> bool:
         due = self.next_due.get(rule.name)

@@ -68,6 +68,29 @@ class ScheduledRule(Protocol):
     def evaluate(self, now: datetime) -> list[Alert]: ...
 
 
+class Windowed(Protocol):
+    """A kind with window state (threshold, flatline): what a warm-up loads instead of
+    replaying the window (consumers.rules.windows)."""
+
+    rule: Rule
+    observes: frozenset[str] | None
+
+    def observe(self, seen: Seen) -> None: ...
+
+    @property
+    def dirty(self) -> bool:
+        """Changed since its state was last taken or loaded."""
+        ...
+
+    def take(self) -> dict[str, Any]:
+        """Its state as data, from then on not dirty."""
+        ...
+
+    def load(self, state: dict[str, Any]) -> None:
+        """The state `take` gave; raises (and stays as it was) on one it cannot take."""
+        ...
+
+
 class _Threshold:
     run_reads = None
 
@@ -99,6 +122,17 @@ class _Threshold:
             grouped = seen.groups[by] = (group_key(values), values)
         counter.observe(event, num, den, grouped)
 
+    @property
+    def dirty(self) -> bool:
+        return self.counter.dirty
+
+    def take(self) -> dict[str, Any]:
+        self.counter.dirty = False
+        return self.counter.dump()
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.counter.load(state)
+
     def evaluate(self, now: datetime) -> list[Alert]:
         rule, spec = self.rule, self.counter.spec
         firing = set(self.instances.firing(rule.name))
@@ -124,6 +158,17 @@ class _Flatline:
     def observe(self, seen: Seen) -> None:
         if self.flatline.matcher.accepts(seen.event, seen.data):
             self.flatline.observe(seen.event)
+
+    @property
+    def dirty(self) -> bool:
+        return self.flatline.dirty
+
+    def take(self) -> dict[str, Any]:
+        self.flatline.dirty = False
+        return self.flatline.dump()
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.flatline.load(state)
 
     def evaluate(self, now: datetime) -> list[Alert]:
         self.flatline.watching_since = self.context.watching_since
@@ -231,3 +276,8 @@ BUILDERS: dict[str, Callable[[Rule, Context], Any]] = {
 def build(rule: Rule, context: Context) -> ScheduledRule:
     built: ScheduledRule = BUILDERS[rule.kind](rule, context)
     return built
+
+
+def windowed(kind: ScheduledRule) -> Windowed | None:
+    """The kind as one with window state, if it has one."""
+    return kind if isinstance(kind, _Threshold | _Flatline) else None

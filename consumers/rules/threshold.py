@@ -21,6 +21,7 @@ from consumers.rules.engine import Matcher
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Finding
 from consumers.rules.model import Rule, ThresholdSpec
+from consumers.rules.windows import WindowStateError, event_data, event_from
 
 COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     ">": operator.gt,
@@ -74,6 +75,7 @@ class ThresholdCounter:
         )
         self.bucket_s = max(1.0, self.spec.window / 60)
         self.groups: dict[str, _Group] = {}
+        self.dirty = True  # changed since the state was last taken (`dump`) or loaded
 
     def observe(
         self,
@@ -92,6 +94,7 @@ class ThresholdCounter:
         group = self.groups.get(key)
         if group is None:
             group = self.groups[key] = _Group(values)
+        self.dirty = True
         bucket = int(event.TimeGenerated.timestamp() // self.bucket_s)
         counts = group.buckets.get(bucket)
         if counts is None:
@@ -107,6 +110,44 @@ class ThresholdCounter:
         if den:
             counts[1] += 1
             group.den += 1
+
+    def dump(self) -> dict[str, Any]:
+        """The counts as data (consumers.rules.windows): per group its values, its buckets
+        as [bucket, num, den, ...], the latest numerator event and the latest of any (0: the
+        same one). Buckets the window has left are dropped when the state is loaded."""
+        groups = []
+        for key, group in self.groups.items():
+            flat = [n for bucket, counts in group.buckets.items() for n in (bucket, *counts)]
+            last = None if group.last is None else event_data(group.last)
+            seen: Any = None
+            if group.seen is not None:
+                seen = 0 if group.seen is group.last else event_data(group.seen)
+            groups.append([key, group.values, flat, last, seen])
+        return {"bucket_s": self.bucket_s, "groups": groups}
+
+    def load(self, state: dict[str, Any]) -> None:
+        """The counts `dump` gave; raises WindowStateError (or a TypeError, ValueError or
+        KeyError) on a state it cannot take, leaving the counter as it was."""
+        if state.get("bucket_s") != self.bucket_s:
+            raise WindowStateError("buckets of another size")
+        groups: dict[str, _Group] = {}
+        for key, values, flat, last, seen in state["groups"]:
+            if not isinstance(values, dict) or len(flat) % 3:
+                raise WindowStateError(f"group {key!r} is damaged")
+            group = _Group({str(k): str(v) for k, v in values.items()})
+            for i in range(0, len(flat), 3):
+                bucket, num, den = (int(n) for n in flat[i : i + 3])
+                if bucket in group.buckets or num < 0 or den < 0:
+                    raise WindowStateError(f"group {key!r}: bucket {bucket} is damaged")
+                group.buckets[bucket] = [num, den]
+                group.num += num
+                group.den += den
+            group.heap = sorted(group.buckets)
+            group.last = None if last is None else event_from(last)
+            group.seen = group.last if seen == 0 else None if seen is None else event_from(seen)
+            groups[str(key)] = group
+        self.groups = groups
+        self.dirty = False
 
     def _slide(self, group: _Group, edge: int) -> None:
         while group.heap and group.heap[0] < edge:

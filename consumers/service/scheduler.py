@@ -3,9 +3,13 @@ reads the events stored since its last tick, evaluates the rules that are due, a
 their notifications and the alert states in one transaction.
 
 Only the lease holder evaluates, so several replicas raise each alert once. A replica that
-gets (or gets back) the lease warms up first: the alert states from the store, the window
-counts from the events of the longest window, the run states from the runs table. That
-costs the window, not the history; after it each tick costs only what arrived since.
+gets (or gets back) the lease, or reloads the rules, warms up first: the alert states from
+the store, the run states from the runs table, and the window counts of the threshold and
+flatline rules from the snapshot the holder writes in each tick's transaction (tables
+rule_windows and rule_feed): the feed goes on from the snapshot's cursor, so the first tick
+reads only what arrived since. Only rules without a usable snapshot row (new, changed, or a
+damaged row) replay their own window, reading only the statuses they count. After it each
+tick costs only what arrived since.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
 from consumers.model.alerts import Alert
@@ -37,8 +41,13 @@ from consumers.store.feed import (
     run_details,
 )
 from consumers.store.outbox_state import SqlOutboxState
+from consumers.store.rule_windows import load_snapshot, save_snapshot
 
 log = logging.getLogger(__name__)
+
+# A snapshot further behind the events than this is not caught up from (the first tick would
+# read more than a replay of the window): the rules replay as if there were none.
+CATCH_UP_EVENTS = 50_000
 
 
 class LeaseLike(Protocol):
@@ -100,6 +109,8 @@ class Scheduler:
         self._ruleset: RuleSet | None = None
         self._evaluation: Evaluation | None = None
         self._feed = EventFeed(store)  # what this replica has seen (see EventFeed)
+        self._saved_feed: tuple[int, frozenset[int]] | None = None  # as last written
+        self._prune = False  # the first write after a warm-up drops rows of other rules
 
     @property
     def evaluation(self) -> Evaluation | None:
@@ -131,11 +142,24 @@ class Scheduler:
         evaluation.observe_all(fresh)
         alerts = evaluation.evaluate(now)
         changes = evaluation.instances.take_changes()
+        windows = evaluation.take_windows()
+        cursor, gaps = self._feed.state()
+        feed = (cursor, frozenset(gaps))
+        moved = feed != self._saved_feed
         written = 0
-        if alerts or changes:
+        if alerts or changes or windows or moved or self._prune:
             with self._store.write_lock, self._store.engine.begin() as conn:
                 written = self._recorder.record(SqlOutboxState(conn), alerts, now)
                 save_states(conn, changes, now)
+                save_snapshot(
+                    conn,
+                    cursor=cursor if moved or windows else None,
+                    gaps=gaps,
+                    rules=windows,
+                    now=now,
+                    keep=evaluation.windowed if self._prune else None,
+                )
+            self._saved_feed, self._prune = feed, False
         if written and self._on_notified is not None:
             self._on_notified()
         if self._on_alert is not None:
@@ -152,24 +176,45 @@ class Scheduler:
 
     def _warm_up(self, ruleset: RuleSet, now: datetime) -> None:
         self._ruleset = ruleset
-        self._feed.start_at_end()
-        seen = self._feed.start
+        snapshot = load_snapshot(self._store)
+        last = self._feed.last_id()
+        behind = None if snapshot.cursor is None else last - snapshot.cursor
+        if snapshot.cursor is not None and behind is not None and 0 <= behind <= CATCH_UP_EVENTS:
+            self._feed.resume(snapshot.cursor, snapshot.gaps)
+            stored = snapshot.rules
+        else:
+            self._feed.start_at_end()
+            stored = {}
         evaluation = Evaluation(
             ruleset.scheduled,
             states=load_states(self._store),
             resolved_receivers=self._resolved,
             horizon_s=self._horizon,
-            baseline=baseline_loader(self._store, stored_up_to=seen),
+            # completions stored up to `last` are in the runs table the tracker is loaded
+            # from; those the feed also delivers are counted once (tracker.Baseline)
+            baseline=baseline_loader(self._store, stored_up_to=last),
             guard=ruleset.guard,
             describe=run_details(self._store),
             max_runs=self._max_runs,
             on_evict=self._on_evict,
             last_seen=last_seen(self._store),
         )
-        window = evaluation.longest_window
-        if window > 0:
-            for event in events_between(self._store, now - timedelta(seconds=window), max_id=seen):
-                evaluation.observe(event, runs=False)
+        replay = evaluation.restore(stored)
+        span = evaluation.replay_span(replay, now)
+        replayed = 0
+        if span is not None:
+            since, statuses = span
+            replayed = evaluation.replay(
+                events_between(
+                    self._store,
+                    since,
+                    max_id=self._feed.cursor,
+                    statuses=statuses,
+                    skip=self._feed.gaps,  # the feed delivers these if they come
+                ),
+                replay,
+                now,
+            )
         if evaluation.needs_runs:
             tree_since = now - evaluation.tree_keep if evaluation.runs.track_trees else None
             roots = []
@@ -182,10 +227,16 @@ class Scheduler:
         earliest = earliest_event(self._store)
         evaluation.start_watching(earliest or now)
         self._evaluation = evaluation
+        self._saved_feed = None
+        self._prune = True
         log.info(
-            "scheduled evaluation: %d rules warmed up (window %.0fs, %d active runs)",
+            "scheduled evaluation: %d rules warmed up (%d window states loaded, %d rules "
+            "replayed from %d events; %d events to catch up; %d active runs)",
             len(evaluation.rules),
-            window,
+            len(evaluation.windowed) - len(replay),
+            len(replay),
+            replayed,
+            last - self._feed.cursor,
             len(evaluation.runs.active),
         )
 

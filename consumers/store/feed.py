@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -78,11 +78,32 @@ class EventFeed:
         self._gap_s = gap_s
         self._gaps: dict[int, float] = {}  # id -> monotonic time it was first missed
 
-    def start_at_end(self) -> None:
+    def last_id(self) -> int:
+        """The highest id stored now."""
         with self._store.engine.connect() as conn:
             last = select(events.c.id).order_by(events.c.id.desc()).limit(1)
-            self.cursor = self.start = int(conn.execute(last).scalar() or 0)
+            return int(conn.execute(last).scalar() or 0)
+
+    def start_at_end(self) -> None:
+        self.cursor = self.start = self.last_id()
         self._gaps.clear()
+
+    def resume(self, cursor: int, gaps: Mapping[int, float]) -> None:
+        """Go on from where a saved feed stood (`state()`): the ids it had read up to
+        `cursor` and those below still missing, with when (epoch seconds) each was first
+        missed, so a gap is given up `gap_s` after it was first seen whoever saw it."""
+        self.cursor = self.start = cursor
+        monotonic, wall = time.monotonic(), time.time()
+        self._gaps = {i: monotonic - max(0.0, wall - t) for i, t in gaps.items() if i < cursor}
+
+    def state(self) -> tuple[int, dict[int, float]]:
+        """The cursor and the missing ids below it (id -> epoch seconds first missed)."""
+        monotonic, wall = time.monotonic(), time.time()
+        return self.cursor, {i: wall - (monotonic - t) for i, t in self._gaps.items()}
+
+    @property
+    def gaps(self) -> frozenset[int]:
+        return frozenset(self._gaps)
 
     def read(self, limit: int = 50_000) -> list[RunStatusEvent]:
         query = (
@@ -122,24 +143,34 @@ class EventFeed:
 
 
 def events_between(
-    store: Store, since: datetime, until: datetime | None = None, *, max_id: int | None = None
+    store: Store,
+    since: datetime,
+    until: datetime | None = None,
+    *,
+    max_id: int | None = None,
+    statuses: Collection[str] | None = None,
+    skip: Collection[int] = (),
 ) -> Iterator[RunStatusEvent]:
     """Events with since <= TimeGenerated (< until), oldest first, streamed in chunks;
-    only those stored up to `max_id` if given (the feed reads the later ones)."""
+    only those stored up to `max_id` if given (the feed reads the later ones), only those
+    in `statuses` if given, none of the ids in `skip` (the feed's gaps: it reads those)."""
     condition = events.c.TimeGenerated >= since
     if until is not None:
         condition = and_(condition, events.c.TimeGenerated < until)
     if max_id is not None:
         condition = and_(condition, events.c.id <= max_id)
+    if statuses is not None:
+        condition = and_(condition, events.c.Status.in_(sorted(statuses)))
     query = (
-        select(*_EVENT_COLUMNS)
+        select(events.c.id, *_EVENT_COLUMNS)
         .where(condition)
         .order_by(events.c.TimeGenerated, events.c.id)
         .execution_options(yield_per=_CHUNK)
     )
     with store.engine.connect() as conn:
         for row in conn.execute(query):
-            yield event_of(row)
+            if not skip or row.id not in skip:
+                yield event_of(row)
 
 
 def earliest_event(store: Store) -> datetime | None:
