@@ -72,6 +72,17 @@ class Cycle:
     warmed_up: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class WarmUp:
+    """What the last warm-up did: window states loaded, rules replayed (and the events
+    read for them), events stored since the snapshot for the first tick to read."""
+
+    loaded: int
+    replayed: tuple[str, ...]
+    replayed_events: int
+    behind: int
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -111,6 +122,7 @@ class Scheduler:
         self._feed = EventFeed(store)  # what this replica has seen (see EventFeed)
         self._saved_feed: tuple[int, frozenset[int]] | None = None  # as last written
         self._prune = False  # the first write after a warm-up drops rows of other rules
+        self.last_warm_up: WarmUp | None = None
 
     @property
     def evaluation(self) -> Evaluation | None:
@@ -229,14 +241,20 @@ class Scheduler:
         self._evaluation = evaluation
         self._saved_feed = None
         self._prune = True
+        warm = self.last_warm_up = WarmUp(
+            len(evaluation.windowed) - len(replay),
+            tuple(replay),
+            replayed,
+            last - self._feed.cursor,
+        )
         log.info(
             "scheduled evaluation: %d rules warmed up (%d window states loaded, %d rules "
             "replayed from %d events; %d events to catch up; %d active runs)",
             len(evaluation.rules),
-            len(evaluation.windowed) - len(replay),
-            len(replay),
-            replayed,
-            last - self._feed.cursor,
+            warm.loaded,
+            len(warm.replayed),
+            warm.replayed_events,
+            warm.behind,
             len(evaluation.runs.active),
         )
 
