@@ -263,14 +263,23 @@ def test_a_changed_rule_is_replayed_and_an_unchanged_one_loaded(db: Store) -> No
     assert stored == {"fails", "ratio", "quiet"}
 
 
+GONE = '["gone", "2026-11-20T08:00:00+00:00", "Failed"]'
+HEAD = '{"format": 1, "bucket_s": 15.0, '
+
+
 @pytest.mark.parametrize(
     "damage",
     [
         "not json at all",
-        '{"format": 1, "bucket_s": 15.0, "groups": [["x", {}, [1, 2], null, null]]}',
-        '{"format": 1, "bucket_s": 15.0, "groups": [["x", {}, [1, 2, 3], {"RunId": 5}, 0]]}',
-        '{"format": 99, "bucket_s": 15.0, "groups": []}',
-        '{"format": 1, "bucket_s": 60.0, "groups": []}',
+        HEAD + '"examples": [], "groups": [["x", {}, {"1": [2]}, null, null]]}',
+        HEAD + '"examples": [], "groups": [["x", {}, {"1": [2, 3]}, 0, null]]}',
+        HEAD + '"examples": [5], "groups": []}',
+        HEAD + '"examples": [' + GONE + '], "groups": [["x", {}, {}, 0, 0]]}',
+        HEAD + '"examples": [], "groups": [["x", {}, {"1": [2, -3]}, null, null]]}',
+        HEAD + '"examples": [], "groups": [["x", {}, {"z": [2, 3]}, null, null]]}',
+        '{"format": 99, "bucket_s": 15.0, "examples": [], "groups": []}',
+        '{"format": 1, "bucket_s": 60.0, "examples": [], "groups": []}',
+        '{"format": 1, "examples": []}',
         '{"format": 1}',
     ],
 )
@@ -291,7 +300,9 @@ def test_a_damaged_row_is_replayed_with_a_log_line(
         assert second.run_once().warmed_up
     warm = second.last_warm_up
     assert warm is not None and warm.replayed == ("fails",) and warm.loaded == 3
-    assert any("rule fails: stored window state ignored" in r.message for r in caplog.records)
+    assert any(
+        r.message.startswith("rule fails: ") and "replaying it" in r.message for r in caplog.records
+    )
     assert window_counts(state(second), clock.now) == replayed_counts(db, clock.now)
 
 

@@ -29,7 +29,7 @@ from consumers.rules.instances import Finding
 from consumers.rules.model import Rule
 from consumers.rules.threshold import group_key, group_values
 from consumers.rules.tracker import ActiveRun, RunTracker
-from consumers.rules.windows import WindowStateError, event_data, event_from
+from consumers.rules.windows import ExampleRefs, WindowStateError, example
 
 # Run ids -> their LastSeen in the store (the ones it has).
 LastSeen = Callable[[Collection[str]], Mapping[str, datetime]]
@@ -114,18 +114,19 @@ class Flatline:
             self.values[key] = values
             self.dirty = True
 
-    def dump(self) -> dict[str, Any]:
+    def dump(self, examples: ExampleRefs) -> dict[str, Any]:
         """Per group its values and latest matching event (consumers.rules.windows)."""
-        return {"groups": [[k, self.values[k], event_data(e)] for k, e in self.last.items()]}
+        return {"groups": [[k, self.values[k], examples.ref(e)] for k, e in self.last.items()]}
 
-    def load(self, state: dict[str, Any]) -> None:
+    def load(self, state: dict[str, Any], events: list[RunStatusEvent]) -> None:
         """What `dump` gave; raises on a state it cannot take, leaving itself as it was."""
         last: dict[str, RunStatusEvent] = {}
         values: dict[str, dict[str, str]] = {}
-        for key, group, event in state["groups"]:
-            if not isinstance(group, dict):
+        for key, group, number in state["groups"]:
+            event = example(events, number)
+            if not isinstance(group, dict) or event is None:
                 raise WindowStateError(f"group {key!r} is damaged")
-            last[str(key)] = event_from(event)
+            last[str(key)] = event
             values[str(key)] = {str(k): str(v) for k, v in group.items()}
         self.last, self.values = last, values
         self.dirty = False

@@ -9,7 +9,7 @@ test` a simulated clock stepping through the stored history, tests an injected o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from consumers.model.alerts import Alert
@@ -24,11 +24,23 @@ from consumers.rules.model import Rule
 from consumers.rules.reads import union
 from consumers.rules.tracker import DEFAULT_MAX_RUNS, RunTracker
 from consumers.rules.trees import evict_finished
-from consumers.rules.windows import FORMAT, decode, encode, fingerprint
+from consumers.rules.windows import (
+    FORMAT,
+    ExampleRefs,
+    Ref,
+    WindowStateError,
+    decode,
+    encode,
+    fingerprint,
+    refs_of,
+)
 
 _EVICT_EVERY = timedelta(minutes=1)
 
 log = logging.getLogger(__name__)
+
+# The stored events of these natural keys (those it has): a window state's examples.
+FetchExamples = Callable[[Collection[Ref]], Mapping[Ref, RunStatusEvent]]
 
 
 class Evaluation:
@@ -130,19 +142,34 @@ class Evaluation:
 
     # -- window snapshots (consumers.rules.windows) -------------------------------------
 
-    def restore(self, stored: Mapping[str, tuple[str, str]]) -> list[str]:
+    def restore(self, stored: Mapping[str, tuple[str, str]], fetch: FetchExamples) -> list[str]:
         """Load the stored window states (rule -> (fingerprint, state)) of the rules whose
-        definition is the one in force; return the windowed rules left to replay: no row,
-        another definition's, or one that cannot be read (logged)."""
-        replay = []
+        definition is the one in force, their example events read with `fetch` (one call
+        for all); return the windowed rules left to replay: no row, another definition's,
+        or one that cannot be read or whose examples are gone (logged)."""
+        replay, usable = [], []
         for name, (kind, fp) in self.windowed.items():
             row = stored.get(name)
             if row is None or row[0] != fp:
                 replay.append(name)
                 continue
             try:
-                kind.load(decode(row[1]))
-            except (ValueError, TypeError, KeyError) as exc:  # pydantic's errors included
+                state = decode(row[1])
+                usable.append((name, kind, state, refs_of(state)))
+            except WindowStateError as exc:
+                log.warning("rule %s: stored window state ignored, replaying it: %s", name, exc)
+                replay.append(name)
+        found = fetch({ref for *_, refs in usable for ref in refs}) if usable else {}
+        for name, kind, state, refs in usable:
+            try:
+                events = [found[ref] for ref in refs]
+            except KeyError as exc:
+                log.warning("rule %s: example event %s no longer stored, replaying it", name, exc)
+                replay.append(name)
+                continue
+            try:
+                kind.load(state, events)
+            except (ValueError, TypeError, KeyError) as exc:  # WindowStateError included
                 log.warning("rule %s: stored window state ignored, replaying it: %s", name, exc)
                 replay.append(name)
         return replay
@@ -201,11 +228,13 @@ class Evaluation:
     def take_windows(self) -> dict[str, tuple[str, str]]:
         """The window states changed since they were last taken or loaded, as rule ->
         (fingerprint, state), for the store."""
-        return {
-            name: (fp, encode({"format": FORMAT, **kind.take()}))
-            for name, (kind, fp) in self.windowed.items()
-            if kind.dirty
-        }
+        taken = {}
+        for name, (kind, fp) in self.windowed.items():
+            if kind.dirty:
+                refs = ExampleRefs()
+                body = kind.take(refs)
+                taken[name] = (fp, encode({"format": FORMAT, "examples": refs.refs, **body}))
+        return taken
 
     def _due(self, rule: Rule, now: datetime) -> bool:
         due = self.next_due.get(rule.name)

@@ -24,6 +24,7 @@ from consumers.rules.threshold import ThresholdCounter, group_key, group_values
 from consumers.rules.tracker import RunTracker
 from consumers.rules.trees import READS as TREE_READS
 from consumers.rules.trees import Rollup
+from consumers.rules.windows import ExampleRefs
 
 
 class Seen:
@@ -82,11 +83,11 @@ class Windowed(Protocol):
         """Changed since its state was last taken or loaded."""
         ...
 
-    def take(self) -> dict[str, Any]:
+    def take(self, examples: ExampleRefs) -> dict[str, Any]:
         """Its state as data, from then on not dirty."""
         ...
 
-    def load(self, state: dict[str, Any]) -> None:
+    def load(self, state: dict[str, Any], events: list[RunStatusEvent]) -> None:
         """The state `take` gave; raises (and stays as it was) on one it cannot take."""
         ...
 
@@ -126,12 +127,12 @@ class _Threshold:
     def dirty(self) -> bool:
         return self.counter.dirty
 
-    def take(self) -> dict[str, Any]:
+    def take(self, examples: ExampleRefs) -> dict[str, Any]:
         self.counter.dirty = False
-        return self.counter.dump()
+        return self.counter.dump(examples)
 
-    def load(self, state: dict[str, Any]) -> None:
-        self.counter.load(state)
+    def load(self, state: dict[str, Any], events: list[RunStatusEvent]) -> None:
+        self.counter.load(state, events)
 
     def evaluate(self, now: datetime) -> list[Alert]:
         rule, spec = self.rule, self.counter.spec
@@ -163,12 +164,12 @@ class _Flatline:
     def dirty(self) -> bool:
         return self.flatline.dirty
 
-    def take(self) -> dict[str, Any]:
+    def take(self, examples: ExampleRefs) -> dict[str, Any]:
         self.flatline.dirty = False
-        return self.flatline.dump()
+        return self.flatline.dump(examples)
 
-    def load(self, state: dict[str, Any]) -> None:
-        self.flatline.load(state)
+    def load(self, state: dict[str, Any], events: list[RunStatusEvent]) -> None:
+        self.flatline.load(state, events)
 
     def evaluate(self, now: datetime) -> list[Alert]:
         self.flatline.watching_since = self.context.watching_since

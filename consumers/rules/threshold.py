@@ -21,7 +21,7 @@ from consumers.rules.engine import Matcher
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Finding
 from consumers.rules.model import Rule, ThresholdSpec
-from consumers.rules.windows import WindowStateError, event_data, event_from
+from consumers.rules.windows import ExampleRefs, WindowStateError, example
 
 COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     ">": operator.gt,
@@ -111,40 +111,36 @@ class ThresholdCounter:
             counts[1] += 1
             group.den += 1
 
-    def dump(self) -> dict[str, Any]:
+    def dump(self, examples: ExampleRefs) -> dict[str, Any]:
         """The counts as data (consumers.rules.windows): per group its values, its buckets
-        as [bucket, num, den, ...], the latest numerator event and the latest of any (0: the
-        same one). Buckets the window has left are dropped when the state is loaded."""
-        groups = []
-        for key, group in self.groups.items():
-            flat = [n for bucket, counts in group.buckets.items() for n in (bucket, *counts)]
-            last = None if group.last is None else event_data(group.last)
-            seen: Any = None
-            if group.seen is not None:
-                seen = 0 if group.seen is group.last else event_data(group.seen)
-            groups.append([key, group.values, flat, last, seen])
+        ({bucket: [num, den]}, the live dict: encoded by orjson, not walked here), and the
+        numbers of its latest numerator event and latest event of any kind. Buckets the
+        window has left go when the state is next evaluated, as they would have."""
+        groups = [
+            [key, g.values, g.buckets, examples.ref(g.last), examples.ref(g.seen)]
+            for key, g in self.groups.items()
+        ]
         return {"bucket_s": self.bucket_s, "groups": groups}
 
-    def load(self, state: dict[str, Any]) -> None:
-        """The counts `dump` gave; raises WindowStateError (or a TypeError, ValueError or
-        KeyError) on a state it cannot take, leaving the counter as it was."""
+    def load(self, state: dict[str, Any], events: list[RunStatusEvent]) -> None:
+        """The counts `dump` gave (`events`: its examples, fetched); raises
+        WindowStateError (or a TypeError, ValueError or KeyError) on a state it cannot
+        take, leaving the counter as it was."""
         if state.get("bucket_s") != self.bucket_s:
             raise WindowStateError("buckets of another size")
         groups: dict[str, _Group] = {}
-        for key, values, flat, last, seen in state["groups"]:
-            if not isinstance(values, dict) or len(flat) % 3:
+        for key, values, buckets, last, seen in state["groups"]:
+            if not isinstance(values, dict) or not isinstance(buckets, dict):
                 raise WindowStateError(f"group {key!r} is damaged")
             group = _Group({str(k): str(v) for k, v in values.items()})
-            for i in range(0, len(flat), 3):
-                bucket, num, den = (int(n) for n in flat[i : i + 3])
-                if bucket in group.buckets or num < 0 or den < 0:
+            for bucket, (num, den) in buckets.items():
+                if not (isinstance(num, int) and isinstance(den, int) and num >= 0 <= den):
                     raise WindowStateError(f"group {key!r}: bucket {bucket} is damaged")
-                group.buckets[bucket] = [num, den]
+                group.buckets[int(bucket)] = [num, den]
                 group.num += num
                 group.den += den
             group.heap = sorted(group.buckets)
-            group.last = None if last is None else event_from(last)
-            group.seen = group.last if seen == 0 else None if seen is None else event_from(seen)
+            group.last, group.seen = example(events, last), example(events, seen)
             groups[str(key)] = group
         self.groups = groups
         self.dirty = False

@@ -45,19 +45,55 @@ def fingerprint(rule: Rule) -> str | None:
     return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
-def event_data(event: RunStatusEvent) -> dict[str, Any]:
-    return event.model_dump(mode="json", exclude_none=True)
+Ref = tuple[str, str, str]  # an event's natural key: RunId, TimeGenerated (ISO 8601), Status
 
 
-def event_from(data: Any) -> RunStatusEvent:
-    """An event of a stored state, validated again: the row may have been damaged."""
-    if not isinstance(data, dict):
-        raise WindowStateError(f"expected an event, got {type(data).__name__}")
-    return RunStatusEvent.model_validate(data)
+class ExampleRefs:
+    """The example events of one state, taken as references into the events table (their
+    natural key), numbered: an event is often the example of a group in many rules, and the
+    events table holds it whole anyway (a state of whole events was 3x the size)."""
+
+    __slots__ = ("_index", "refs")
+
+    def __init__(self) -> None:
+        self._index: dict[int, int] = {}  # id(event) -> its number; the events outlive this
+        self.refs: list[Ref] = []
+
+    def ref(self, event: RunStatusEvent | None) -> int | None:
+        if event is None:
+            return None
+        number = self._index.get(id(event))
+        if number is None:
+            number = self._index[id(event)] = len(self.refs)
+            self.refs.append((event.RunId, event.TimeGenerated.isoformat(), event.Status))
+        return number
+
+
+def refs_of(state: dict[str, Any]) -> list[Ref]:
+    """The example references of a stored state (WindowStateError if damaged)."""
+    refs = state.get("examples")
+    if not isinstance(refs, list):
+        raise WindowStateError("no example list")
+    out = []
+    for ref in refs:
+        if not (isinstance(ref, list) and len(ref) == 3 and all(isinstance(p, str) for p in ref)):
+            raise WindowStateError(f"damaged example reference {ref!r}")
+        out.append((ref[0], ref[1], ref[2]))
+    return out
+
+
+def example(events: list[RunStatusEvent], number: Any) -> RunStatusEvent | None:
+    """The numbered example of a state being loaded (None stays None)."""
+    if number is None:
+        return None
+    if not isinstance(number, int) or not 0 <= number < len(events):
+        raise WindowStateError(f"damaged example number {number!r}")
+    return events[number]
 
 
 def encode(state: dict[str, Any]) -> str:
-    return orjson.dumps(state).decode()
+    """Integer keys (bucket numbers) written as strings, in C: the bulk of a state."""
+    return orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def decode(text: str) -> dict[str, Any]:

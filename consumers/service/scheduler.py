@@ -37,6 +37,7 @@ from consumers.store.feed import (
     current_runs,
     earliest_event,
     events_between,
+    events_by_key,
     last_seen,
     run_details,
 )
@@ -211,7 +212,7 @@ class Scheduler:
             on_evict=self._on_evict,
             last_seen=last_seen(self._store),
         )
-        replay = evaluation.restore(stored)
+        replay = evaluation.restore(stored, lambda keys: events_by_key(self._store, keys))
         span = evaluation.replay_span(replay, now)
         replayed = 0
         if span is not None:

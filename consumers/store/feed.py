@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select, tuple_
 
 from consumers.model.durations import BaselineLoader
 from consumers.model.events import TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
@@ -171,6 +171,29 @@ def events_between(
         for row in conn.execute(query):
             if not skip or row.id not in skip:
                 yield event_of(row)
+
+
+def events_by_key(
+    store: Store, keys: Collection[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], RunStatusEvent]:
+    """The stored events of these natural keys (RunId, TimeGenerated in ISO 8601, Status),
+    those there are: a window snapshot's example events (consumers.rules.windows)."""
+    wanted = sorted(keys)
+    found: dict[tuple[str, str, str], RunStatusEvent] = {}
+    key = tuple_(events.c.RunId, events.c.TimeGenerated, events.c.Status)
+    with store.engine.connect() as conn:
+        for start in range(0, len(wanted), _ID_CHUNK):
+            chunk = []
+            for run_id, time_generated, status in wanted[start : start + _ID_CHUNK]:
+                try:
+                    chunk.append((run_id, datetime.fromisoformat(time_generated), status))
+                except ValueError:
+                    continue  # not a time: not stored either
+            query = select(*_EVENT_COLUMNS).where(key.in_(chunk))
+            for row in conn.execute(query) if chunk else ():
+                event = event_of(row)
+                found[(event.RunId, event.TimeGenerated.isoformat(), event.Status)] = event
+    return found
 
 
 def earliest_event(store: Store) -> datetime | None:
