@@ -59,10 +59,9 @@ from consumers.config.settings import shipped
 from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
 from consumers.model.events import RunStatusEvent
 from consumers.rules.engine import RuleSet
-from consumers.rules.evaluation import Evaluation
 from consumers.rules.model import Rule
-from consumers.service import scheduler as scheduler_module
 from consumers.service.scheduler import Scheduler
+from consumers.service.windows import WindowSnapshots
 from consumers.store import Store, open_store
 from consumers.store.schema import rule_feed, rule_windows
 
@@ -507,8 +506,8 @@ def bench_warmup(
     rng = random.Random(5)
     per_tick = int(rate * 10)
     holder = scheduler
-    taken = _Timed(Evaluation, "take_windows")
-    saved = _Timed(scheduler_module, "save_snapshot")
+    taken = _Timed(WindowSnapshots, "take")
+    saved = _Timed(WindowSnapshots, "write")
     times = []
     try:
         for i in range(ticks):
@@ -527,8 +526,9 @@ def bench_warmup(
     print(
         f"   steady ticks ({ticks}, {per_tick} new events each): median "
         f"{statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms; of which "
-        f"the snapshot (take + write) {share * 1000:.1f} ms per tick on average; "
-        f"{len(rows)} rows, {sum(map(len, rows)) / 1024:.0f} KiB in all"
+        f"the snapshot (take + write, budget {holder.snapshots.budget // 1024} KiB) "
+        f"{share * 1000:.1f} ms per tick on average; {len(rows)} rows, "
+        f"{sum(map(len, rows)) / 1024:.0f} KiB in all"
     )
 
     restarts = []
@@ -538,11 +538,12 @@ def bench_warmup(
         took, scheduler, cycle = _first_tick(store, ruleset, clock, profile and attempt == 0)
         restarts.append(took)
         warm = scheduler.last_warm_up
-        assert warm is not None and not warm.replayed, warm
+        assert warm is not None and not warm.replayed, warm  # every row written by now
         if attempt == 0:
             print(
                 f"   with the snapshot: {warm.loaded} window states loaded, "
-                f"{warm.behind} events to catch up; first tick raised {cycle.alerts} alerts"
+                f"{warm.behind} events to catch up (from the oldest row's position); first "
+                f"tick raised {cycle.alerts} alerts"
             )
     print(f"   start -> rules evaluated, from the snapshot: {_figures(restarts)} (goal < 1 s)")
     store.dispose()

@@ -112,7 +112,16 @@ class Evaluation:
         """The finest evaluation interval: how often something can be due."""
         return min((float(r.every or 60.0) for r in self.rules), default=60.0)
 
-    def observe(self, event: RunStatusEvent, *, counts: bool = True, runs: bool = True) -> None:
+    def observe(
+        self,
+        event: RunStatusEvent,
+        *,
+        counts: bool = True,
+        runs: bool = True,
+        skip: Collection[str] = (),
+    ) -> None:
+        """`skip`: rules that counted the event already (a window state loaded from a
+        snapshot taken after it was stored)."""
         guard = self.guard
         if runs and self.needs_runs:
             guard.call(self._run_rules, self.runs.observe, event)
@@ -120,6 +129,8 @@ class Evaluation:
             return
         seen = Seen(event)
         for kind in self._observers.get(event.Status, ()):
+            if skip and kind.rule.name in skip:
+                continue
             try:  # the isolation boundary (consumers.rules.guard), inline: the hot path
                 kind.observe(seen)
             except Exception as exc:
@@ -225,16 +236,17 @@ class Evaluation:
         spec = rule.threshold or rule.flatline
         return timedelta(seconds=spec.window if spec is not None else 0.0)
 
-    def take_windows(self) -> dict[str, tuple[str, str]]:
-        """The window states changed since they were last taken or loaded, as rule ->
-        (fingerprint, state), for the store."""
-        taken = {}
-        for name, (kind, fp) in self.windowed.items():
-            if kind.dirty:
-                refs = ExampleRefs()
-                body = kind.take(refs)
-                taken[name] = (fp, encode({"format": FORMAT, "examples": refs.refs, **body}))
-        return taken
+    def dirty_windows(self) -> list[str]:
+        """The rules whose window state changed since it was last taken or loaded."""
+        return [name for name, (kind, _) in self.windowed.items() if kind.dirty]
+
+    def take_window(self, name: str) -> tuple[str, str]:
+        """A rule's window state as (fingerprint, text) for the store; from then on it is
+        not dirty."""
+        kind, fp = self.windowed[name]
+        refs = ExampleRefs()
+        body = kind.take(refs)
+        return fp, encode({"format": FORMAT, "examples": refs.refs, **body})
 
     def _due(self, rule: Rule, now: datetime) -> bool:
         due = self.next_due.get(rule.name)

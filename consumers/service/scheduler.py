@@ -29,6 +29,7 @@ from consumers.outbox.recorder import Recorder
 from consumers.rules.engine import RuleSet
 from consumers.rules.evaluation import Evaluation
 from consumers.rules.tracker import DEFAULT_MAX_RUNS
+from consumers.service.windows import DEFAULT_BUDGET, WarmUp, WindowSnapshots
 from consumers.store.alert_states import load_states, save_states
 from consumers.store.engine import Store
 from consumers.store.feed import (
@@ -36,19 +37,12 @@ from consumers.store.feed import (
     baseline_loader,
     current_runs,
     earliest_event,
-    events_between,
-    events_by_key,
     last_seen,
     run_details,
 )
 from consumers.store.outbox_state import SqlOutboxState
-from consumers.store.rule_windows import load_snapshot, save_snapshot
 
 log = logging.getLogger(__name__)
-
-# A snapshot further behind the events than this is not caught up from (the first tick would
-# read more than a replay of the window): the rules replay as if there were none.
-CATCH_UP_EVENTS = 50_000
 
 
 class LeaseLike(Protocol):
@@ -73,17 +67,6 @@ class Cycle:
     warmed_up: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class WarmUp:
-    """What the last warm-up did: window states loaded, rules replayed (and the events
-    read for them), events stored since the snapshot for the first tick to read."""
-
-    loaded: int
-    replayed: tuple[str, ...]
-    replayed_events: int
-    behind: int
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -104,6 +87,7 @@ class Scheduler:
         max_tracked_runs: int = DEFAULT_MAX_RUNS,
         on_evict: Callable[[str], None] | None = None,
         noise: NoisePolicy | None = None,
+        snapshot_budget: int = DEFAULT_BUDGET,
     ) -> None:
         self._store = store
         self._rules = rules
@@ -121,8 +105,7 @@ class Scheduler:
         self._ruleset: RuleSet | None = None
         self._evaluation: Evaluation | None = None
         self._feed = EventFeed(store)  # what this replica has seen (see EventFeed)
-        self._saved_feed: tuple[int, frozenset[int]] | None = None  # as last written
-        self._prune = False  # the first write after a warm-up drops rows of other rules
+        self.snapshots = WindowSnapshots(store, self._feed, budget=snapshot_budget)
         self.last_warm_up: WarmUp | None = None
 
     @property
@@ -151,28 +134,20 @@ class Scheduler:
         assert evaluation is not None
         if not evaluation:
             return Cycle(leader=True, warmed_up=warmed)
-        fresh = self._feed.read()
-        evaluation.observe_all(fresh)
+        fresh = self._feed.read_with_ids()
+        self.snapshots.observe(evaluation, fresh)
         alerts = evaluation.evaluate(now)
         changes = evaluation.instances.take_changes()
-        windows = evaluation.take_windows()
-        cursor, gaps = self._feed.state()
-        feed = (cursor, frozenset(gaps))
-        moved = feed != self._saved_feed
+        snapshot = self.snapshots.take(evaluation)
         written = 0
-        if alerts or changes or windows or moved or self._prune:
+        if alerts or changes or snapshot is not None:
             with self._store.write_lock, self._store.engine.begin() as conn:
                 written = self._recorder.record(SqlOutboxState(conn), alerts, now)
                 save_states(conn, changes, now)
-                save_snapshot(
-                    conn,
-                    cursor=cursor if moved or windows else None,
-                    gaps=gaps,
-                    rules=windows,
-                    now=now,
-                    keep=evaluation.windowed if self._prune else None,
-                )
-            self._saved_feed, self._prune = feed, False
+                if snapshot is not None:
+                    self.snapshots.write(conn, snapshot, now)
+            if snapshot is not None:
+                self.snapshots.written(snapshot)
         if written and self._on_notified is not None:
             self._on_notified()
         if self._on_alert is not None:
@@ -189,45 +164,21 @@ class Scheduler:
 
     def _warm_up(self, ruleset: RuleSet, now: datetime) -> None:
         self._ruleset = ruleset
-        snapshot = load_snapshot(self._store)
-        last = self._feed.last_id()
-        behind = None if snapshot.cursor is None else last - snapshot.cursor
-        if snapshot.cursor is not None and behind is not None and 0 <= behind <= CATCH_UP_EVENTS:
-            self._feed.resume(snapshot.cursor, snapshot.gaps)
-            stored = snapshot.rules
-        else:
-            self._feed.start_at_end()
-            stored = {}
         evaluation = Evaluation(
             ruleset.scheduled,
             states=load_states(self._store),
             resolved_receivers=self._resolved,
             horizon_s=self._horizon,
-            # completions stored up to `last` are in the runs table the tracker is loaded
-            # from; those the feed also delivers are counted once (tracker.Baseline)
-            baseline=baseline_loader(self._store, stored_up_to=last),
+            # completions stored up to the last id now are in the runs table the tracker is
+            # loaded from; those the feed delivers too are counted once (tracker.Baseline)
+            baseline=baseline_loader(self._store, stored_up_to=self._feed.last_id()),
             guard=ruleset.guard,
             describe=run_details(self._store),
             max_runs=self._max_runs,
             on_evict=self._on_evict,
             last_seen=last_seen(self._store),
         )
-        replay = evaluation.restore(stored, lambda keys: events_by_key(self._store, keys))
-        span = evaluation.replay_span(replay, now)
-        replayed = 0
-        if span is not None:
-            since, statuses = span
-            replayed = evaluation.replay(
-                events_between(
-                    self._store,
-                    since,
-                    max_id=self._feed.cursor,
-                    statuses=statuses,
-                    skip=self._feed.gaps,  # the feed delivers these if they come
-                ),
-                replay,
-                now,
-            )
+        warm = self.last_warm_up = self.snapshots.warm_up(evaluation, now)
         if evaluation.needs_runs:
             tree_since = now - evaluation.tree_keep if evaluation.runs.track_trees else None
             roots = []
@@ -240,14 +191,6 @@ class Scheduler:
         earliest = earliest_event(self._store)
         evaluation.start_watching(earliest or now)
         self._evaluation = evaluation
-        self._saved_feed = None
-        self._prune = True
-        warm = self.last_warm_up = WarmUp(
-            len(evaluation.windowed) - len(replay),
-            tuple(replay),
-            replayed,
-            last - self._feed.cursor,
-        )
         log.info(
             "scheduled evaluation: %d rules warmed up (%d window states loaded, %d rules "
             "replayed from %d events; %d events to catch up; %d active runs)",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -63,6 +64,15 @@ def run_event(row: Any) -> tuple[RunStatusEvent, datetime | None]:
     return event, None if row.StartTime is None else to_utc(row.StartTime)
 
 
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A place in the events table: every id up to `cursor` read except `gaps` (id ->
+    epoch seconds when it was first missed)."""
+
+    cursor: int
+    gaps: Mapping[int, float] = field(default_factory=dict)
+
+
 class EventFeed:
     """The events stored since the last read, in id order.
 
@@ -88,24 +98,28 @@ class EventFeed:
         self.cursor = self.start = self.last_id()
         self._gaps.clear()
 
-    def resume(self, cursor: int, gaps: Mapping[int, float]) -> None:
-        """Go on from where a saved feed stood (`state()`): the ids it had read up to
-        `cursor` and those below still missing, with when (epoch seconds) each was first
-        missed, so a gap is given up `gap_s` after it was first seen whoever saw it."""
-        self.cursor = self.start = cursor
+    def resume(self, at: Position) -> None:
+        """Go on from a saved position (`position()`); a gap is given up `gap_s` after it
+        was first missed, whoever missed it."""
+        self.cursor = self.start = at.cursor
         monotonic, wall = time.monotonic(), time.time()
-        self._gaps = {i: monotonic - max(0.0, wall - t) for i, t in gaps.items() if i < cursor}
+        self._gaps = {
+            i: monotonic - max(0.0, wall - t) for i, t in at.gaps.items() if i < at.cursor
+        }
 
-    def state(self) -> tuple[int, dict[int, float]]:
-        """The cursor and the missing ids below it (id -> epoch seconds first missed)."""
+    def position(self) -> Position:
         monotonic, wall = time.monotonic(), time.time()
-        return self.cursor, {i: wall - (monotonic - t) for i, t in self._gaps.items()}
+        return Position(self.cursor, {i: wall - (monotonic - t) for i, t in self._gaps.items()})
 
     @property
     def gaps(self) -> frozenset[int]:
         return frozenset(self._gaps)
 
     def read(self, limit: int = 50_000) -> list[RunStatusEvent]:
+        return [event for _, event in self.read_with_ids(limit)]
+
+    def read_with_ids(self, limit: int = 50_000) -> list[tuple[int, RunStatusEvent]]:
+        """The new events and their ids: late-found gaps first, then in id order."""
         query = (
             select(events.c.id, *_EVENT_COLUMNS)
             .where(events.c.id > self.cursor)
@@ -139,7 +153,7 @@ class EventFeed:
             expected = row.id + 1
         if rows:
             self.cursor = rows[-1].id
-        return [event_of(row) for row in found + rows]
+        return [(row.id, event_of(row)) for row in found + rows]
 
 
 def events_between(

@@ -251,14 +251,15 @@ rule_windows = Table(
     Column("updated_at", Time, nullable=False),
 )
 
-# Where the rows of rule_windows stand in the events table: the last events.id read, and the
-# ids below it not yet seen (PostgreSQL commits ids out of order) with when they were first
-# missed (epoch seconds), as JSON text. One row per evaluation lease.
+# Where the rows of rule_windows stand in the events table: the last events.id read, and as
+# JSON text the ids below it not yet seen (PostgreSQL commits ids out of order) with when
+# they were first missed (epoch seconds), and the rows written at an earlier position (each
+# tick writes a bounded share of the changed rows) with theirs. One row per evaluation lease.
 rule_feed = Table(
     "rule_feed",
     metadata,
     Column("name", String(), primary_key=True),
     Column("cursor", BigInteger, nullable=False),
-    Column("gaps", Text, nullable=False),
+    Column("positions", Text, nullable=False),
     Column("updated_at", Time, nullable=False),
 )

@@ -30,7 +30,7 @@ def upgrade() -> None:
         "rule_feed",
         sa.Column("name", sa.String(), primary_key=True),
         sa.Column("cursor", sa.BigInteger, nullable=False),
-        sa.Column("gaps", sa.Text, nullable=False),
+        sa.Column("positions", sa.Text, nullable=False),
         sa.Column("updated_at", Time, nullable=False),
     )
 
