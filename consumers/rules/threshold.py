@@ -14,6 +14,7 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 from consumers.model.events import RunStatusEvent
@@ -113,13 +114,24 @@ class ThresholdCounter:
 
     def dump(self, examples: ExampleRefs) -> dict[str, Any]:
         """The counts as data (consumers.rules.windows): per group its values, its buckets
-        ({bucket: [num, den]}, the live dict: encoded by orjson, not walked here), and the
+        as three lists (bucket numbers, numerator and denominator counts: small integers
+        and three lists are far cheaper to write and read than a pair per bucket), and the
         numbers of its latest numerator event and latest event of any kind. Buckets the
         window has left go when the state is next evaluated, as they would have."""
-        groups = [
-            [key, g.values, g.buckets, examples.ref(g.last), examples.ref(g.seen)]
-            for key, g in self.groups.items()
-        ]
+        groups = []
+        for key, g in self.groups.items():
+            counts = g.buckets.values()
+            groups.append(
+                [
+                    key,
+                    g.values,
+                    list(g.buckets),
+                    [c[0] for c in counts],
+                    [c[1] for c in counts],
+                    examples.ref(g.last),
+                    examples.ref(g.seen),
+                ]
+            )
         return {"bucket_s": self.bucket_s, "groups": groups}
 
     def load(self, state: dict[str, Any], events: list[RunStatusEvent]) -> None:
@@ -129,16 +141,19 @@ class ThresholdCounter:
         if state.get("bucket_s") != self.bucket_s:
             raise WindowStateError("buckets of another size")
         groups: dict[str, _Group] = {}
-        for key, values, buckets, last, seen in state["groups"]:
-            if not isinstance(values, dict) or not isinstance(buckets, dict):
+        for key, values, buckets, nums, dens, last, seen in state["groups"]:
+            if not (
+                isinstance(values, dict)
+                and len(buckets) == len(nums) == len(dens)
+                and set(map(type, chain(buckets, nums, dens))) <= {int}  # not bool, not float
+                and min(nums, default=0) >= 0 <= min(dens, default=0)
+            ):
                 raise WindowStateError(f"group {key!r} is damaged")
             group = _Group({str(k): str(v) for k, v in values.items()})
-            for bucket, (num, den) in buckets.items():
-                if not (isinstance(num, int) and isinstance(den, int) and num >= 0 <= den):
-                    raise WindowStateError(f"group {key!r}: bucket {bucket} is damaged")
-                group.buckets[int(bucket)] = [num, den]
-                group.num += num
-                group.den += den
+            group.buckets = dict(zip(buckets, map(list, zip(nums, dens, strict=True)), strict=True))
+            if len(group.buckets) != len(buckets):
+                raise WindowStateError(f"group {key!r}: a bucket twice")
+            group.num, group.den = sum(nums), sum(dens)
             group.heap = sorted(group.buckets)
             group.last, group.seen = example(events, last), example(events, seen)
             groups[str(key)] = group

@@ -92,8 +92,7 @@ def example(events: list[RunStatusEvent], number: Any) -> RunStatusEvent | None:
 
 
 def encode(state: dict[str, Any]) -> str:
-    """Integer keys (bucket numbers) written as strings, in C: the bulk of a state."""
-    return orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS).decode()
+    return orjson.dumps(state).decode()
 
 
 def decode(text: str) -> dict[str, Any]:
