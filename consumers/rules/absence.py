@@ -23,7 +23,7 @@ from typing import Any
 
 from consumers.model.events import RunStatusEvent
 from consumers.rules.durations import span
-from consumers.rules.engine import Matcher
+from consumers.rules.engine import Matcher, single_name
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Finding
 from consumers.rules.model import Rule
@@ -44,6 +44,7 @@ class StuckRuns:
         # `when.status` would contradict the limits; the other conditions filter runs.
         when = rule.when.model_copy(update={"status": None})
         self.matcher = Matcher.compile(rule, when, guard=guard)
+        self.experiment = single_name(when.experiment)  # judge only its runs
         self._seen: dict[str, datetime] = {}  # LastSeen read from the store, per run
 
     def _since(self, run: ActiveRun) -> datetime:
@@ -57,7 +58,10 @@ class StuckRuns:
         self, runs: RunTracker, now: datetime, last_seen: LastSeen | None = None
     ) -> list[Finding]:
         over: list[tuple[ActiveRun, float]] = []
-        for run in runs.active.values():
+        active = (
+            runs.active.values() if self.experiment is None else runs.active_of(self.experiment)
+        )
+        for run in active:
             limit = self.limits.get(run.event.Status)
             if limit is None or (now - self._since(run)).total_seconds() <= limit:
                 continue
