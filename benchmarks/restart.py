@@ -11,7 +11,10 @@
 3. warm-up: 500 scheduled rules (threshold, absence, duration), a store with `--history`
    events of runs that start, run and end (the runs table filled by the normal write path),
    then the scheduler's first tick, as at start, takeover or reload: the time until the
-   rules are evaluated (goal < 1 s). `--profile` prints where it goes (cProfile).
+   rules are evaluated (goal < 1 s). Measured without a window snapshot (the first start
+   ever: every rule replays its window), then `--ticks` steady ticks of the lease holder
+   (10 s of new events each; the snapshot's share of the tick time), then restarts that
+   load the snapshot the holder wrote. `--profile` prints where it goes (cProfile).
 
 Every figure is wall clock on a shared 2-core machine: the broker, PostgreSQL, the SMTP
 server, the producer and the replicas all run on those two cores.
@@ -45,7 +48,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rules_eval import HeldLease, make_rules  # benchmarks/, on the path when run as a script
+from rules_eval import (  # benchmarks/, on the path when run as a script
+    HeldLease,
+    fresh_events,
+    make_rules,
+)
+from sqlalchemy import delete, select
 
 from consumers.config.settings import shipped
 from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
@@ -53,7 +61,9 @@ from consumers.model.events import RunStatusEvent
 from consumers.rules.engine import RuleSet
 from consumers.rules.model import Rule
 from consumers.service.scheduler import Scheduler
+from consumers.service.windows import WindowSnapshots
 from consumers.store import Store, open_store
+from consumers.store.schema import rule_feed, rule_windows
 
 RUNWATCH = str(Path(sys.executable).parent / "runwatch")
 PG_ADMIN = "postgresql://postgres@127.0.0.1/postgres"
@@ -401,7 +411,62 @@ def history(count: int, rate: float, now: datetime) -> Iterator[list[RunStatusEv
         yield batch
 
 
-def bench_warmup(url: str, rules: int, events: int, rate: float, profile: bool) -> None:
+def _scheduler(store: Store, ruleset: RuleSet, clock: list[datetime]) -> Scheduler:
+    return Scheduler(
+        store,
+        lambda: ruleset,
+        HeldLease(),
+        receiver_kinds={"oncall": "email"},
+        clock=lambda: clock[0],
+    )
+
+
+def _first_tick(
+    store: Store, ruleset: RuleSet, clock: list[datetime], profile: bool
+) -> tuple[float, Scheduler, Any]:
+    """A new replica's first tick (warm-up, then every rule evaluated), timed."""
+    scheduler = _scheduler(store, ruleset, clock)
+    profiler = cProfile.Profile() if profile else None
+    began = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    cycle = scheduler.run_once()
+    if profiler is not None:
+        profiler.disable()
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(30)
+        print(out.getvalue())
+    took = time.perf_counter() - began
+    assert cycle.warmed_up and cycle.leader
+    return took, scheduler, cycle
+
+
+class _Timed:
+    """Wall time spent in one function (the snapshot's part of a tick)."""
+
+    def __init__(self, owner: Any, name: str) -> None:
+        self.owner, self.name, self.seconds = owner, name, 0.0
+        self.original = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return self.original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - began
+
+        setattr(owner, name, timed)
+
+    def restore(self) -> None:
+        setattr(self.owner, self.name, self.original)
+
+
+def bench_warmup(
+    url: str, rules: int, events: int, rate: float, profile: bool, ticks: int = 30
+) -> None:
+    """Cold (no snapshot: first start, or every rule changed), then a holder's steady ticks
+    (each after 10 s of new events; the snapshot's share of them), then restarts (a new
+    replica's first tick after 10 s more events, loading the snapshot)."""
     store: Store = open_store(url, migrate=True)
     now = datetime.now(UTC).replace(microsecond=0)
     began = time.perf_counter()
@@ -417,42 +482,76 @@ def bench_warmup(url: str, rules: int, events: int, rate: float, profile: bool) 
         f"3. rule warm-up, {len(ruleset.scheduled)} scheduled rules {kinds}; history of "
         f"{events:,} events at {rate:g}/s ({events / rate / 3600:.1f} h), stored in {filled:.0f} s"
     )
-    times = []
+    clock = [now]
+    cold = []
     for attempt in range(3):
-        scheduler = Scheduler(
-            store,
-            lambda: ruleset,
-            HeldLease(),
-            receiver_kinds={"oncall": "email"},
-            clock=lambda: now,
-        )
-        profiler = cProfile.Profile() if profile and attempt == 0 else None
-        began = time.perf_counter()
-        if profiler is not None:
-            profiler.enable()
-        cycle = scheduler.run_once()  # the first tick: warm-up, then every rule evaluated
-        if profiler is not None:
-            profiler.disable()
-        times.append(time.perf_counter() - began)
-        assert cycle.warmed_up and cycle.leader
-        evaluation = scheduler.evaluation
-        assert evaluation is not None
+        with store.engine.begin() as conn:
+            conn.execute(delete(rule_windows))
+            conn.execute(delete(rule_feed))
+        took, scheduler, cycle = _first_tick(store, ruleset, clock, profile and attempt == 0)
+        cold.append(took)
+        warm = scheduler.last_warm_up
+        assert warm is not None and warm.loaded == 0
+        if attempt == 0:
+            evaluation = scheduler.evaluation
+            assert evaluation is not None
+            print(
+                f"   no snapshot: {len(warm.replayed)} rules replayed from "
+                f"{warm.replayed_events:,} events (each its own window and statuses); "
+                f"{len(evaluation.runs.active)} active runs; first tick raised {cycle.alerts} "
+                f"alerts"
+            )
+    print(f"   start -> rules evaluated, no snapshot: {_figures(cold)}")
+
+    rng = random.Random(5)
+    per_tick = int(rate * 10)
+    holder = scheduler
+    taken = _Timed(WindowSnapshots, "take")
+    saved = _Timed(WindowSnapshots, "write")
+    times = []
+    try:
+        for i in range(ticks):
+            clock[0] += timedelta(seconds=10)
+            store.write_batch(fresh_events(clock[0], per_tick, rng, i))
+            began = time.perf_counter()
+            cycle = holder.run_once()
+            times.append(time.perf_counter() - began)
+            assert cycle.events == per_tick, cycle
+    finally:
+        taken.restore()
+        saved.restore()
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(rule_windows.c.state)).scalars().all()
+    share = (taken.seconds + saved.seconds) / len(times)
+    print(
+        f"   steady ticks ({ticks}, {per_tick} new events each): median "
+        f"{statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms; of which "
+        f"the snapshot (take + write, budget {holder.snapshots.budget // 1024} KiB) "
+        f"{share * 1000:.1f} ms per tick on average; {len(rows)} rows, "
+        f"{sum(map(len, rows)) / 1024:.0f} KiB in all"
+    )
+
+    restarts = []
+    for attempt in range(3):
+        clock[0] += timedelta(seconds=10)
+        store.write_batch(fresh_events(clock[0], per_tick, rng, ticks + attempt))
+        took, scheduler, cycle = _first_tick(store, ruleset, clock, profile and attempt == 0)
+        restarts.append(took)
+        warm = scheduler.last_warm_up
+        assert warm is not None and not warm.replayed, warm  # every row written by now
         if attempt == 0:
             print(
-                f"   window replayed {evaluation.longest_window:.0f} s; "
-                f"{len(evaluation.runs.active)} active runs; "
-                f"first tick raised {cycle.alerts} alerts"
+                f"   with the snapshot: {warm.loaded} window states loaded, "
+                f"{warm.behind} events to catch up (from the oldest row's position); first "
+                f"tick raised {cycle.alerts} alerts"
             )
-        if profiler is not None:
-            out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(30)
-            print(out.getvalue())
-    print(
-        "   start -> rules evaluated: "
-        + ", ".join(f"{t:.2f}" for t in times)
-        + f" s (median {statistics.median(times):.2f} s; goal < 1 s)"
-    )
+    print(f"   start -> rules evaluated, from the snapshot: {_figures(restarts)} (goal < 1 s)")
     store.dispose()
+
+
+def _figures(times: list[float]) -> str:
+    listed = ", ".join(f"{t:.2f}" for t in times)
+    return f"{listed} s (median {statistics.median(times):.2f} s)"
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -477,6 +576,7 @@ def main() -> int:
     parser.add_argument("--history", type=int, default=300_000, help="events in the store")
     parser.add_argument("--history-rate", type=float, default=20.0, help="their events/s")
     parser.add_argument("--profile", action="store_true", help="cProfile of the warm-up")
+    parser.add_argument("--ticks", type=int, default=30, help="steady ticks between warm-ups")
     parser.add_argument("--sqlite", action="store_true", help="warm-up on SQLite, not PG")
     args = parser.parse_args()
     kafka = parse_kafka(args.kafka)
@@ -491,10 +591,13 @@ def main() -> int:
                 args.history,
                 args.history_rate,
                 args.profile,
+                args.ticks,
             )
         else:
             with throwaway_pg() as url:
-                bench_warmup(url, args.rules, args.history, args.history_rate, args.profile)
+                bench_warmup(
+                    url, args.rules, args.history, args.history_rate, args.profile, args.ticks
+                )
     if not {"start", "rolling"} & set(args.parts):
         return 0
     ctx = multiprocessing.get_context("spawn")

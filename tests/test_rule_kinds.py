@@ -4,6 +4,8 @@ tree roll-ups, replay safety, and the lease."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from pydantic import ValidationError
 
@@ -13,6 +15,7 @@ from consumers.rules.model import Rule
 from consumers.rules.tracker import RunTracker
 from consumers.store import Store, open_store
 from tests.rulekit import (
+    T0,
     Clock,
     SwitchLease,
     event,
@@ -373,6 +376,42 @@ def test_run_tracker_counts_a_completed_run_once_from_load_and_feed() -> None:
     tracker.observe(event(30, "b4", "Running"))
     tracker.observe(event(35, "b4", "Completed"))
     assert tracker.baseline("train", 3) == [120.0, 120.0, 300.0]
+
+
+def test_rules_about_one_experiment_judge_its_runs_as_they_change() -> None:
+    """Absence and duration rules naming one experiment walk that experiment's runs (an
+    index of the active runs, redone after every change), a glob walks them all."""
+    from consumers.rules.absence import StuckRuns
+    from consumers.rules.durations import LongRuns
+    from consumers.rules.guard import RuleGuard
+
+    tracker = RunTracker()
+    long_train, long_any, stuck_eval = (
+        LongRuns(r, RuleGuard()) if r.duration else StuckRuns(r, RuleGuard())
+        for r in rules(
+            """
+rules:
+  - {name: a, when: {experiment: train}, duration: {max: 1h}, notify: [oncall]}
+  - {name: b, when: {experiment: "tr*"}, duration: {max: 1h}, notify: [oncall]}
+  - {name: c, when: {experiment: eval}, absence: {limits: {Queued: 30m}}, notify: [oncall]}
+"""
+        )
+    )
+    assert isinstance(long_train, LongRuns) and isinstance(long_any, LongRuns)
+    assert isinstance(stuck_eval, StuckRuns)
+    tracker.observe(event(0, "t1", "Running"))
+    tracker.observe(event(0, "e1", "Queued", ExperimentName="eval"))
+    at = T0 + timedelta(hours=2)
+    assert [f.group_key for f in long_train.evaluate(tracker, at)] == ["t1"]
+    assert [f.group_key for f in stuck_eval.evaluate(tracker, at)] == ["e1"]
+    tracker.observe(event(1, "t2", "Running"))  # after the index was built
+    tracker.observe(event(1, "t3", "Running", ExperimentName="train2"))
+    tracker.observe(event(2, "e1", "Running", ExperimentName="eval"))
+    assert [f.group_key for f in long_train.evaluate(tracker, at)] == ["t1", "t2"]
+    assert [f.group_key for f in long_any.evaluate(tracker, at)] == ["t1", "t2", "t3"]
+    assert stuck_eval.evaluate(tracker, at) == []
+    tracker.observe(event(3, "t1", "Completed"))
+    assert [f.group_key for f in long_train.evaluate(tracker, at)] == ["t2"]
 
 
 TREE = """

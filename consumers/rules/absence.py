@@ -19,15 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
+from typing import Any
 
 from consumers.model.events import RunStatusEvent
 from consumers.rules.durations import span
-from consumers.rules.engine import Matcher
+from consumers.rules.engine import Matcher, single_name
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Finding
 from consumers.rules.model import Rule
 from consumers.rules.threshold import group_key, group_values
 from consumers.rules.tracker import ActiveRun, RunTracker
+from consumers.rules.windows import ExampleRefs, WindowStateError, example
 
 # Run ids -> their LastSeen in the store (the ones it has).
 LastSeen = Callable[[Collection[str]], Mapping[str, datetime]]
@@ -42,6 +44,7 @@ class StuckRuns:
         # `when.status` would contradict the limits; the other conditions filter runs.
         when = rule.when.model_copy(update={"status": None})
         self.matcher = Matcher.compile(rule, when, guard=guard)
+        self.experiment = single_name(when.experiment)  # judge only its runs
         self._seen: dict[str, datetime] = {}  # LastSeen read from the store, per run
 
     def _since(self, run: ActiveRun) -> datetime:
@@ -55,7 +58,10 @@ class StuckRuns:
         self, runs: RunTracker, now: datetime, last_seen: LastSeen | None = None
     ) -> list[Finding]:
         over: list[tuple[ActiveRun, float]] = []
-        for run in runs.active.values():
+        active = (
+            runs.active.values() if self.experiment is None else runs.active_of(self.experiment)
+        )
+        for run in active:
             limit = self.limits.get(run.event.Status)
             if limit is None or (now - self._since(run)).total_seconds() <= limit:
                 continue
@@ -101,6 +107,7 @@ class Flatline:
         self.last: dict[str, RunStatusEvent] = {}  # group -> latest matching event
         self.values: dict[str, dict[str, str]] = {}
         self.watching_since: datetime | None = None  # the start of the history judged
+        self.dirty = True  # changed since the state was last taken (`dump`) or loaded
 
     def observe(self, event: RunStatusEvent) -> None:
         values = group_values(event, self.spec.group_by)
@@ -109,6 +116,24 @@ class Flatline:
         if last is None or event.TimeGenerated > last.TimeGenerated:
             self.last[key] = event
             self.values[key] = values
+            self.dirty = True
+
+    def dump(self, examples: ExampleRefs) -> dict[str, Any]:
+        """Per group its values and latest matching event (consumers.rules.windows)."""
+        return {"groups": [[k, self.values[k], examples.ref(e)] for k, e in self.last.items()]}
+
+    def load(self, state: dict[str, Any], events: list[RunStatusEvent]) -> None:
+        """What `dump` gave; raises on a state it cannot take, leaving itself as it was."""
+        last: dict[str, RunStatusEvent] = {}
+        values: dict[str, dict[str, str]] = {}
+        for key, group, number in state["groups"]:
+            event = example(events, number)
+            if not isinstance(group, dict) or event is None:
+                raise WindowStateError(f"group {key!r} is damaged")
+            last[str(key)] = event
+            values[str(key)] = {str(k): str(v) for k, v in group.items()}
+        self.last, self.values = last, values
+        self.dirty = False
 
     def evaluate(self, now: datetime) -> list[Finding]:
         window = self.spec.window

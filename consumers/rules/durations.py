@@ -9,7 +9,7 @@ import math
 from datetime import datetime
 
 from consumers.model.events import Status
-from consumers.rules.engine import Matcher
+from consumers.rules.engine import Matcher, single_name
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Finding
 from consumers.rules.model import Rule
@@ -38,11 +38,15 @@ class LongRuns:
         self.spec = rule.duration
         when = rule.when.model_copy(update={"status": None})
         self.matcher = Matcher.compile(rule, when, guard=guard)
+        self.experiment = single_name(when.experiment)  # judge only its runs
 
     def evaluate(self, runs: RunTracker, now: datetime) -> list[Finding]:
         spec = self.spec
         findings: list[Finding] = []
-        for run in runs.active.values():
+        active = (
+            runs.active.values() if self.experiment is None else runs.active_of(self.experiment)
+        )
+        for run in active:
             event = run.event
             if event.Status != Status.Running or run.started is None:
                 continue

@@ -48,6 +48,13 @@ def _glob_regex(patterns: tuple[str, ...] | None) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
 
 
+def single_name(patterns: tuple[str, ...] | None) -> str | None:
+    """The one name these globs match, if they are one pattern without wildcards."""
+    if patterns is None or len(patterns) != 1 or any(c in patterns[0] for c in "*?["):
+        return None
+    return patterns[0]
+
+
 def _truthy(value: Any) -> bool:
     """JMESPath truth: null, false and empty strings, lists and objects are false; 0 is true."""
     if value is None or value is False:

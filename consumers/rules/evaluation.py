@@ -8,7 +8,8 @@ test` a simulated clock stepping through the stored history, tests an injected o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import logging
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from consumers.model.alerts import Alert
@@ -18,13 +19,28 @@ from consumers.model.instances import InstanceState
 from consumers.rules.absence import LastSeen
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Describe, Instances, Key
-from consumers.rules.kinds import Context, ScheduledRule, Seen, build
+from consumers.rules.kinds import Context, ScheduledRule, Seen, Windowed, build, windowed
 from consumers.rules.model import Rule
 from consumers.rules.reads import union
 from consumers.rules.tracker import DEFAULT_MAX_RUNS, RunTracker
 from consumers.rules.trees import evict_finished
+from consumers.rules.windows import (
+    FORMAT,
+    ExampleRefs,
+    Ref,
+    WindowStateError,
+    decode,
+    encode,
+    fingerprint,
+    refs_of,
+)
 
 _EVICT_EVERY = timedelta(minutes=1)
+
+log = logging.getLogger(__name__)
+
+# The stored events of these natural keys (those it has): a window state's examples.
+FetchExamples = Callable[[Collection[Ref]], Mapping[Ref, RunStatusEvent]]
 
 
 class Evaluation:
@@ -74,6 +90,13 @@ class Evaluation:
             for status in Status
         }
 
+        # Kinds with window state, by rule name, with the fingerprint of their definition.
+        self.windowed: dict[str, tuple[Windowed, str]] = {}
+        for kind in self.kinds:
+            held, fp = windowed(kind), fingerprint(kind.rule)
+            if held is not None and fp is not None:
+                self.windowed[kind.rule.name] = (held, fp)
+
     def __bool__(self) -> bool:
         return bool(self.rules)
 
@@ -89,7 +112,16 @@ class Evaluation:
         """The finest evaluation interval: how often something can be due."""
         return min((float(r.every or 60.0) for r in self.rules), default=60.0)
 
-    def observe(self, event: RunStatusEvent, *, counts: bool = True, runs: bool = True) -> None:
+    def observe(
+        self,
+        event: RunStatusEvent,
+        *,
+        counts: bool = True,
+        runs: bool = True,
+        skip: Collection[str] = (),
+    ) -> None:
+        """`skip`: rules that counted the event already (a window state loaded from a
+        snapshot taken after it was stored)."""
         guard = self.guard
         if runs and self.needs_runs:
             guard.call(self._run_rules, self.runs.observe, event)
@@ -97,6 +129,8 @@ class Evaluation:
             return
         seen = Seen(event)
         for kind in self._observers.get(event.Status, ()):
+            if skip and kind.rule.name in skip:
+                continue
             try:  # the isolation boundary (consumers.rules.guard), inline: the hot path
                 kind.observe(seen)
             except Exception as exc:
@@ -116,6 +150,103 @@ class Evaluation:
     def observe_all(self, events: Sequence[RunStatusEvent]) -> None:
         for event in events:
             self.observe(event)
+
+    # -- window snapshots (consumers.rules.windows) -------------------------------------
+
+    def restore(self, stored: Mapping[str, tuple[str, str]], fetch: FetchExamples) -> list[str]:
+        """Load the stored window states (rule -> (fingerprint, state)) of the rules whose
+        definition is the one in force, their example events read with `fetch` (one call
+        for all); return the windowed rules left to replay: no row, another definition's,
+        or one that cannot be read or whose examples are gone (logged)."""
+        replay, usable = [], []
+        for name, (kind, fp) in self.windowed.items():
+            row = stored.get(name)
+            if row is None or row[0] != fp:
+                replay.append(name)
+                continue
+            try:
+                state = decode(row[1])
+                usable.append((name, kind, state, refs_of(state)))
+            except WindowStateError as exc:
+                log.warning("rule %s: stored window state ignored, replaying it: %s", name, exc)
+                replay.append(name)
+        found = fetch({ref for *_, refs in usable for ref in refs}) if usable else {}
+        for name, kind, state, refs in usable:
+            try:
+                events = [found[ref] for ref in refs]
+            except KeyError as exc:
+                log.warning("rule %s: example event %s no longer stored, replaying it", name, exc)
+                replay.append(name)
+                continue
+            try:
+                kind.load(state, events)
+            except (ValueError, TypeError, KeyError) as exc:  # WindowStateError included
+                log.warning("rule %s: stored window state ignored, replaying it: %s", name, exc)
+                replay.append(name)
+        return replay
+
+    def replay_span(
+        self, names: Iterable[str], now: datetime
+    ) -> tuple[datetime, frozenset[str] | None] | None:
+        """What `replay` of these rules needs read: events since this time, of these
+        statuses (None: of any); None when nothing."""
+        kinds = [self.windowed[n][0] for n in names]
+        if not kinds:
+            return None
+        since = min(now - self._window(k.rule) for k in kinds)
+        statuses: frozenset[str] | None = frozenset()
+        for kind in kinds:
+            if kind.observes is None or statuses is None:
+                statuses = None
+            else:
+                statuses |= kind.observes
+        return since, statuses
+
+    def replay(self, events: Iterable[RunStatusEvent], names: Iterable[str], now: datetime) -> int:
+        """Count `events` (oldest first) into the named rules only, each from the start of
+        its own window on; the run tracker is not fed (it is loaded from the runs table)."""
+        pending = sorted(
+            ((now - self._window(self.windowed[n][0].rule), self.windowed[n][0]) for n in names),
+            key=lambda item: item[0],
+            reverse=True,
+        )
+        observers: dict[str, list[Windowed]] = {status.value: [] for status in Status}
+        guard, count = self.guard, 0
+        for event in events:
+            at = event.TimeGenerated
+            while pending and pending[-1][0] <= at:
+                _, kind = pending.pop()
+                for status, watching in observers.items():
+                    if kind.observes is None or status in kind.observes:
+                        watching.append(kind)
+            active = observers.get(event.Status)
+            if not active:
+                continue
+            count += 1
+            seen = Seen(event)
+            for kind in active:
+                try:  # the isolation boundary, as in `observe`
+                    kind.observe(seen)
+                except Exception as exc:
+                    guard.failed(kind.rule.name, exc)
+        return count
+
+    @staticmethod
+    def _window(rule: Rule) -> timedelta:
+        spec = rule.threshold or rule.flatline
+        return timedelta(seconds=spec.window if spec is not None else 0.0)
+
+    def dirty_windows(self) -> list[str]:
+        """The rules whose window state changed since it was last taken or loaded."""
+        return [name for name, (kind, _) in self.windowed.items() if kind.dirty]
+
+    def take_window(self, name: str) -> tuple[str, str]:
+        """A rule's window state as (fingerprint, text) for the store; from then on it is
+        not dirty."""
+        kind, fp = self.windowed[name]
+        refs = ExampleRefs()
+        body = kind.take(refs)
+        return fp, encode({"format": FORMAT, "examples": refs.refs, **body})
 
     def _due(self, rule: Rule, now: datetime) -> bool:
         due = self.next_due.get(rule.name)

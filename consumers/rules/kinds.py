@@ -24,6 +24,7 @@ from consumers.rules.threshold import ThresholdCounter, group_key, group_values
 from consumers.rules.tracker import RunTracker
 from consumers.rules.trees import READS as TREE_READS
 from consumers.rules.trees import Rollup
+from consumers.rules.windows import ExampleRefs
 
 
 class Seen:
@@ -68,6 +69,29 @@ class ScheduledRule(Protocol):
     def evaluate(self, now: datetime) -> list[Alert]: ...
 
 
+class Windowed(Protocol):
+    """A kind with window state (threshold, flatline): what a warm-up loads instead of
+    replaying the window (consumers.rules.windows)."""
+
+    rule: Rule
+    observes: frozenset[str] | None
+
+    def observe(self, seen: Seen) -> None: ...
+
+    @property
+    def dirty(self) -> bool:
+        """Changed since its state was last taken or loaded."""
+        ...
+
+    def take(self, examples: ExampleRefs) -> dict[str, Any]:
+        """Its state as data, from then on not dirty."""
+        ...
+
+    def load(self, state: dict[str, Any], events: list[RunStatusEvent]) -> None:
+        """The state `take` gave; raises (and stays as it was) on one it cannot take."""
+        ...
+
+
 class _Threshold:
     run_reads = None
 
@@ -99,6 +123,17 @@ class _Threshold:
             grouped = seen.groups[by] = (group_key(values), values)
         counter.observe(event, num, den, grouped)
 
+    @property
+    def dirty(self) -> bool:
+        return self.counter.dirty
+
+    def take(self, examples: ExampleRefs) -> dict[str, Any]:
+        self.counter.dirty = False
+        return self.counter.dump(examples)
+
+    def load(self, state: dict[str, Any], events: list[RunStatusEvent]) -> None:
+        self.counter.load(state, events)
+
     def evaluate(self, now: datetime) -> list[Alert]:
         rule, spec = self.rule, self.counter.spec
         firing = set(self.instances.firing(rule.name))
@@ -124,6 +159,17 @@ class _Flatline:
     def observe(self, seen: Seen) -> None:
         if self.flatline.matcher.accepts(seen.event, seen.data):
             self.flatline.observe(seen.event)
+
+    @property
+    def dirty(self) -> bool:
+        return self.flatline.dirty
+
+    def take(self, examples: ExampleRefs) -> dict[str, Any]:
+        self.flatline.dirty = False
+        return self.flatline.dump(examples)
+
+    def load(self, state: dict[str, Any], events: list[RunStatusEvent]) -> None:
+        self.flatline.load(state, events)
 
     def evaluate(self, now: datetime) -> list[Alert]:
         self.flatline.watching_since = self.context.watching_since
@@ -231,3 +277,8 @@ BUILDERS: dict[str, Callable[[Rule, Context], Any]] = {
 def build(rule: Rule, context: Context) -> ScheduledRule:
     built: ScheduledRule = BUILDERS[rule.kind](rule, context)
     return built
+
+
+def windowed(kind: ScheduledRule) -> Windowed | None:
+    """The kind as one with window state, if it has one."""
+    return kind if isinstance(kind, _Threshold | _Flatline) else None

@@ -14,6 +14,7 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 from consumers.model.events import RunStatusEvent
@@ -21,6 +22,7 @@ from consumers.rules.engine import Matcher
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Finding
 from consumers.rules.model import Rule, ThresholdSpec
+from consumers.rules.windows import ExampleRefs, WindowStateError, example
 
 COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     ">": operator.gt,
@@ -74,6 +76,7 @@ class ThresholdCounter:
         )
         self.bucket_s = max(1.0, self.spec.window / 60)
         self.groups: dict[str, _Group] = {}
+        self.dirty = True  # changed since the state was last taken (`dump`) or loaded
 
     def observe(
         self,
@@ -92,6 +95,7 @@ class ThresholdCounter:
         group = self.groups.get(key)
         if group is None:
             group = self.groups[key] = _Group(values)
+        self.dirty = True
         bucket = int(event.TimeGenerated.timestamp() // self.bucket_s)
         counts = group.buckets.get(bucket)
         if counts is None:
@@ -107,6 +111,54 @@ class ThresholdCounter:
         if den:
             counts[1] += 1
             group.den += 1
+
+    def dump(self, examples: ExampleRefs) -> dict[str, Any]:
+        """The counts as data (consumers.rules.windows): per group its values, its buckets
+        as three lists (bucket numbers, numerator and denominator counts: small integers
+        and three lists are far cheaper to write and read than a pair per bucket), and the
+        numbers of its latest numerator event and latest event of any kind. Buckets the
+        window has left go when the state is next evaluated, as they would have."""
+        groups = []
+        for key, g in self.groups.items():
+            counts = g.buckets.values()
+            groups.append(
+                [
+                    key,
+                    g.values,
+                    list(g.buckets),
+                    [c[0] for c in counts],
+                    [c[1] for c in counts],
+                    examples.ref(g.last),
+                    examples.ref(g.seen),
+                ]
+            )
+        return {"bucket_s": self.bucket_s, "groups": groups}
+
+    def load(self, state: dict[str, Any], events: list[RunStatusEvent]) -> None:
+        """The counts `dump` gave (`events`: its examples, fetched); raises
+        WindowStateError (or a TypeError, ValueError or KeyError) on a state it cannot
+        take, leaving the counter as it was."""
+        if state.get("bucket_s") != self.bucket_s:
+            raise WindowStateError("buckets of another size")
+        groups: dict[str, _Group] = {}
+        for key, values, buckets, nums, dens, last, seen in state["groups"]:
+            if not (
+                isinstance(values, dict)
+                and len(buckets) == len(nums) == len(dens)
+                and set(map(type, chain(buckets, nums, dens))) <= {int}  # not bool, not float
+                and min(nums, default=0) >= 0 <= min(dens, default=0)
+            ):
+                raise WindowStateError(f"group {key!r} is damaged")
+            group = _Group({str(k): str(v) for k, v in values.items()})
+            group.buckets = dict(zip(buckets, map(list, zip(nums, dens, strict=True)), strict=True))
+            if len(group.buckets) != len(buckets):
+                raise WindowStateError(f"group {key!r}: a bucket twice")
+            group.num, group.den = sum(nums), sum(dens)
+            group.heap = sorted(group.buckets)
+            group.last, group.seen = example(events, last), example(events, seen)
+            groups[str(key)] = group
+        self.groups = groups
+        self.dirty = False
 
     def _slide(self, group: _Group, edge: int) -> None:
         while group.heap and group.heap[0] < edge:

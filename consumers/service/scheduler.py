@@ -3,9 +3,13 @@ reads the events stored since its last tick, evaluates the rules that are due, a
 their notifications and the alert states in one transaction.
 
 Only the lease holder evaluates, so several replicas raise each alert once. A replica that
-gets (or gets back) the lease warms up first: the alert states from the store, the window
-counts from the events of the longest window, the run states from the runs table. That
-costs the window, not the history; after it each tick costs only what arrived since.
+gets (or gets back) the lease, or reloads the rules, warms up first: the alert states from
+the store, the run states from the runs table, and the window counts of the threshold and
+flatline rules from the snapshot the holder writes in each tick's transaction (tables
+rule_windows and rule_feed): the feed goes on from the snapshot's cursor, so the first tick
+reads only what arrived since. Only rules without a usable snapshot row (new, changed, or a
+damaged row) replay their own window, reading only the statuses they count. After it each
+tick costs only what arrived since.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
 from consumers.model.alerts import Alert
@@ -25,6 +29,7 @@ from consumers.outbox.recorder import Recorder
 from consumers.rules.engine import RuleSet
 from consumers.rules.evaluation import Evaluation
 from consumers.rules.tracker import DEFAULT_MAX_RUNS
+from consumers.service.windows import DEFAULT_BUDGET, WarmUp, WindowSnapshots
 from consumers.store.alert_states import load_states, save_states
 from consumers.store.engine import Store
 from consumers.store.feed import (
@@ -32,7 +37,6 @@ from consumers.store.feed import (
     baseline_loader,
     current_runs,
     earliest_event,
-    events_between,
     last_seen,
     run_details,
 )
@@ -83,6 +87,7 @@ class Scheduler:
         max_tracked_runs: int = DEFAULT_MAX_RUNS,
         on_evict: Callable[[str], None] | None = None,
         noise: NoisePolicy | None = None,
+        snapshot_budget: int = DEFAULT_BUDGET,
     ) -> None:
         self._store = store
         self._rules = rules
@@ -100,6 +105,8 @@ class Scheduler:
         self._ruleset: RuleSet | None = None
         self._evaluation: Evaluation | None = None
         self._feed = EventFeed(store)  # what this replica has seen (see EventFeed)
+        self.snapshots = WindowSnapshots(store, self._feed, budget=snapshot_budget)
+        self.last_warm_up: WarmUp | None = None
 
     @property
     def evaluation(self) -> Evaluation | None:
@@ -127,15 +134,20 @@ class Scheduler:
         assert evaluation is not None
         if not evaluation:
             return Cycle(leader=True, warmed_up=warmed)
-        fresh = self._feed.read()
-        evaluation.observe_all(fresh)
+        fresh = self._feed.read_with_ids()
+        self.snapshots.observe(evaluation, fresh)
         alerts = evaluation.evaluate(now)
         changes = evaluation.instances.take_changes()
+        snapshot = self.snapshots.take(evaluation)
         written = 0
-        if alerts or changes:
+        if alerts or changes or snapshot is not None:
             with self._store.write_lock, self._store.engine.begin() as conn:
                 written = self._recorder.record(SqlOutboxState(conn), alerts, now)
                 save_states(conn, changes, now)
+                if snapshot is not None:
+                    self.snapshots.write(conn, snapshot, now)
+            if snapshot is not None:
+                self.snapshots.written(snapshot)
         if written and self._on_notified is not None:
             self._on_notified()
         if self._on_alert is not None:
@@ -152,24 +164,21 @@ class Scheduler:
 
     def _warm_up(self, ruleset: RuleSet, now: datetime) -> None:
         self._ruleset = ruleset
-        self._feed.start_at_end()
-        seen = self._feed.start
         evaluation = Evaluation(
             ruleset.scheduled,
             states=load_states(self._store),
             resolved_receivers=self._resolved,
             horizon_s=self._horizon,
-            baseline=baseline_loader(self._store, stored_up_to=seen),
+            # completions stored up to the last id now are in the runs table the tracker is
+            # loaded from; those the feed delivers too are counted once (tracker.Baseline)
+            baseline=baseline_loader(self._store, stored_up_to=self._feed.last_id()),
             guard=ruleset.guard,
             describe=run_details(self._store),
             max_runs=self._max_runs,
             on_evict=self._on_evict,
             last_seen=last_seen(self._store),
         )
-        window = evaluation.longest_window
-        if window > 0:
-            for event in events_between(self._store, now - timedelta(seconds=window), max_id=seen):
-                evaluation.observe(event, runs=False)
+        warm = self.last_warm_up = self.snapshots.warm_up(evaluation, now)
         if evaluation.needs_runs:
             tree_since = now - evaluation.tree_keep if evaluation.runs.track_trees else None
             roots = []
@@ -183,9 +192,13 @@ class Scheduler:
         evaluation.start_watching(earliest or now)
         self._evaluation = evaluation
         log.info(
-            "scheduled evaluation: %d rules warmed up (window %.0fs, %d active runs)",
+            "scheduled evaluation: %d rules warmed up (%d window states loaded, %d rules "
+            "replayed from %d events; %d events to catch up; %d active runs)",
             len(evaluation.rules),
-            window,
+            warm.loaded,
+            len(warm.replayed),
+            warm.replayed_events,
+            warm.behind,
             len(evaluation.runs.active),
         )
 

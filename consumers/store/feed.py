@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select, tuple_
 
 from consumers.model.durations import BaselineLoader
 from consumers.model.events import TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
@@ -63,6 +64,15 @@ def run_event(row: Any) -> tuple[RunStatusEvent, datetime | None]:
     return event, None if row.StartTime is None else to_utc(row.StartTime)
 
 
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A place in the events table: every id up to `cursor` read except `gaps` (id ->
+    epoch seconds when it was first missed)."""
+
+    cursor: int
+    gaps: Mapping[int, float] = field(default_factory=dict)
+
+
 class EventFeed:
     """The events stored since the last read, in id order.
 
@@ -78,13 +88,38 @@ class EventFeed:
         self._gap_s = gap_s
         self._gaps: dict[int, float] = {}  # id -> monotonic time it was first missed
 
-    def start_at_end(self) -> None:
+    def last_id(self) -> int:
+        """The highest id stored now."""
         with self._store.engine.connect() as conn:
             last = select(events.c.id).order_by(events.c.id.desc()).limit(1)
-            self.cursor = self.start = int(conn.execute(last).scalar() or 0)
+            return int(conn.execute(last).scalar() or 0)
+
+    def start_at_end(self) -> None:
+        self.cursor = self.start = self.last_id()
         self._gaps.clear()
 
+    def resume(self, at: Position) -> None:
+        """Go on from a saved position (`position()`); a gap is given up `gap_s` after it
+        was first missed, whoever missed it."""
+        self.cursor = self.start = at.cursor
+        monotonic, wall = time.monotonic(), time.time()
+        self._gaps = {
+            i: monotonic - max(0.0, wall - t) for i, t in at.gaps.items() if i < at.cursor
+        }
+
+    def position(self) -> Position:
+        monotonic, wall = time.monotonic(), time.time()
+        return Position(self.cursor, {i: wall - (monotonic - t) for i, t in self._gaps.items()})
+
+    @property
+    def gaps(self) -> frozenset[int]:
+        return frozenset(self._gaps)
+
     def read(self, limit: int = 50_000) -> list[RunStatusEvent]:
+        return [event for _, event in self.read_with_ids(limit)]
+
+    def read_with_ids(self, limit: int = 50_000) -> list[tuple[int, RunStatusEvent]]:
+        """The new events and their ids: late-found gaps first, then in id order."""
         query = (
             select(events.c.id, *_EVENT_COLUMNS)
             .where(events.c.id > self.cursor)
@@ -118,28 +153,61 @@ class EventFeed:
             expected = row.id + 1
         if rows:
             self.cursor = rows[-1].id
-        return [event_of(row) for row in found + rows]
+        return [(row.id, event_of(row)) for row in found + rows]
 
 
 def events_between(
-    store: Store, since: datetime, until: datetime | None = None, *, max_id: int | None = None
+    store: Store,
+    since: datetime,
+    until: datetime | None = None,
+    *,
+    max_id: int | None = None,
+    statuses: Collection[str] | None = None,
+    skip: Collection[int] = (),
 ) -> Iterator[RunStatusEvent]:
     """Events with since <= TimeGenerated (< until), oldest first, streamed in chunks;
-    only those stored up to `max_id` if given (the feed reads the later ones)."""
+    only those stored up to `max_id` if given (the feed reads the later ones), only those
+    in `statuses` if given, none of the ids in `skip` (the feed's gaps: it reads those)."""
     condition = events.c.TimeGenerated >= since
     if until is not None:
         condition = and_(condition, events.c.TimeGenerated < until)
     if max_id is not None:
         condition = and_(condition, events.c.id <= max_id)
+    if statuses is not None:
+        condition = and_(condition, events.c.Status.in_(sorted(statuses)))
     query = (
-        select(*_EVENT_COLUMNS)
+        select(events.c.id, *_EVENT_COLUMNS)
         .where(condition)
         .order_by(events.c.TimeGenerated, events.c.id)
         .execution_options(yield_per=_CHUNK)
     )
     with store.engine.connect() as conn:
         for row in conn.execute(query):
-            yield event_of(row)
+            if not skip or row.id not in skip:
+                yield event_of(row)
+
+
+def events_by_key(
+    store: Store, keys: Collection[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], RunStatusEvent]:
+    """The stored events of these natural keys (RunId, TimeGenerated in ISO 8601, Status),
+    those there are: a window snapshot's example events (consumers.rules.windows)."""
+    wanted = sorted(keys)
+    found: dict[tuple[str, str, str], RunStatusEvent] = {}
+    key = tuple_(events.c.RunId, events.c.TimeGenerated, events.c.Status)
+    with store.engine.connect() as conn:
+        for start in range(0, len(wanted), _ID_CHUNK):
+            chunk = []
+            for run_id, time_generated, status in wanted[start : start + _ID_CHUNK]:
+                try:
+                    chunk.append((run_id, datetime.fromisoformat(time_generated), status))
+                except ValueError:
+                    continue  # not a time: not stored either
+            query = select(*_EVENT_COLUMNS).where(key.in_(chunk))
+            for row in conn.execute(query) if chunk else ():
+                event = event_of(row)
+                found[(event.RunId, event.TimeGenerated.isoformat(), event.Status)] = event
+    return found
 
 
 def earliest_event(store: Store) -> datetime | None:

@@ -235,3 +235,31 @@ leases = Table(
     Column("acquired_at", Double, nullable=False),
     Column("generation", BigInteger, nullable=False),
 )
+
+# Scheduled rules' window state (migration 0009_rule_windows; consumers/store/rule_windows.py):
+# written by the evaluation lease's holder in each tick's transaction, so that a replica that
+# starts, takes the lease over or reloads the rules loads it instead of replaying the window.
+# One row per rule that counts events (threshold, flatline): the fingerprint of the parts of
+# its definition that shape the state, and the state as JSON text (parsed per row, so that a
+# damaged row costs that rule a replay, not the warm-up).
+rule_windows = Table(
+    "rule_windows",
+    metadata,
+    Column("rule", String(), primary_key=True),
+    Column("fingerprint", String(), nullable=False),
+    Column("state", Text, nullable=False),
+    Column("updated_at", Time, nullable=False),
+)
+
+# Where the rows of rule_windows stand in the events table: the last events.id read, and as
+# JSON text the ids below it not yet seen (PostgreSQL commits ids out of order) with when
+# they were first missed (epoch seconds), and the rows written at an earlier position (each
+# tick writes a bounded share of the changed rows) with theirs. One row per evaluation lease.
+rule_feed = Table(
+    "rule_feed",
+    metadata,
+    Column("name", String(), primary_key=True),
+    Column("cursor", BigInteger, nullable=False),
+    Column("positions", Text, nullable=False),
+    Column("updated_at", Time, nullable=False),
+)
