@@ -363,7 +363,9 @@ def test_recheck_takes_members_silenced_or_inhibited_since_out_of_a_digest() -> 
     for row in state.rows.values():
         row["state"] = S.SENDING.value  # claimed
     claimed = [
-        Notification.from_row(SimpleNamespace(**row, sent_at=None, last_error=None))
+        Notification.from_row(
+            SimpleNamespace(**row, sent_at=None, last_error=None, lease_until=None)
+        )
         for row in sorted(state.rows.values(), key=lambda row: row["run_id"])
     ]
     digest = dataclasses.replace(claimed[0], members=tuple(claimed))

@@ -32,7 +32,6 @@ from itertools import islice
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from consumers.model.events import to_utc
 from consumers.model.notifications import (
@@ -42,6 +41,7 @@ from consumers.model.notifications import (
     NotificationRow,
     NotificationState,
 )
+from consumers.store.dialects import dialect_module
 from consumers.store.outbox_state import SqlOutboxState
 from consumers.store.schema import notifications as n
 from consumers.store.staging import Stage
@@ -91,7 +91,8 @@ def _from_stage() -> Any:
     stage = _STAGE.drained()
     query = select(*(stage.c[name] for name in _COLUMNS)).order_by(stage.c.dedup_key)
     return (
-        postgresql.insert(n)
+        dialect_module("postgresql")
+        .insert(n)
         .from_select(_COLUMNS, query)
         .on_conflict_do_nothing(index_elements=["dedup_key"])
         .execution_options(preserve_rowcount=True)
@@ -101,7 +102,8 @@ def _from_stage() -> Any:
 def _sqlite_insert(conn: Connection, rows: int) -> Any:
     placeholder = {name: None for name in _COLUMNS}
     return (
-        sqlite.insert(n)
+        dialect_module("sqlite")
+        .insert(n)
         .values([placeholder] * rows)
         .on_conflict_do_nothing(index_elements=["dedup_key"])
     )

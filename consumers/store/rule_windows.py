@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import Connection, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 
+from consumers.store.dialects import dialect_module
 from consumers.store.feed import Position
 from consumers.store.schema import rule_feed, rule_windows
 
@@ -79,7 +79,7 @@ def save_snapshot(
 ) -> None:
     """Upsert these rules' rows and the feed row; with `keep`, delete the rows of every
     other rule (removed or renamed rules)."""
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    module = dialect_module(conn.dialect.name)
     if keep is not None:
         conn.execute(delete(rule_windows).where(rule_windows.c.rule.not_in(list(keep))))
     if rules:
