@@ -278,8 +278,13 @@ class Courier:
             if not self._outbox and self._producer is not None and not self._swept:
                 self._sweep()
             now = time.monotonic()
-            if self._closing.is_set() and (not self._outbox or now >= self._deadline):
-                return
+            if self._closing.is_set():
+                # finish() queued the final status before drain() set closing: take it now,
+                # or a loop that saw closing between the two would end without it (seen:
+                # exec exited 0 and its Completed was neither sent nor kept)
+                self._take(block=False)
+                if not self._outbox or now >= self._deadline:
+                    return
             waits = [1.0]
             if self._beating and beat > 0:
                 waits.append(next_beat - now)
