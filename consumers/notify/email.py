@@ -285,7 +285,9 @@ class EmailSender:
         if smtp.username:
             encrypted = client.get_transport_info("ssl_object") is not None
             if not encrypted and not smtp.allow_plaintext_auth:
-                client.close()
+                # QUIT, and wait for it: a bare close() leaves the transport to be finished
+                # by the loop, which may be gone by then (an unclosed-transport warning)
+                await _close(client)
                 raise SendError(
                     "plaintext_auth",
                     f"{smtp.host}:{smtp.port} offers no TLS (smtp.tls_mode {mode}), so the "
@@ -296,7 +298,7 @@ class EmailSender:
             try:
                 password = smtp.secret()
             except ConfigError as exc:
-                client.close()
+                await _close(client)
                 raise SendError("config", str(exc), retriable=True) from exc
             if password is not None:
                 await client.login(smtp.username, password)
