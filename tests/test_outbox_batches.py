@@ -28,10 +28,10 @@ from consumers.store.schema import notification_groups
 from consumers.store.schema import notifications as n
 from tests.test_store_batches import _drop, rows
 
-# At a minute's start: the batches span a few seconds and must stay in one storm window. A
-# replay that straddles a window's start records a storm summary the first pass did not (seen
-# on the row-by-row path as on this one).
-NOW = datetime.now(UTC).replace(second=0, microsecond=0)
+# Two seconds before a minute's end: the batches straddle two storm windows, and the replay
+# must not record a storm summary the first pass did not (it did, on both recording paths,
+# while a duplicate could open a window's summary).
+NOW = datetime.now(UTC).replace(second=58, microsecond=0)
 KINDS = {"mail": "email", "hook": "webhook"}
 COLUMNS = [c for c in n.columns if c.name != "id"]  # the id is a fresh uuid per row
 NAMES = [c.name for c in COLUMNS]

@@ -77,11 +77,13 @@ class Recorder:
             for receiver, target, unknown_owner, key in targets:
                 kind = self.kind(receiver)
                 decision = self._decide(state, plan, alert, receiver, kind, target, key, now)
-                if decision.storm is not None:
-                    state.insert(storm_row(decision.storm, now))
                 followup = state.is_followup(alert.fingerprint, receiver, key)
                 row = alert_row(alert, alert_json, receiver, kind, key, decision, followup, now)
                 if state.insert(row):
+                    # only a new row can open a storm window's summary: a replayed batch's
+                    # duplicates would otherwise add one for a window the first pass spared
+                    if decision.storm is not None:
+                        state.insert(storm_row(decision.storm, now))
                     created += 1
                     if self._noise is not None:
                         self._noise.count(decision.state)
