@@ -83,6 +83,32 @@ def http_server(port: int, arrivals: Queue[Any]) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
+def start_catchers() -> tuple[Queue[Any], int, int, list[Any]]:
+    """The SMTP server and webhook endpoint, each its own process, reporting arrivals on
+    one queue: (arrivals, SMTP port, HTTP port, the processes for stop_catchers)."""
+    ctx = multiprocessing.get_context("spawn")
+    arrivals: Queue[Any] = ctx.Queue()
+    smtp, http = free_port(), free_port()
+    servers = [
+        ctx.Process(target=smtp_server, args=(smtp, arrivals), daemon=True),
+        ctx.Process(target=http_server, args=(http, arrivals), daemon=True),
+    ]
+    for server in servers:
+        server.start()
+    time.sleep(1.5)
+    return arrivals, smtp, http, servers
+
+
+def stop_catchers(servers: list[Any]) -> None:
+    for server in servers:
+        server.terminate()
+    for server in servers:  # aiohttp's run_app can sit in its graceful shutdown for good
+        server.join(5)
+        if server.is_alive():
+            server.kill()
+            server.join()
+
+
 def producer(bootstrap: str, topic: str, rate: float, seconds: float, sent: Queue[Any]) -> None:
     from kafka import KafkaProducer
 
@@ -340,16 +366,7 @@ def main() -> int:
     )
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     args = parser.parse_args()
-    ctx = multiprocessing.get_context("spawn")
-    arrivals: Queue[Any] = ctx.Queue()
-    smtp, http = free_port(), free_port()
-    servers = [
-        ctx.Process(target=smtp_server, args=(smtp, arrivals), daemon=True),
-        ctx.Process(target=http_server, args=(http, arrivals), daemon=True),
-    ]
-    for server in servers:
-        server.start()
-    time.sleep(1.5)
+    arrivals, smtp, http, servers = start_catchers()
     broker = EmbeddedBroker().start()
     folder = Path(tempfile.mkdtemp(prefix="runwatch-alert-bench-"))
     databases: list[str] = []
@@ -399,12 +416,7 @@ def main() -> int:
             )
     finally:
         broker.stop()
-        for server in servers:
-            server.terminate()
-        for server in servers:  # aiohttp's run_app can sit in its graceful shutdown for good
-            server.join(5)
-            if server.is_alive():
-                server.kill()
+        stop_catchers(servers)
         for name in databases:
             drop_database(name)
     return 0

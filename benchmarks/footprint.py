@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from alerting import http_server, smtp_server  # benchmarks/, on the path when run as a script
+from alerting import start_catchers, stop_catchers  # benchmarks/, on the path when run as a script
 
 from consumers.demo.broker import EmbeddedBroker, create_topics, free_port
 from consumers.model.events import RunStatusEvent
@@ -335,16 +335,7 @@ def main() -> int:
         "--env", action="append", default=[], help="NAME=VALUE for serve (MALLOC_ARENA_MAX=2)"
     )
     args = parser.parse_args()
-    ctx = multiprocessing.get_context("spawn")
-    arrivals: Queue[Any] = ctx.Queue()
-    smtp, http = free_port(), free_port()
-    servers = [
-        ctx.Process(target=smtp_server, args=(smtp, arrivals), daemon=True),
-        ctx.Process(target=http_server, args=(http, arrivals), daemon=True),
-    ]
-    for server in servers:
-        server.start()
-    time.sleep(1.5)
+    arrivals, smtp, http, servers = start_catchers()
     broker = EmbeddedBroker().start()
     try:
         for store in args.store.split(","):
@@ -361,12 +352,7 @@ def main() -> int:
                 parser.error(f"--store: sqlite or postgresql, not {store!r}")
     finally:
         broker.stop()
-        for server in servers:
-            server.terminate()
-            server.join(5)
-            if server.is_alive():  # aiohttp's run_app can sit in its shutdown
-                server.kill()
-                server.join()
+        stop_catchers(servers)
     return 0
 
 
