@@ -63,7 +63,11 @@ def test_dry_run_prints_alerts_and_notifications(
 ) -> None:
     rule_file = tmp_path / "team.yaml"
     rule_file.write_text(RULES)
-    assert main(["rules", "test", str(rule_file), "--since", "7d", "--store", store_url]) == 0
+    # An ISO --since, so the ticks (every minute from --since) fall half a minute after each
+    # event's minute: with "7d" they fell a fraction of a second after the events, one second
+    # off whenever a second boundary passed between the fixture and the command.
+    since = (history - timedelta(days=3, seconds=30)).isoformat()
+    assert main(["rules", "test", str(rule_file), "--since", since, "--store", store_url]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("rules test: 4 events from ")
     assert out[0].endswith("(nothing is sent)")
@@ -76,7 +80,7 @@ def test_dry_run_prints_alerts_and_notifications(
     assert out[throttled[0] + 1] == "    -> oncall: throttled"
     firing = [line for line in out if "FIRING   failures" in line]
     assert firing == [
-        f"{history + timedelta(minutes=2):%Y-%m-%d %H:%M:%S} UTC  FIRING   failures  "
+        f"{history + timedelta(minutes=2, seconds=30):%Y-%m-%d %H:%M:%S} UTC  FIRING   failures  "
         "failures: 3 events in 15m in WorkspaceName=ws1 (>= 3)"
     ]
     resolved = [line for line in out if "RESOLVED failures" in line]
