@@ -7,9 +7,9 @@ batch, a rollback, and two replicas recording the same notifications at once."""
 from __future__ import annotations
 
 import random
-import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from consumers.store import Store, open_store
 from consumers.store.outbox_state import SqlOutboxState
 from consumers.store.schema import notification_groups
 from consumers.store.schema import notifications as n
-from tests.test_store_batches import _drop, rows
+from tests.test_store_batches import _drop, at_once, rows
 
 # Two seconds before a minute's end: the batches straddle two storm windows, and the replay
 # must not record a storm summary the first pass did not (it did, on both recording paths,
@@ -189,27 +189,8 @@ def test_a_batch_that_rolls_back_leaves_no_notification_and_its_replay_records_t
     assert rows(db, "SELECT count(*) FROM notifications") == [(created,)]
 
 
-def _at_once(stores: list[Store], batches: list[list[Alert]]) -> list[Any]:
-    barrier = threading.Barrier(len(stores))
-    results: list[Any] = [None] * len(stores)
-
-    def write(index: int) -> None:
-        alerts = batches[index]
-        barrier.wait()
-        try:
-            record = recording(alerts, KINDS)
-            results[index] = stores[index].write_batch(
-                [a.event for a in alerts], record=record, now=NOW
-            )
-        except StoreError as exc:
-            results[index] = exc
-
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(stores))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return results
+def _write(store: Store, alerts: list[Alert]) -> Any:
+    return store.write_batch([a.event for a in alerts], record=recording(alerts, KINDS), now=NOW)
 
 
 def test_replicas_recording_the_same_notifications_at_once_neither_deadlock_nor_double(
@@ -235,7 +216,9 @@ def test_replicas_recording_the_same_notifications_at_once_neither_deadlock_nor_
                 for i in range(300)
             ]
             random.Random(round_).shuffle(alerts)
-            results = _at_once(replicas, [alerts, alerts[::-1]])
+            results = at_once(
+                [partial(_write, replicas[0], alerts), partial(_write, replicas[1], alerts[::-1])]
+            )
             assert not any(isinstance(result, StoreError) for result in results), results
             assert sum(result.notifications for result in results) == 2 * len(alerts)
             total += 2 * len(alerts)

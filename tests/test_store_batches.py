@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -199,20 +200,20 @@ def test_runs_updates_between_events_keep_topic_order(db: Store) -> None:
     ]
 
 
-def _at_once(stores: list[Store], batches: list[list[RunStatusEvent]]) -> list[Any]:
-    """Each store writes its batch in its own thread, all starting together: the results,
-    or the StoreError each raised."""
-    barrier = threading.Barrier(len(stores))
-    results: list[Any] = [None] * len(stores)
+def at_once(writes: list[Callable[[], Any]]) -> list[Any]:
+    """Each write runs in its own thread, all starting together: the results, or the
+    StoreError each raised."""
+    barrier = threading.Barrier(len(writes))
+    results: list[Any] = [None] * len(writes)
 
     def write(index: int) -> None:
         barrier.wait()
         try:
-            results[index] = stores[index].write_batch(batches[index])
+            results[index] = writes[index]()
         except StoreError as exc:
             results[index] = exc
 
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(stores))]
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(writes))]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -238,7 +239,12 @@ def test_replicas_writing_the_same_events_in_opposite_orders_never_deadlock(
                 for step, status in enumerate(("Queued", "Running", "Completed"))
             ]
             random.Random(round_).shuffle(events)
-            results = _at_once(replicas, [events, events[::-1]])
+            results = at_once(
+                [
+                    partial(replicas[0].write_batch, events),
+                    partial(replicas[1].write_batch, events[::-1]),
+                ]
+            )
             assert not any(isinstance(result, StoreError) for result in results), results
             assert sum(result.inserted for result in results) == len(events)
         assert rows(replicas[0], 'SELECT count(*), count(DISTINCT "RunId") FROM events') == [
