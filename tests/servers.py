@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 
 from consumers.demo.broker import free_port
+from consumers.demo.catchers import PostServer
 
 
 @dataclass
@@ -101,7 +101,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
-class HttpServer:
+class HttpServer(PostServer):
     """POSTs are recorded; `responses[path]` (a function of the hit and how many came to that
     path before) decides the answer, 200 by default. `handlers[path]` answers instead, for a
     receiver that misbehaves (tests/hostile.py); one that hangs can wait for `stopping`."""
@@ -114,9 +114,7 @@ class HttpServer:
     port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
+        self._own_loop()
         self.stopping = asyncio.Event()
 
     def url(self, path: str) -> str:
@@ -144,22 +142,6 @@ class HttpServer:
             await asyncio.sleep(delay)
         return web.Response(status=status, headers=headers, text="ok" if status < 300 else "no")
 
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    def start(self) -> HttpServer:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
-        return self
-
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self.stopping.set)
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
+        super().stop()

@@ -13,7 +13,7 @@ import email.policy
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import orjson
 from aiohttp import web
@@ -60,22 +60,55 @@ class MailCatcher:
         self._controller.stop()
 
 
-class WebhookCatcher:
-    """An HTTP server on 127.0.0.1 printing one line per POST; runs its own event loop."""
+class PostServer:
+    """An aiohttp server on 127.0.0.1 that answers every POST with `_handle`, on an event loop
+    of its own in a daemon thread, so a synchronous caller (the demo, a test) can run it beside
+    code that has its own loop."""
+
+    port: int
+
+    def _own_loop(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def start(self) -> Self:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+class WebhookCatcher(PostServer):
+    """Prints one line per POST."""
 
     def __init__(self, printer: Callable[[str], None] = print) -> None:
         self.port = free_port()
         self.printer = printer
         self.received: list[tuple[str, dict[str, str], bytes]] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
+        self._own_loop()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.received.append((request.path, dict(request.headers), body))
         summary = body[:160].decode("utf-8", "replace")
@@ -88,22 +121,3 @@ class WebhookCatcher:
         signed = "signed" if "X-Runwatch-Signature" in request.headers else "unsigned"
         self.printer(f"hook  {request.path} {len(body)} bytes, {signed}: {summary}")
         return web.Response(text="ok")
-
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    def start(self) -> WebhookCatcher:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
-        return self
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
