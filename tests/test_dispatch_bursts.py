@@ -5,21 +5,30 @@ out exactly once."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import os
 import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
+import orjson
 import pytest
 
+from consumers.config.receivers import WebhookReceiver
 from consumers.config.settings import Settings
+from consumers.dispatch.context import RunUrl, alert_context
+from consumers.model.errors import SendError
+from consumers.notify import webhook
 from consumers.notify.templating import RECHECK_S, Renderer
 from consumers.store import Store
 from consumers.store.outbox import Outbox
 from tests.conftest import wait_for
 from tests.servers import HttpServer, SmtpServer
 from tests.test_dispatcher import Running, alert, event, write
+from tests.test_template_context import row
 
 BURST = 300
 
@@ -146,3 +155,56 @@ def test_a_claim_that_waited_past_its_lease_is_left_to_its_new_claimant(
     assert len(taken) == 4, taken  # all four had expired, the one being sent too
     late = [hit for hit in http.on("/ok") if hit.at > taken_at]
     assert late == [], [hit.headers["Idempotency-Key"] for hit in late]
+
+
+def test_a_render_copies_no_chained_globals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jinja2 gives each template a ChainMap of globals, which every render copied key by
+    key (each lookup raising KeyError in the template's own empty map): half of a webhook
+    body's render. Each template's globals are one dict now, and the globals still work."""
+    lookups = []
+    real = collections.ChainMap.__getitem__
+
+    def counted(self: collections.ChainMap[str, object], key: str) -> object:
+        lookups.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(collections.ChainMap, "__getitem__", counted)
+    renderer = Renderer()
+    context = alert_context(row(), None, RunUrl(None))
+    for _ in range(50):
+        body = orjson.loads(renderer.render_webhook("native", context))
+        alerts = orjson.loads(renderer.render_webhook("alertmanager", context))  # its globals
+    assert lookups == []
+    assert body["notificationId"] == "n-1" and alerts["groupLabels"] == {"alertname": "run-failed"}
+
+
+def test_a_successful_post_names_no_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The endpoint's redacted name (a hash of the URL) is made for a failure's text only:
+    made for every post it was a visible share of a webhook burst's loop."""
+    names = []
+    real = webhook.redact.url
+
+    def counted(url: str) -> str:
+        names.append(url)
+        return real(url)
+
+    monkeypatch.setattr(webhook.redact, "url", counted)
+    server = HttpServer(responses={"/no": lambda n: (500, {}, 0.0)}).start()
+
+    async def posts() -> None:
+        async with aiohttp.ClientSession() as session:
+            sender = webhook.WebhookSender(session)
+            for i in range(20):
+                ok = WebhookReceiver(url=server.url("/ok"))
+                await sender.send(ok, b"{}", notification_id=str(i))
+            assert names == []
+            with pytest.raises(SendError, match="answered 500"):
+                no = WebhookReceiver(url=server.url("/no"))
+                await sender.send(no, b"{}", notification_id="x")
+
+    try:
+        asyncio.run(posts())
+    finally:
+        server.stop()
+    assert names == [server.url("/no")]
+    assert len(server.on("/ok")) == 20

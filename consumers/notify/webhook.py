@@ -147,9 +147,9 @@ async def post(
     Retry-After); a redirect is final (never followed), as is any other status. A hostile
     peer costs at most a small read: a 2xx body is never read, an error body only its head.
     Failures name the endpoint by scheme, host and a hash, never the path (the path of a
-    Slack or Teams webhook is its credential)."""
+    Slack or Teams webhook is its credential); the name is made only for a failure (a hash
+    per post was a visible share of a webhook burst's loop)."""
     timeout = aiohttp.ClientTimeout(total=timeout_s)
-    where = redact.url(url)
     try:
         async with session.post(
             url, data=body, headers=headers, timeout=timeout, allow_redirects=False
@@ -169,20 +169,20 @@ async def post(
                 response.close()  # the rest of the body, unread, goes with the connection
     except TimeoutError as exc:
         raise SendError(
-            "timeout", f"{where} gave no answer within {timeout_s}s", retriable=True
+            "timeout", f"{redact.url(url)} gave no answer within {timeout_s}s", retriable=True
         ) from exc
     except aiohttp.ClientResponseError as exc:
         # raised before any response: a status line or headers the parser refuses
         text = redact.redact(f"{type(exc).__name__}: {exc}")
-        raise SendError("bad_response", f"{where}: {text}", retriable=True) from exc
+        raise SendError("bad_response", f"{redact.url(url)}: {text}", retriable=True) from exc
     except (aiohttp.ClientError, OSError) as exc:
         # aiohttp's texts can carry the URL: masked, and the endpoint named by its hash instead
         text = redact.redact(f"{type(exc).__name__}: {exc}")
-        raise SendError("connection", f"{where}: {text}", retriable=True) from exc
+        raise SendError("connection", f"{redact.url(url)}: {text}", retriable=True) from exc
     retriable = status in RETRIABLE_STATUSES or status >= 500
     raise SendError(
         f"http_{status}",
-        f"{where} answered {status}: {detail}",
+        f"{redact.url(url)} answered {status}: {detail}",
         retriable=retriable,
         retry_after=wait,
     )
