@@ -20,7 +20,7 @@ Every figure is wall clock on a shared 2-core machine: the broker, PostgreSQL, t
 server, the producer and the replicas all run on those two cores.
 
     python benchmarks/restart.py [start] [rolling] [warmup] [--kill] [--rate 20]
-        [--static] [--kafka session_timeout_ms=6000 ...] [--history 300000] [--profile]
+        [--static] [--assignment group|store] [--kafka session_timeout_ms=6000 ...] [--history 300000] [--profile]
 """
 
 from __future__ import annotations
@@ -324,7 +324,7 @@ def bench_rolling(
     during = {r: t for r, t in producer.sent.items() if rolled_at <= t <= back_at}
     missing = [r for r in producer.sent if r not in mails]
     delays = sorted((mails[r] - t, r) for r, t in during.items() if r in mails)
-    how = "SIGKILL" if kill else "SIGTERM"
+    how = ("SIGKILL" if kill else "SIGTERM") + f", assignment: {kafka['assignment']}"
     if static:
         how += ", static membership"
     print(f"2. rolling restart of 2 replicas ({how}), {rate:g} failures/s, settings {kafka}:")
@@ -570,6 +570,12 @@ def main() -> int:
     parser.add_argument("parts", nargs="*", default=["start", "rolling", "warmup"])
     parser.add_argument("--kill", action="store_true", help="rolling restart with SIGKILL")
     parser.add_argument("--static", action="store_true", help="group_instance_id per replica")
+    parser.add_argument(
+        "--assignment",
+        choices=["group", "store"],
+        default="group",
+        help="kafka.assignment: the consumer group's rebalances, or leases in the store",
+    )
     parser.add_argument("--rate", type=float, default=20.0, help="failures/s while rolling")
     parser.add_argument("--kafka", nargs="*", default=[], help="kafka settings, key=value")
     parser.add_argument("--rules", type=int, default=500)
@@ -579,7 +585,7 @@ def main() -> int:
     parser.add_argument("--ticks", type=int, default=30, help="steady ticks between warm-ups")
     parser.add_argument("--sqlite", action="store_true", help="warm-up on SQLite, not PG")
     args = parser.parse_args()
-    kafka = parse_kafka(args.kafka)
+    kafka = {"assignment": args.assignment, **parse_kafka(args.kafka)}
     print("(wall clock on a shared 2-core machine: broker, PostgreSQL, SMTP server, producer")
     print(" and every replica share the two cores with other work)")
     folder = Path(tempfile.mkdtemp(prefix="runwatch-restart-bench-"))

@@ -72,14 +72,14 @@ class StoreAssignment:
             if keep - current:
                 assigned()
             log.info(
-                "assigned partitions %s (store leases: %d members, share %d; took %s, "
-                "gave back %s, lost %s)",
-                sorted(keep),
+                "store leases: %d members, share %d; took %s, gave back %s, lost %s; "
+                "assigned partitions %s",  # last: the tests and benchmarks read this list
                 plan.members,
                 plan.share,
                 sorted(plan.taken),
                 sorted(plan.give_back),
                 sorted(current - plan.held),
+                sorted(keep),
             )
         if plan.give_back:
             try:
