@@ -52,6 +52,7 @@ _IN_FLIGHT = 2  # prepared batches waiting for the writer: bounds memory, gives 
 # one full batch (5,000 took ~1.1 s to decode and store after a 15 s outage: measured by
 # benchmarks/chaos.py --part broker).
 _FIRST_BATCH = 500
+_STORE_COMMIT_TIMEOUT_MS = 1000
 
 
 def make_consumer(settings: KafkaSettings, **overrides: Any) -> KafkaConsumer:
@@ -264,8 +265,12 @@ class KafkaLoop(Generic[P]):
                 connected = self.broker_connected = _coordinator_connected(consumer)
                 if not connected:
                     self._cut_off = True
-                elif self._cut_off and self._store_assignment is not None:
-                    self._resync(consumer)  # what `polled` holds is not committed
+                store = self._store_assignment
+                if store is not None:  # what `polled` holds is not committed after a resync
+                    if store.recreated(consumer):
+                        self._resync(consumer, from_start=True)
+                    elif connected and self._cut_off:
+                        self._resync(consumer, from_start=False)
                 if not polled:
                     continue
                 if not owned:  # ...unless nothing was owned: no position predates the poll
@@ -343,15 +348,36 @@ class KafkaLoop(Generic[P]):
                 consumer, commit=self.commit_done, forget=self.forget, assigned=self.assigned
             )
 
-    def _resync(self, consumer: KafkaConsumer) -> None:
+    def _resync(self, consumer: KafkaConsumer, *, from_start: bool) -> None:
         """Store assignment, the broker back after it was away: what a rejoin does in a
         group (see assigned()): nothing polled before is committed, and every partition is
-        read again from its committed offset."""
+        read again from its committed offset. A group's generation makes the broker refuse
+        a commit of the old positions that was under way when it went; this commit (no
+        generation) is accepted, so when the topic was created again (`from_start`) every
+        committed offset may be the old log's: the partitions are read from the start
+        (auto_offset_reset), and that position committed over whatever landed."""
         assert self._store_assignment is not None
-        log.info("broker back: reading the leased partitions again from their committed offsets")
+        log.info(
+            "broker back%s: reading the leased partitions again from %s",
+            ", topic created again" if from_start else "",
+            "the start" if from_start else "their committed offsets",
+        )
+        self._cut_off = True  # so that assigned() starts a new assignment
         self.assigned()
         self._store_assignment.resync(consumer)
         self._cut_off = False
+        held = list(consumer.assignment())
+        if not from_start or not held:
+            return
+        if self._settings.auto_offset_reset == "earliest":
+            consumer.seek_to_beginning(*held)
+        else:
+            consumer.seek_to_end(*held)
+        try:
+            positions = {tp: OffsetAndMetadata(consumer.position(tp), "", -1) for tp in held}
+            consumer.commit(positions, timeout_ms=_STORE_COMMIT_TIMEOUT_MS)
+        except KafkaError as exc:  # the next batch's commit overwrites it instead
+            log.warning("offsets of the recreated topic not committed yet: %s", exc)
 
     def finish_in_flight(self) -> None:
         """At stop: let the writer finish the batch it is writing, commit it (consumer
@@ -418,7 +444,10 @@ class KafkaLoop(Generic[P]):
             return  # reassigned since they were taken: the old assignment's, read again
         try:
             if blocking:
-                consumer.commit(commits)
+                # Store assignment: a commit still retrying when the broker comes back
+                # would land unfenced (see _resync): bounded, it fails and is retried.
+                timeout = _STORE_COMMIT_TIMEOUT_MS if self._store_assignment else None
+                consumer.commit(commits, timeout_ms=timeout)
             else:
                 # On the IO thread, at revoke: not retried; the partitions' next owner gets
                 # what was not committed again, and the store turns it into a no-op.

@@ -19,11 +19,15 @@ import time
 from collections.abc import Callable
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
 from consumers.model.errors import StoreError
 from consumers.store.partition_leases import PartitionLeases
 
 log = logging.getLogger(__name__)
+
+# A replica short of its fair share heartbeats this many times as often until it has it.
+_CATCH_UP = 5
 
 
 class StoreAssignment:
@@ -39,6 +43,8 @@ class StoreAssignment:
         self._interval_s = interval_s
         self._clock = clock
         self._next_at = 0.0  # the first heartbeat at once
+        self._partitions = 0  # the topic's partition count, as last known
+        self._topic_id: object = None  # the broker's id of the topic, as last seen
 
     def due(self) -> bool:
         return self._clock() >= self._next_at
@@ -54,13 +60,17 @@ class StoreAssignment:
         """Renew and rebalance through the store, then make the consumer read what is held:
         partitions above the fair share are committed (what is stored of them), dropped and
         released; newly taken ones start at their committed offsets."""
-        self._next_at = self._clock() + self._interval_s
-        partitions = len(consumer.partitions_for_topic(self._topic))
+        began = self._clock()
+        self._next_at = began + self._interval_s
         try:
-            plan = self._leases.heartbeat(partitions)
+            plan = self._leases.heartbeat(self._partition_count(consumer))
         except StoreError as exc:
             log.warning("partition leases not renewed, keeping the partitions read: %s", exc)
             return
+        if len(plan.held) < plan.share:
+            # Short of its share: another replica is giving some back, at its next
+            # heartbeat. Asking again sooner takes them within a fraction of one.
+            self._next_at = began + self._interval_s / _CATCH_UP
         current = {tp.partition for tp in consumer.assignment()}
         keep = plan.held - plan.give_back
         if plan.give_back & current:
@@ -87,6 +97,17 @@ class StoreAssignment:
             except StoreError as exc:  # they expire instead, session_timeout_ms later
                 log.warning("partition leases not given back: %s", exc)
 
+    def _partition_count(self, consumer: KafkaConsumer) -> int:
+        """The metadata's count; the last one known while the broker is away (an empty
+        answer would give every lease up)."""
+        try:
+            count = len(consumer.partitions_for_topic(self._topic))
+        except KafkaError as exc:
+            log.debug("partitions of %s unknown: %s", self._topic, exc)
+            count = 0
+        self._partitions = count or self._partitions
+        return self._partitions
+
     def reassign(self, consumer: KafkaConsumer, partitions: set[int] | frozenset[int]) -> None:
         """assign() keeps the position of a partition it keeps; an empty set unassigns all."""
         if partitions:
@@ -101,6 +122,17 @@ class StoreAssignment:
         held = set(self._leases.held)
         consumer.unsubscribe()
         self.reassign(consumer, held)
+
+    def recreated(self, consumer: KafkaConsumer) -> bool:
+        """The topic's id changed since the last call: a broker that lost its state (the
+        bundled one's memory storage) created it again, and positions on the old log mean
+        nothing on the new one. kafka-python internal: `consumer._cluster.topic_id()`."""
+        cluster = getattr(consumer, "_cluster", None)
+        seen = cluster.topic_id(self._topic) if cluster is not None else None
+        if seen is None:
+            return False
+        before, self._topic_id = self._topic_id, seen
+        return before is not None and before != seen
 
     def leave(self) -> None:
         """At stop, after the last commit: every lease back, so that the others take them
