@@ -374,7 +374,12 @@ class KafkaLoop(Generic[P]):
         else:
             consumer.seek_to_end(*held)
         try:
-            positions = {tp: OffsetAndMetadata(consumer.position(tp), "", -1) for tp in held}
+            positions = {
+                tp: OffsetAndMetadata(
+                    consumer.position(tp, timeout_ms=_STORE_COMMIT_TIMEOUT_MS), "", -1
+                )
+                for tp in held
+            }
             consumer.commit(positions, timeout_ms=_STORE_COMMIT_TIMEOUT_MS)
         except KafkaError as exc:  # the next batch's commit overwrites it instead
             log.warning("offsets of the recreated topic not committed yet: %s", exc)
