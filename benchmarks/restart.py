@@ -354,9 +354,10 @@ def bench_rolling(
     if reclaimed:
         rest = [d for d, r in delays if r not in reclaimed]
         print(
-            f"   claimed again after the killed replica's claim expired (notify.lease_s): "
-            f"{len(reclaimed)}, largest {max(d for d, r in delays if r in reclaimed):.2f} s; "
-            f"largest delay of the others {max(rest):.2f} s"
+            f"   claimed more than once (attempts > 1; after a SIGKILL, the killed replica's "
+            f"claims, sent after notify.lease_s): {len(reclaimed)}, largest "
+            f"{max(d for d, r in delays if r in reclaimed):.2f} s; largest delay of the "
+            f"others {max(rest):.2f} s"
         )
 
 

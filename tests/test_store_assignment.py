@@ -28,9 +28,9 @@ from consumers.model.events import RunStatusEvent
 from tests.conftest import RUNWATCH, RunningService, Topics, serve, wait_for
 from tests.servers import SmtpServer
 
-# 6 s (the default): the consumer group on the bundled broker holds a rebalance about 3 s,
-# so a handover within a second can only come from the leases.
-SESSION_MS = 6000
+# The consumer group on the bundled broker holds a rebalance about half of it (4 s), so a
+# handover within 2 s can only come from the leases (2 s: room for a loaded machine).
+SESSION_MS = 8000
 HEARTBEAT_MS = 300
 CONCURRENCY = 4  # notify.concurrency: bounds the documented send-then-crash window
 
@@ -175,7 +175,7 @@ def test_replicas_hand_partitions_over_through_the_store(
         f"handover {graceful:.2f} s after a SIGTERMed replica's exit, "
         f"{expired:.2f} s after a SIGKILL"
     )
-    assert graceful < 1.0, f"SIGTERM: partitions moved {graceful:.2f} s after the exit"
+    assert graceful < 2.0, f"SIGTERM: partitions moved {graceful:.2f} s after the exit"
     assert SESSION_MS / 1000 - 1 < expired < SESSION_MS / 1000 + 1, f"SIGKILL: {expired:.2f} s"
     assert _count(fresh_pg, "SELECT count(*) FROM notifications") == failures.sent
     ids = collections.Counter(str(m.message["X-Runwatch-Notification-Id"]) for m in smtp.mails)

@@ -55,6 +55,9 @@ if TYPE_CHECKING:  # loaded when used: the ops port and HTTP ingest are aiohttp 
 log = logging.getLogger(__name__)
 
 _STORE_CHECK_TIMEOUT_S = 2.0
+# kafka.assignment: store: a replica that missed this many heartbeats no longer counts
+# towards the others' fair shares (its leases still run to their expiry).
+_STALE_HEARTBEATS = 3
 
 
 def new_registry() -> CollectorRegistry:
@@ -149,6 +152,7 @@ class Service:
             kafka.topic,
             holder,
             kafka.session_timeout_ms / 1000,
+            stale_after=_STALE_HEARTBEATS * kafka.heartbeat_interval_ms / 1000,
         )
         return StoreAssignment(leases, kafka.topic, kafka.heartbeat_interval_ms / 1000)
 

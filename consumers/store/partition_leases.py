@@ -2,15 +2,19 @@
 the store, not through the broker's consumer group, whose rebalances pause every partition
 and which the bundled broker holds for half a session timeout each (docs/deploys.md).
 
-Each heartbeat, in one transaction, a replica renews its member row and its leases, counts
-the live members (rows not expired) and works out its fair share: partitions // members, one
-more for the first partitions % members of them in member order. Below its share it takes
-free or expired leases with the conditional upsert of the named leases (lease.py: a takeover
-increments the generation, two replicas racing cannot both win); above it, it is told which
-to give back, and gives them back (release()) once it has committed what it stored of them.
-A replica that leaves releases everything at once; one that is killed loses its leases when
-they expire, `ttl_seconds` after its last heartbeat. Expiry is judged by the clock of the
-replica asking, as for the named leases.
+Each heartbeat, in one transaction, a replica renews its member row and its leases, counts the live
+members (rows renewed within `stale_after`) and works out its fair share: partitions // members, one
+more for the first partitions % members of them in member order. Below its share it takes free or
+expired leases with the conditional upsert of the named leases (lease.py: a takeover increments the
+generation, two replicas racing cannot both win); above it, it is told which to give back, and gives
+them back (release()) once it has committed what it stored of them. A replica that leaves releases
+everything at once; one that is killed loses its leases when they expire, `ttl_seconds` after its
+last heartbeat. It stops counting as a member sooner, `stale_after` after its last heartbeat (a few
+heartbeats): counting it until its leases expire would keep the others at their old shares, and when
+two replicas die in a row (a rolling restart with SIGKILL), the first one's expired partitions would
+wait for the second one's expiry too. Only the count moves early; a lease is taken only once
+expired.
+Expiry is judged by the clock of the replica asking, as for the named leases.
 """
 
 from __future__ import annotations
@@ -61,9 +65,11 @@ class PartitionLeases:
         holder: str,
         ttl_seconds: float,
         clock: Callable[[], float] = time.time,
+        stale_after: float | None = None,
     ) -> None:
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
+        self.stale_after = min(stale_after or ttl_seconds, ttl_seconds)
         self._engine = engine
         self.group = group
         self.topic = topic
@@ -80,7 +86,10 @@ class PartitionLeases:
         proposed = dialect_module(dialect).insert(assignment_members)
         self._join = proposed.on_conflict_do_update(
             index_elements=[_members.consumer_group, _members.topic, _members.member],
-            set_={"expires_at": proposed.excluded.expires_at},
+            set_={
+                "renewed_at": proposed.excluded.renewed_at,
+                "expires_at": proposed.excluded.expires_at,
+            },
         )
         self._ours = (
             (_leases.consumer_group == group)
@@ -107,6 +116,7 @@ class PartitionLeases:
                         "consumer_group": self.group,
                         "topic": self.topic,
                         "member": self.holder,
+                        "renewed_at": now,
                         "expires_at": until,
                     },
                 )
@@ -122,7 +132,9 @@ class PartitionLeases:
                 }
                 members = list(
                     conn.execute(
-                        select(_members.member).where(group, _members.expires_at > now)
+                        select(_members.member).where(
+                            group, _members.renewed_at > now - self.stale_after
+                        )
                     ).scalars()
                 )
                 share = fair_share(partitions, members, self.holder)

@@ -237,17 +237,18 @@ leases = Table(
 )
 
 # `kafka.assignment: store` (migration 0010_partition_leases; consumers/store/partition_leases.py):
-# replicas share a topic's partitions through these instead of the broker's consumer group.
-# One row per live replica, renewed every heartbeat (a replica counts towards the fair share
-# while its row has not expired), and one lease per partition, taken, renewed and given back
-# with the same conditional upsert as `leases`. A given-back lease keeps its row (expired), so
-# that the generation only grows.
+# replicas share a topic's partitions through these instead of the broker's consumer group. One row
+# per live replica, renewed every heartbeat (a replica counts towards the fair share while it renews
+# it, see PartitionLeases' stale_after), and one lease per partition, taken, renewed and given back
+# with the same conditional upsert as `leases`. A given-back lease keeps its row (expired), so that
+# the generation only grows.
 assignment_members = Table(
     "assignment_members",
     metadata,
     Column("consumer_group", String(), primary_key=True),
     Column("topic", String(), primary_key=True),
     Column("member", String(), primary_key=True),
+    Column("renewed_at", Double, nullable=False),
     Column("expires_at", Double, nullable=False),
 )
 

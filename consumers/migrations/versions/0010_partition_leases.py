@@ -22,6 +22,7 @@ def upgrade() -> None:
         sa.Column("consumer_group", sa.String(), primary_key=True),
         sa.Column("topic", sa.String(), primary_key=True),
         sa.Column("member", sa.String(), primary_key=True),
+        sa.Column("renewed_at", sa.Double, nullable=False),
         sa.Column("expires_at", sa.Double, nullable=False),
     )
     op.create_table(
