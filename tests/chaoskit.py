@@ -58,6 +58,7 @@ def chaos_config(
     backoff_max_s: float = 300.0,
     max_message_bytes: int | None = None,
     rules: str = RULES,
+    kafka_settings: dict[str, Any] | None = None,
 ) -> Path:
     """runwatch.yaml (and a rules folder) for one chaos run in `folder`: SQLite store, one
     rule mailing every Failed event to one receiver."""
@@ -73,6 +74,7 @@ def chaos_config(
     }
     if max_message_bytes is not None:
         kafka["max_message_bytes"] = max_message_bytes
+    kafka.update(kafka_settings or {})
     config = {
         "kafka": kafka,
         "store": {"url": f"sqlite:///{folder / 'runwatch.db'}"},

@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,6 +172,16 @@ def test_broker_restart_loses_nothing_and_ingest_resumes_within_2s(
     _broker_restart(smtp, tmp_path, down_s=4.0)
 
 
+def test_broker_restart_loses_nothing_with_store_assignment(
+    smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """The same with the partitions leased in the store (kafka.assignment: store): no
+    rebalance follows the broker's return, so the consumer itself must forget its positions
+    and read on from the committed offsets; resuming from its old ones would skip the
+    burst's first events on the new log."""
+    _broker_restart(smtp, tmp_path, down_s=4.0, kafka={"assignment": "store"})
+
+
 @pytest.mark.skipif(
     not FULL,
     reason="the 4 s outage above runs in `make test`; the 15 s one in `make soak` "
@@ -186,7 +197,9 @@ def test_dead_letter_first_after_15s_broker_outage_resumes_within_2s(
     _broker_restart(smtp, tmp_path, down_s=15.0)
 
 
-def _broker_restart(smtp: SmtpServer, tmp_path: Path, *, down_s: float) -> None:
+def _broker_restart(
+    smtp: SmtpServer, tmp_path: Path, *, down_s: float, kafka: dict[str, Any] | None = None
+) -> None:
     """The bundled broker's memory storage loses topics, records and offsets on a restart
     (its s3:// storage against moto_server would keep them, but Tansu 0.6 then stops serving
     a partition after about 200-250 records: measured, see benchmarks/chaos.py), so the
@@ -203,6 +216,7 @@ def _broker_restart(smtp: SmtpServer, tmp_path: Path, *, down_s: float) -> None:
         dead_letter_topic=dead,
         group_id=f"group-{suffix}",
         smtp_port=smtp.port,
+        kafka_settings=kafka,
     )
     db = tmp_path / "runwatch.db"
     serve = Serve(config).start()

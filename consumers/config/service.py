@@ -50,6 +50,11 @@ class KafkaSettings(Section):
     group_instance_id: str | None = Field(
         default=None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$"
     )
+    # Who shares the topic's partitions among the replicas (docs/deploys.md): the broker's
+    # consumer group (`group`), or leases in the store (`store`: consumer.assign(), a heartbeat
+    # every heartbeat_interval_ms, a killed replica's partitions free after session_timeout_ms;
+    # no broker rebalance, which the bundled broker holds half a session timeout).
+    assignment: Literal["group", "store"] = "group"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_message_bytes: int = Field(default=1_048_576, ge=1024)
     # The largest record (key + value + headers) put on the dead-letter topic: a bigger letter

@@ -30,6 +30,7 @@ from kafka.structs import OffsetAndMetadata
 
 from consumers.config.service import KafkaSettings
 from consumers.ingest.kafka_clients import close_consumer, recovery_options
+from consumers.ingest.store_assignment import StoreAssignment
 from consumers.model.errors import BrokerError, RunwatchError
 from consumers.telemetry.metrics import Metrics
 
@@ -51,6 +52,7 @@ _IN_FLIGHT = 2  # prepared batches waiting for the writer: bounds memory, gives 
 # one full batch (5,000 took ~1.1 s to decode and store after a 15 s outage: measured by
 # benchmarks/chaos.py --part broker).
 _FIRST_BATCH = 500
+_STORE_COMMIT_TIMEOUT_MS = 1000
 
 
 def make_consumer(settings: KafkaSettings, **overrides: Any) -> KafkaConsumer:
@@ -215,12 +217,16 @@ class KafkaLoop(Generic[P]):
         metrics: Metrics,
         *,
         consumer_factory: Callable[[], KafkaConsumer] | None = None,
+        store_assignment: StoreAssignment | None = None,
     ) -> None:
+        """`store_assignment`: partitions from leases in the store (`kafka.assignment:
+        store`) instead of the consumer group's rebalances."""
         self._settings = settings
         self._prepare = prepare
         self._write = write
         self._metrics = metrics
         self._factory = consumer_factory or (lambda: make_consumer(settings))
+        self._store_assignment = store_assignment
         self._consumer: KafkaConsumer | None = None
         self._writer: _Writer[P] | None = None
         self._next: Offsets = {}
@@ -239,11 +245,12 @@ class KafkaLoop(Generic[P]):
         consumer = self._consumer = self._factory()
         writer = self._writer = _Writer(self._write, self._metrics, stop)
         writer.start()
-        consumer.subscribe([self._settings.topic], listener=_CommitOnRevoke(self))
+        self._attach(consumer)
         self.connected.set()
         try:
             while not stop.is_set():
                 self.commit_done()
+                self._heartbeat(consumer)
                 # Read before the poll (its records may predate an assignment it brings)...
                 assignment = self._assignment
                 owned = bool(consumer.assignment())
@@ -255,9 +262,15 @@ class KafkaLoop(Generic[P]):
                 except KafkaError as exc:  # a state kafka-python does not leave by itself
                     consumer = self._replace_consumer(consumer, exc, stop)
                     continue
-                self.broker_connected = _coordinator_connected(consumer)
-                if not self.broker_connected:
+                connected = self.broker_connected = _coordinator_connected(consumer)
+                if not connected:
                     self._cut_off = True
+                store = self._store_assignment
+                if store is not None:  # what `polled` holds is not committed after a resync
+                    if store.recreated(consumer):
+                        self._resync(consumer, from_start=True)
+                    elif connected and self._cut_off:
+                        self._resync(consumer, from_start=False)
                 if not polled:
                     continue
                 if not owned:  # ...unless nothing was owned: no position predates the poll
@@ -275,11 +288,14 @@ class KafkaLoop(Generic[P]):
                         writer.inbox.put(item, timeout=0.1)
                         break
                     except queue.Full:
+                        self._heartbeat(consumer)  # leases stay ours while the store is slow
                         continue
                 self._update_lag(consumer, offsets)
         finally:
             stop.set()
             self.finish_in_flight()
+            if self._store_assignment is not None:
+                self._store_assignment.leave()
             self.connected.clear()
             self.broker_connected = False
             close_consumer(consumer)
@@ -311,10 +327,62 @@ class KafkaLoop(Generic[P]):
                     # run()'s cleanup closes whatever is in hand: give it the closed one
                     return old
                 delay = min(delay * 2, _BACKOFF_MAX_S)
-        consumer.subscribe([self._settings.topic], listener=_CommitOnRevoke(self))
+        self._attach(consumer)
         self._consumer = consumer
         self._metrics.kafka_clients_recreated.labels(client="consumer").inc()
         return consumer
+
+    def _attach(self, consumer: KafkaConsumer) -> None:
+        """Join the group, or (store assignment) read the partitions leased already; the
+        first heartbeat takes the rest."""
+        store = self._store_assignment
+        if store is None:
+            consumer.subscribe([self._settings.topic], listener=_CommitOnRevoke(self))
+        else:
+            store.resync(consumer)
+
+    def _heartbeat(self, consumer: KafkaConsumer) -> None:
+        store = self._store_assignment
+        if store is not None and store.due():
+            store.beat(
+                consumer, commit=self.commit_done, forget=self.forget, assigned=self.assigned
+            )
+
+    def _resync(self, consumer: KafkaConsumer, *, from_start: bool) -> None:
+        """Store assignment, the broker back after it was away: what a rejoin does in a
+        group (see assigned()): nothing polled before is committed, and every partition is
+        read again from its committed offset. A group's generation makes the broker refuse
+        a commit of the old positions that was under way when it went; this commit (no
+        generation) is accepted, so when the topic was created again (`from_start`) every
+        committed offset may be the old log's: the partitions are read from the start
+        (auto_offset_reset), and that position committed over whatever landed."""
+        assert self._store_assignment is not None
+        log.info(
+            "broker back%s: reading the leased partitions again from %s",
+            ", topic created again" if from_start else "",
+            "the start" if from_start else "their committed offsets",
+        )
+        self._cut_off = True  # so that assigned() starts a new assignment
+        self.assigned()
+        self._store_assignment.resync(consumer)
+        self._cut_off = False
+        held = list(consumer.assignment())
+        if not from_start or not held:
+            return
+        if self._settings.auto_offset_reset == "earliest":
+            consumer.seek_to_beginning(*held)
+        else:
+            consumer.seek_to_end(*held)
+        try:
+            positions = {
+                tp: OffsetAndMetadata(
+                    consumer.position(tp, timeout_ms=_STORE_COMMIT_TIMEOUT_MS), "", -1
+                )
+                for tp in held
+            }
+            consumer.commit(positions, timeout_ms=_STORE_COMMIT_TIMEOUT_MS)
+        except KafkaError as exc:  # the next batch's commit overwrites it instead
+            log.warning("offsets of the recreated topic not committed yet: %s", exc)
 
     def finish_in_flight(self) -> None:
         """At stop: let the writer finish the batch it is writing, commit it (consumer
@@ -381,7 +449,10 @@ class KafkaLoop(Generic[P]):
             return  # reassigned since they were taken: the old assignment's, read again
         try:
             if blocking:
-                consumer.commit(commits)
+                # Store assignment: a commit still retrying when the broker comes back
+                # would land unfenced (see _resync): bounded, it fails and is retried.
+                timeout = _STORE_COMMIT_TIMEOUT_MS if self._store_assignment else None
+                consumer.commit(commits, timeout_ms=timeout)
             else:
                 # On the IO thread, at revoke: not retried; the partitions' next owner gets
                 # what was not committed again, and the store turns it into a no-op.

@@ -33,6 +33,7 @@ from consumers.dispatch.dispatcher import Dispatcher
 from consumers.ingest.ingestor import Ingestor
 from consumers.ingest.kafka_loop import KafkaLoop
 from consumers.ingest.producer import DeadLetterPublisher
+from consumers.ingest.store_assignment import StoreAssignment
 from consumers.model.alerts import Alert
 from consumers.model.errors import RunwatchError
 from consumers.model.events import RunStatusEvent
@@ -44,6 +45,7 @@ from consumers.service.reload import RuleWatcher
 from consumers.service.scheduler import Scheduler
 from consumers.store import Store, open_store
 from consumers.store.lease import Lease
+from consumers.store.partition_leases import PartitionLeases
 from consumers.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:  # loaded when used: the ops port and HTTP ingest are aiohttp servers
@@ -53,6 +55,9 @@ if TYPE_CHECKING:  # loaded when used: the ops port and HTTP ingest are aiohttp 
 log = logging.getLogger(__name__)
 
 _STORE_CHECK_TIMEOUT_S = 2.0
+# kafka.assignment: store: a replica that missed this many heartbeats no longer counts
+# towards the others' fair shares (its leases still run to their expiry).
+_STALE_HEARTBEATS = 3
 
 
 def new_registry() -> CollectorRegistry:
@@ -134,6 +139,22 @@ class Service:
             on_evict=lambda what: self.metrics.tracked_runs_evicted.labels(what=what).inc(),
             noise=self.noise,  # the same policy as ingest: silences, routing, grouping, ...
         )
+
+    def _store_assignment(self) -> StoreAssignment | None:
+        """`kafka.assignment: store`: partitions from leases in the store (docs/deploys.md)."""
+        kafka = self.settings.kafka
+        if kafka.assignment != "store":
+            return None
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        leases = PartitionLeases(
+            self.store.engine,
+            kafka.group_id,
+            kafka.topic,
+            holder,
+            kafka.session_timeout_ms / 1000,
+            stale_after=_STALE_HEARTBEATS * kafka.heartbeat_interval_ms / 1000,
+        )
+        return StoreAssignment(leases, kafka.topic, kafka.heartbeat_interval_ms / 1000)
 
     def _count_alert(self, alert: Alert) -> None:
         self.metrics.alerts.labels(rule=alert.rule, severity=str(alert.severity)).inc()
@@ -288,7 +309,13 @@ class Service:
             limits=self.settings.ingest,
             causes=lambda: self.rules.causes,
         )
-        loop = self._loop = KafkaLoop(kafka, ingestor.prepare, ingestor.write, self.metrics)
+        loop = self._loop = KafkaLoop(
+            kafka,
+            ingestor.prepare,
+            ingestor.write,
+            self.metrics,
+            store_assignment=self._store_assignment(),
+        )
         self._start_metrics()
         self._start_http_ingest()
         consumer = threading.Thread(

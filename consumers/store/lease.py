@@ -16,13 +16,36 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Engine, case, delete, select
+from sqlalchemy import Column, Engine, Table, case, delete, select
 from sqlalchemy.exc import OperationalError
 
 from consumers.model.errors import StoreError
 from consumers.store.dialects import dialect_module
 from consumers.store.schema import leases
+
+
+def lease_upsert(dialect: str, table: Table, keys: list[Column[Any]]) -> Any:
+    """INSERT ... ON CONFLICT that takes the row (holder, expires_at, acquired_at,
+    generation) when it is free, expired or already the proposer's, and changes nothing
+    otherwise: add RETURNING to learn whether it applied. A renewal keeps when, and in which
+    generation, the lease was taken; a takeover increments the generation (a fencing token).
+    Shared by the named leases here and the partition leases (partition_leases.py)."""
+    c = table.c
+    proposed = dialect_module(dialect).insert(table)
+    new = proposed.excluded
+    ours = c.holder == new.holder
+    return proposed.on_conflict_do_update(
+        index_elements=keys,
+        set_={
+            "holder": new.holder,
+            "expires_at": new.expires_at,
+            "acquired_at": case((ours, c.acquired_at), else_=new.acquired_at),
+            "generation": case((ours, c.generation), else_=c.generation + 1),
+        },
+        where=ours | (c.expires_at <= new.acquired_at),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,21 +72,9 @@ class Lease:
         self.holder = holder
         self.ttl_seconds = ttl_seconds
         self._clock = clock
-        insert = dialect_module(engine.dialect.name).insert
-        proposed = insert(leases)
-        new = proposed.excluded
-        ours = leases.c.holder == new.holder
-        self._upsert = proposed.on_conflict_do_update(
-            index_elements=[leases.c.name],
-            set_={
-                "holder": new.holder,
-                "expires_at": new.expires_at,
-                # a renewal keeps when, and in which generation, the lease was taken
-                "acquired_at": case((ours, leases.c.acquired_at), else_=new.acquired_at),
-                "generation": case((ours, leases.c.generation), else_=leases.c.generation + 1),
-            },
-            where=ours | (leases.c.expires_at <= new.acquired_at),
-        ).returning(leases.c.generation)
+        self._upsert = lease_upsert(engine.dialect.name, leases, [leases.c.name]).returning(
+            leases.c.generation
+        )
 
     def try_acquire(self) -> bool:
         """Take the lease if it is free or expired, renew it if it is ours; False while

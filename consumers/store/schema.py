@@ -236,6 +236,34 @@ leases = Table(
     Column("generation", BigInteger, nullable=False),
 )
 
+# `kafka.assignment: store` (migration 0010_partition_leases; consumers/store/partition_leases.py):
+# replicas share a topic's partitions through these instead of the broker's consumer group. One row
+# per live replica, renewed every heartbeat (a replica counts towards the fair share while it renews
+# it, see PartitionLeases' stale_after), and one lease per partition, taken, renewed and given back
+# with the same conditional upsert as `leases`. A given-back lease keeps its row (expired), so that
+# the generation only grows.
+assignment_members = Table(
+    "assignment_members",
+    metadata,
+    Column("consumer_group", String(), primary_key=True),
+    Column("topic", String(), primary_key=True),
+    Column("member", String(), primary_key=True),
+    Column("renewed_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+)
+
+partition_leases = Table(
+    "partition_leases",
+    metadata,
+    Column("consumer_group", String(), primary_key=True),
+    Column("topic", String(), primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("holder", String(), nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("acquired_at", Double, nullable=False),
+    Column("generation", BigInteger, nullable=False),
+)
+
 # Scheduled rules' window state (migration 0009_rule_windows; consumers/store/rule_windows.py):
 # written by the evaluation lease's holder in each tick's transaction, so that a replica that
 # starts, takes the lease over or reloads the rules loads it instead of replaying the window.
