@@ -125,6 +125,7 @@ class WindowSnapshots:
     def observe(self, evaluation: Evaluation, fresh: list[tuple[int, RunStatusEvent]]) -> None:
         """Feed the new events to the evaluation; one at or below a loaded row's position
         (not among its gaps) was counted in that row already, and skips its rule."""
+        evaluation.before_observing(event for _, event in fresh)
         below = self._skip_below
         for event_id, event in fresh:
             if event_id > below:
