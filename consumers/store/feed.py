@@ -69,12 +69,13 @@ def run_event(row: Any) -> tuple[RunStatusEvent, datetime | None]:
     """A run's current state as the event that set it, and its start (first Running). The
     large columns the query left out (`current_runs(columns=...)`) are empty, as cutting
     them would leave them (consumers.rules.reads)."""
-    values = {name: getattr(row, name, None) for name in _RUN_FIELDS}
-    values["Tags"] = values["Tags"] or {}
-    values["Properties"] = values["Properties"] or {}
-    values.update(TimeGenerated=to_utc(row.StatusTime), Status=row.Status, Level="Informational")
-    event = _BLANK.model_copy(update=values)
-    return event, None if row.StartTime is None else to_utc(row.StartTime)
+    values = dict(row._mapping)
+    started = values.pop("StartTime")
+    values["TimeGenerated"] = to_utc(values.pop("StatusTime"))
+    values["Tags"] = values.get("Tags") or {}
+    values["Properties"] = values.get("Properties") or {}
+    values["Level"] = "Informational"
+    return _BLANK.model_copy(update=values), None if started is None else to_utc(started)
 
 
 @dataclass(frozen=True, slots=True)
