@@ -7,54 +7,21 @@ feed skip exactly the events they counted."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
-from typing import Any
 
-import pytest
 from sqlalchemy import func, select
 
 from consumers.model.instances import InstanceState
 from consumers.rules.reads import Reads
 from consumers.service.windows import _Skipping
-from consumers.store import Store, open_store
+from consumers.store import Store
 from consumers.store.alert_states import save_states
 from consumers.store.feed import baseline_loader, current_runs
 from consumers.store.schema import alert_states, events
-from tests.conftest import _throwaway_pg
+from tests import test_rule_warmup
 from tests.rulekit import T0, event
 
-BACKENDS = ["sqlite", "postgresql"]
-
-
-def _open(backend: str, tmp_path: Path, name: str, stack: list[Any]) -> Store:
-    if backend == "sqlite":
-        return open_store(f"sqlite:///{tmp_path / name}.db", migrate=True)
-    database = _throwaway_pg("runwatch_wr")
-    stack.append(database)
-    return open_store(database.__enter__(), migrate=True)
-
-
-@pytest.fixture(params=BACKENDS)
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[Store]]:
-    stack: list[Any] = []
-    opened = [_open(request.param, tmp_path, name, stack) for name in ("a", "b")]
-    yield opened
-    for store in opened:
-        store.dispose()
-    for database in stack:
-        database.__exit__(None, None, None)
-
-
-@pytest.fixture(params=BACKENDS)
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    stack: list[Any] = []
-    store = _open(request.param, tmp_path, "one", stack)
-    yield store
-    store.dispose()
-    for database in stack:
-        database.__exit__(None, None, None)
+db = test_rule_warmup.db  # one store of each backend
 
 
 def _completed(store: Store, experiment: str, count: int, offset: int, name: str = "") -> None:
