@@ -367,7 +367,7 @@ def test_run_tracker_counts_a_completed_run_once_from_load_and_feed() -> None:
     """The tracker's side of the same defect: whatever its loader returns, a run the feed
     then completes again is one baseline entry, and the baseline keeps the last n runs."""
     loaded = [("b1", 60.0), ("b2", 120.0)]
-    tracker = RunTracker(lambda experiment, n: loaded[-n:], 3)
+    tracker = RunTracker(lambda experiments, n: {e: loaded[-n:] for e in experiments}, 3)
     for run_id, start in (("b2", 10), ("b3", 20)):
         tracker.observe(event(start, run_id, "Running"))
         tracker.observe(event(start + 2, run_id, "Completed"))

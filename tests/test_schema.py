@@ -73,9 +73,7 @@ def _upgrade_from_0005_with_a_row(url: str) -> tuple[Any, Any]:
         engine.dispose()
     store = open_store(url, migrate=True)
     try:
-        assert (
-            revision(store) == head_revision() == "0010_partition_leases"
-        )  # 0007_causes and after
+        assert revision(store) == head_revision() == "0011_baseline_index"  # 0007_causes and after
         with store.engine.connect() as conn:
             event = conn.execute(
                 text('SELECT "RunId", "ResourceId", cause, cause_detail FROM events')

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
@@ -28,5 +28,6 @@ def parse_duration(value: Any) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
-# (experiment, n) -> the last n completed runs as (run id, seconds), oldest first
-BaselineLoader = Callable[[str, int], list[tuple[str, float]]]
+# (experiments, n) -> per experiment its last n completed runs as (run id, seconds), oldest
+# first; one call for many experiments (one query, not one each)
+BaselineLoader = Callable[[Collection[str], int], Mapping[str, list[tuple[str, float]]]]

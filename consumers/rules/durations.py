@@ -40,6 +40,22 @@ class LongRuns:
         self.matcher = Matcher.compile(rule, when, guard=guard)
         self.experiment = single_name(when.experiment)  # judge only its runs
 
+    def baselines_wanted(self, runs: RunTracker) -> set[str]:
+        """The experiments whose baselines `evaluate` may ask for (more, not fewer: before
+        the conditions), so that one query loads those of every rule due."""
+        if self.spec.factor is None:
+            return set()
+        active = (
+            runs.active.values() if self.experiment is None else runs.active_of(self.experiment)
+        )
+        return {
+            name
+            for run in active
+            if run.started is not None
+            and run.event.Status == Status.Running
+            and (name := run.event.ExperimentName) is not None
+        }
+
     def evaluate(self, runs: RunTracker, now: datetime) -> list[Finding]:
         spec = self.spec
         findings: list[Finding] = []

@@ -19,7 +19,15 @@ from consumers.model.instances import InstanceState
 from consumers.rules.absence import LastSeen
 from consumers.rules.guard import RuleGuard
 from consumers.rules.instances import Describe, Instances, Key
-from consumers.rules.kinds import Context, ScheduledRule, Seen, Windowed, build, windowed
+from consumers.rules.kinds import (
+    Context,
+    ScheduledRule,
+    Seen,
+    Windowed,
+    baselines_wanted,
+    build,
+    windowed,
+)
 from consumers.rules.model import Rule
 from consumers.rules.reads import union
 from consumers.rules.tracker import DEFAULT_MAX_RUNS, RunTracker
@@ -135,6 +143,19 @@ class Evaluation:
                 kind.observe(seen)
             except Exception as exc:
                 guard.failed(kind.rule.name, exc)
+
+    def before_observing(self, events: Iterable[RunStatusEvent]) -> None:
+        """Before a batch is observed: the baselines its completions add to, loaded in one
+        query (a catch-up after a warm-up completes runs of many experiments)."""
+        if not self.needs_runs:
+            return
+        wanted = {
+            e.ExperimentName
+            for e in events
+            if e.Status == Status.Completed and e.ExperimentName is not None
+        }
+        if wanted:
+            self.guard.call(self._run_rules, self.runs.load_baselines, wanted)
 
     def load_run(self, event: RunStatusEvent, started: datetime | None) -> None:
         """Warm-up: a run's current state from the store."""
@@ -258,9 +279,12 @@ class Evaluation:
     def evaluate(self, now: datetime) -> list[Alert]:
         """The alerts of every rule due at `now`, firings and resolutions."""
         alerts: list[Alert] = []
-        for kind in self.kinds:
-            if self._due(kind.rule, now):
-                alerts += self.guard.call(kind.rule.name, kind.evaluate, now) or []
+        due = [kind for kind in self.kinds if self._due(kind.rule, now)]
+        names, experiments = baselines_wanted(due, self.runs)
+        if experiments:  # failing, each rule asks again for its own (and fails as its own)
+            self.guard.call(names, self.runs.load_baselines, experiments)
+        for kind in due:
+            alerts += self.guard.call(kind.rule.name, kind.evaluate, now) or []
         if self._tree_rules and (
             self._last_evict is None or now - self._last_evict >= _EVICT_EVERY
         ):

@@ -6,7 +6,7 @@ the dispatch, and with it the isolation boundary, cannot be left out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -219,9 +219,9 @@ class _Stuck(_PerRun):
 
 class _Long(_PerRun):
     def __init__(self, rule: Rule, context: Context) -> None:
-        long = LongRuns(rule, context.guard)
-        super().__init__(rule, context, long.evaluate)
-        self.run_reads = long.matcher.reads
+        self.long = LongRuns(rule, context.guard)
+        super().__init__(rule, context, self.long.evaluate)
+        self.run_reads = self.long.matcher.reads
 
 
 class _Rollup:
@@ -277,6 +277,22 @@ BUILDERS: dict[str, Callable[[Rule, Context], Any]] = {
 def build(rule: Rule, context: Context) -> ScheduledRule:
     built: ScheduledRule = BUILDERS[rule.kind](rule, context)
     return built
+
+
+def baselines_wanted(
+    kinds: Iterable[ScheduledRule], runs: RunTracker
+) -> tuple[tuple[str, ...], set[str]]:
+    """The duration rules among `kinds` and the experiments whose baselines they may ask
+    for: loaded in one query before they are evaluated (RunTracker.load_baselines)."""
+    names: list[str] = []
+    experiments: set[str] = set()
+    for kind in kinds:
+        if isinstance(kind, _Long):
+            wanted = kind.long.baselines_wanted(runs)
+            if wanted:
+                names.append(kind.rule.name)
+                experiments |= wanted
+    return tuple(names), experiments
 
 
 def windowed(kind: ScheduledRule) -> Windowed | None:

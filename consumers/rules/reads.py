@@ -79,6 +79,12 @@ class Reads:
             {c: k for c, k in keys.items() if k},
         )
 
+    def kept(self) -> frozenset[str] | None:
+        """The columns `cut` keeps anything of (None: all): what a loader need not read."""
+        if self.everything:
+            return None
+        return self.columns | {c for c in LABELS if self.keys.get(c)}
+
     def cut(self, event: RunStatusEvent) -> RunStatusEvent:
         """`event` with only what is read: unread columns None, unread tags and properties
         left out. The same object when nothing would be dropped."""

@@ -239,10 +239,22 @@ class RunTracker:
     def _baseline(self, experiment: str) -> Baseline:
         durations = self._baselines.get(experiment)
         if durations is None:
-            loader = self._baseline_loader
-            loaded = loader(experiment, self.baseline_size) if loader is not None else []
-            durations = self._baselines[experiment] = Baseline(self.baseline_size, loaded)
+            self.load_baselines((experiment,))
+            durations = self._baselines[experiment]
         return durations
+
+    def load_baselines(self, experiments: Iterable[str]) -> None:
+        """The stored history of these experiments' baselines, those not loaded yet, in one
+        call of the loader: a first evaluation asks about every experiment with a running
+        run, and one query each was a fifth of a warm-up. Loaded before any completion the
+        feed adds, whenever it is loaded (the loader's boundary is fixed), as one at a time."""
+        missing = sorted({e for e in experiments if e not in self._baselines})
+        if not missing:
+            return
+        loader = self._baseline_loader
+        loaded = loader(missing, self.baseline_size) if loader is not None else {}
+        for experiment in missing:
+            self._baselines[experiment] = Baseline(self.baseline_size, loaded.get(experiment, ()))
 
     def baseline(self, experiment: str, n: int) -> list[float] | None:
         """The last `n` completed durations of `experiment` (oldest first), or None while

@@ -182,7 +182,8 @@ class Scheduler:
         if evaluation.needs_runs:
             tree_since = now - evaluation.tree_keep if evaluation.runs.track_trees else None
             roots = []
-            for event, started in current_runs(self._store, tree_since):
+            kept = evaluation.runs.keep.kept()
+            for event, started in current_runs(self._store, tree_since, kept):
                 evaluation.load_run(event, started)
                 if event.ParentRunId is None and evaluation.runs.track_trees:
                     roots.append(evaluation.runs.keep.cut(event))

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, delete, select
+from sqlalchemy import Connection, delete, select, tuple_
 
 from consumers.model.events import to_utc
 from consumers.model.instances import InstanceState
@@ -19,6 +19,8 @@ from consumers.store.schema import alert_states as t
 
 if TYPE_CHECKING:
     from consumers.store.engine import Store
+
+_CHUNK = 500  # keys per DELETE ... IN
 
 
 def load_states(store: Store) -> dict[tuple[str, str], InstanceState]:
@@ -45,8 +47,9 @@ def save_states(
     """Upsert the changed states; None (or nothing worth keeping) deletes the row."""
     module: Any = dialect_module(conn.dialect.name)
     gone = [key for key, state in changed.items() if state is None or not state.worth_keeping]
-    for rule, group_key in gone:
-        conn.execute(delete(t).where(and_(t.c.rule == rule, t.c.group_key == group_key)))
+    key = tuple_(t.c.rule, t.c.group_key)
+    for start in range(0, len(gone), _CHUNK):  # one statement, not one per state
+        conn.execute(delete(t).where(key.in_(gone[start : start + _CHUNK])))
     rows = [
         {
             "rule": rule,

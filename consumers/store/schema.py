@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -97,6 +98,16 @@ runs = Table(
     Index("ix_runs_parent", "ParentRunId"),
     Index("ix_runs_root", "RootRunId"),
     Index("ix_runs_cause_last", "cause", "LastSeen"),
+    # Duration baselines: an experiment's last completed runs, read in index order without
+    # statistics too (migration 0011_baseline_index; consumers.store.feed.baseline_loader).
+    Index(
+        "ix_runs_completed",
+        "ExperimentName",
+        "LastSeen",
+        "RunId",
+        sqlite_where=text("\"Status\" = 'Completed'"),
+        postgresql_where=text("\"Status\" = 'Completed'"),
+    ),
 )
 
 dead_letters = Table(
