@@ -245,7 +245,7 @@ def print_probe(path: Path) -> None:
             lite = report["sqlite"]
             print(
                 f"    SQLite's own memory {lite['used_kb'] / 1024:.1f} MB "
-                f"(peak {lite['high_kb'] / 1024:.1f}) in {lite['open']} connections"
+                f"(peak {lite['high_kb'] / 1024:.1f})"
             )
         if report.get("caches"):
             entries = ", ".join(f"{k} {v}" for k, v in report["caches"].items())

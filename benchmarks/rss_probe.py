@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import weakref
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -68,31 +69,25 @@ def smaps() -> dict[str, Any]:
 
 
 def sqlite_memory() -> dict[str, int]:
-    """SQLite's own allocations (page caches, schemas, prepared statements) and how many
-    connections hold them."""
-    import sqlite3
-
+    """SQLite's own allocations: page caches, schemas, prepared statements."""
     if "_sqlite3" not in sys.modules:
         return {}
     lib = ctypes.CDLL(sys.modules["_sqlite3"].__file__)  # resolves the libsqlite3 it links
     current, high = ctypes.c_int64(), ctypes.c_int64()
     lib.sqlite3_status64(0, ctypes.byref(current), ctypes.byref(high), 0)  # MEMORY_USED
-    connections = sum(isinstance(o, sqlite3.Connection) for o in gc.get_objects())
-    return {"used_kb": current.value // 1024, "high_kb": high.value // 1024, "open": connections}
+    return {"used_kb": current.value // 1024, "high_kb": high.value // 1024}
+
+
+ENGINES: weakref.WeakSet[Any] = weakref.WeakSet()  # seen through SQLAlchemy's public events
 
 
 def caches() -> dict[str, int]:
-    """Entries in the caches that grow with use: SQLAlchemy's compiled statements per engine,
-    jinja2's templates per environment."""
-    found: dict[str, int] = {}
-    for obj in gc.get_objects():
-        kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
-        if kind == "sqlalchemy.engine.base.Engine" and obj._compiled_cache is not None:
-            found["sqlalchemy_compiled"] = found.get("sqlalchemy_compiled", 0) + len(
-                obj._compiled_cache
-            )
-        elif kind == "jinja2.environment.Environment" and obj.cache is not None:
-            found["jinja2_templates"] = found.get("jinja2_templates", 0) + len(obj.cache)
+    """What grows with use: SQLAlchemy's compiled statements and pooled connections per
+    engine (gc.get_objects() cannot see them: serve freezes its start-up objects)."""
+    found = {"sqlalchemy_compiled": 0, "pooled_connections": 0}
+    for engine in list(ENGINES):
+        found["sqlalchemy_compiled"] += len(engine._compiled_cache or ())
+        found["pooled_connections"] += engine.pool.checkedin() + engine.pool.checkedout()
     return found
 
 
@@ -101,7 +96,7 @@ def threads() -> list[dict[str, Any]]:
     out = []
     for thread in threading.enumerate():
         frame = frames.get(thread.ident or 0)
-        stack = []
+        stack: list[str] = []
         while frame is not None and len(stack) < 4:
             stack.append(f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno}")
             frame = frame.f_back
@@ -153,6 +148,10 @@ def main() -> int:
     rest = sys.argv[2:]
     trace = "--trace" in rest[: rest.index("--")]
     signal.signal(signal.SIGUSR1, Probe(out, trace))
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    event.listen(Engine, "engine_connect", lambda conn: ENGINES.add(conn.engine))
     from consumers.entry import main as runwatch
 
     return runwatch(rest[rest.index("--") + 1 :])
