@@ -34,7 +34,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from percentiles import pct  # benchmarks/, on the path when run as a script
 from prometheus_client import CollectorRegistry
 
-from consumers.config.service import KafkaSettings, StoreSettings
+from consumers.config.service import KafkaSettings
 from consumers.demo.broker import EmbeddedBroker, create_topics
 from consumers.demo.simulator import Simulator
 from consumers.ingest.decoding import EventFormat, decode
@@ -123,10 +123,8 @@ def bare_consume(bootstrap: str, topic: str, expected: int) -> tuple[float, int]
     return elapsed, size
 
 
-def runwatch_ingest(
-    settings: KafkaSettings, db: Path, expected: int, cache_kib: int
-) -> tuple[float, int]:
-    store = open_store(f"sqlite:///{db}", migrate=True, sqlite_cache_kib=cache_kib)
+def runwatch_ingest(settings: KafkaSettings, db: Path, expected: int) -> tuple[float, int]:
+    store = open_store(f"sqlite:///{db}", migrate=True)
     metrics = Metrics(CollectorRegistry())
     ingestor = Ingestor(store, _NoDeadLetters(), metrics, max_bytes=settings.max_message_bytes)
     stop = threading.Event()
@@ -201,10 +199,8 @@ def bare_latency(settings: KafkaSettings, rate: float, seconds: float) -> list[f
     return delays
 
 
-def latency(
-    settings: KafkaSettings, db: Path, rate: float, seconds: float, cache_kib: int
-) -> list[float]:
-    store = open_store(f"sqlite:///{db}", migrate=True, sqlite_cache_kib=cache_kib)
+def latency(settings: KafkaSettings, db: Path, rate: float, seconds: float) -> list[float]:
+    store = open_store(f"sqlite:///{db}", migrate=True)
     metrics = Metrics(CollectorRegistry())
     delays: list[float] = []
 
@@ -248,12 +244,6 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--bootstrap", help="an existing broker; default: the bundled one")
-    parser.add_argument(
-        "--sqlite-cache-kib",
-        type=int,
-        default=StoreSettings().sqlite_cache_kib,
-        help="each connection's page cache, as serve sets it (store.sqlite_cache_kib)",
-    )
     args = parser.parse_args()
 
     broker = None if args.bootstrap else EmbeddedBroker().start()
@@ -298,7 +288,7 @@ def main() -> int:
             session_timeout_ms=6000,
             heartbeat_interval_ms=1000,
         )
-        rw_s, rows = runwatch_ingest(settings, work / "ingest.db", count, args.sqlite_cache_kib)
+        rw_s, rows = runwatch_ingest(settings, work / "ingest.db", count)
         rw_rate = count / rw_s
         print(
             f"runwatch ingest -> SQLite:  {rw_rate:,.0f} msg/s, {rows / rw_s:,.0f} events/s "
@@ -315,9 +305,7 @@ def main() -> int:
         lat_settings = settings.model_copy(update={"topic": steady, "group_id": f"lat-{suffix}"})
         report(
             f"steady {args.rate:,.0f} events/s for {args.seconds:.0f}s, produce -> row committed",
-            latency(
-                lat_settings, work / "latency.db", args.rate, args.seconds, args.sqlite_cache_kib
-            ),
+            latency(lat_settings, work / "latency.db", args.rate, args.seconds),
         )
         print("  (target: row committed p99 <= 50 ms)")
     finally:

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from consumers.model.events import RunStatusEvent
-from consumers.store import Store, open_store
+from consumers.store import open_store
 from tests.conftest import Topics, settings_for, wait_for
 from tests.servers import HttpServer, SmtpServer
 
@@ -166,33 +166,3 @@ def test_a_first_start_migrates_with_alembic_and_the_recorder_sees_it(
     seen = _run_until_mailed(tmp_path, topics, store_url, smtp, http)
     assert "alembic" in seen
     assert not [name for name in seen if name.startswith(("psycopg", "consumers.client"))]
-
-
-def _cache_size(store: Store) -> int:
-    with store.engine.connect() as conn:
-        return int(conn.exec_driver_sql("PRAGMA cache_size").scalar_one())
-
-
-def test_serve_caps_each_pooled_sqlite_connections_page_cache(store_url: str) -> None:
-    """SQLite's own default is a 2,000 KiB page cache per connection, and serve pools one
-    connection per thread that writes or reads: store.sqlite_cache_kib bounds each."""
-    from consumers.config.settings import Settings
-    from consumers.service.app import Service
-
-    plain = open_store(store_url, migrate=True)
-    try:
-        assert _cache_size(plain) == -2000  # the CLI and the client keep SQLite's default
-    finally:
-        plain.dispose()
-    service = Service(Settings.model_validate({"store": {"url": store_url}}))
-    try:
-        assert service.settings.store.sqlite_cache_kib == 512
-        assert _cache_size(service.store) == -512
-    finally:
-        service.store.dispose()
-    custom = Settings.model_validate({"store": {"url": store_url, "sqlite_cache_kib": 300}})
-    service = Service(custom)
-    try:
-        assert _cache_size(service.store) == -300
-    finally:
-        service.store.dispose()

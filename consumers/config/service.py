@@ -125,9 +125,6 @@ class StoreSettings(Section):
     partition_interval_hours: int = Field(default=24, ge=1, le=24 * 31)
     partitions_ahead: int = Field(default=3, ge=1, le=366)
     pool_size: int = Field(default=10, ge=1, le=200)  # PostgreSQL connections per replica
-    # SQLite only: each pooled connection's page cache (SQLite's own default is 2,000 KiB
-    # each; docs/operations.md, "Memory"). Reads beyond it come from the OS's file cache.
-    sqlite_cache_kib: int = Field(default=512, ge=64, le=1_048_576)
     # A dead letter's payload is stored up to this many bytes (PayloadBytes keeps the size).
     dead_letter_payload_max_bytes: int = Field(default=4_194_304, ge=0)
 

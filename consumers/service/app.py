@@ -91,7 +91,6 @@ class Service:
             migrate=settings.store.migrate_on_start,
             pool_size=settings.store.pool_size,
             dead_letter_payload_max_bytes=settings.store.dead_letter_payload_max_bytes,
-            sqlite_cache_kib=settings.store.sqlite_cache_kib,
         )
         self._ensure_partitions()
         # A bad rule file at start-up stops it (there are no old rules to keep running).

@@ -38,21 +38,14 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _sqlite_pragmas(cache_kib: int | None) -> Callable[[Any, Any], None]:
-    def pragmas(dbapi_connection: Any, _record: Any) -> None:
-        # WAL lets `runwatch runs list` read while `serve` writes; NORMAL is durable at every
-        # checkpoint and survives a process crash (only an OS crash can lose the last commits).
-        # cache_size (store.sqlite_cache_kib; None: SQLite's default): one page cache per
-        # pooled connection, negative meaning KiB.
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        if cache_kib is not None:
-            cursor.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
-        cursor.close()
-
-    return pragmas
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets `runwatch runs list` read while `serve` writes; NORMAL is durable at every
+    # checkpoint and survives a process crash (only an OS crash can lose the last commits).
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
 
 
 def _create_private(database: Path) -> None:
@@ -81,7 +74,7 @@ def _private_sidecars(database: Path) -> Callable[[Any, Any], None]:
     return check
 
 
-def make_engine(url: str, *, pool_size: int = 10, sqlite_cache_kib: int | None = None) -> Engine:
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     parsed = make_url(url)
     if parsed.drivername in {"postgresql", "postgres"}:
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -99,7 +92,7 @@ def make_engine(url: str, *, pool_size: int = 10, sqlite_cache_kib: int | None =
             pool_size=24,
             max_overflow=8,
         )
-        event.listen(engine, "connect", _sqlite_pragmas(sqlite_cache_kib))
+        event.listen(engine, "connect", _sqlite_pragmas)
         if database is not None:
             event.listen(engine, "connect", _private_sidecars(database))
         return engine
@@ -201,13 +194,8 @@ class Store:
         self.engine.dispose()
 
 
-def handle(
-    url: str,
-    pool_size: int,
-    dead_letter_payload_max_bytes: int | None = None,
-    sqlite_cache_kib: int | None = None,
-) -> Store:
-    engine = make_engine(url, pool_size=pool_size, sqlite_cache_kib=sqlite_cache_kib)
+def handle(url: str, pool_size: int, dead_letter_payload_max_bytes: int | None = None) -> Store:
+    engine = make_engine(url, pool_size=pool_size)
     lock = threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
     return Store(engine, lock, dead_letter_payload_max_bytes)
 

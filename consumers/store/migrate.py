@@ -132,9 +132,8 @@ def open_store(
     migrate: bool = False,
     pool_size: int = 10,
     dead_letter_payload_max_bytes: int | None = None,
-    sqlite_cache_kib: int | None = None,
 ) -> Store:
-    store = handle(url, pool_size, dead_letter_payload_max_bytes, sqlite_cache_kib)
+    store = handle(url, pool_size, dead_letter_payload_max_bytes)
     try:
         if _at_head(store):
             pass  # the common start: nothing to migrate, and Alembic stays unloaded
