@@ -23,9 +23,11 @@ Their RSS is sampled the same way.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -227,6 +229,52 @@ def sample(pids: dict[str, int], stop: threading.Event, into: dict[str, list[int
             into.setdefault(name, []).append(vm(pid, "VmRSS"))
 
 
+def print_probe(path: Path) -> None:
+    """The breakdown rss_probe.py wrote after start-up and under load."""
+    reports = [json.loads(line) for line in path.read_text().splitlines()]
+    keys = ("Rss", "Anonymous", "Pss_Anon", "Pss_File", "Private_Clean", "Shared_Clean")
+    for when, report in zip(("after start-up", "under load"), reports, strict=False):
+        rollup = report["smaps"]["rollup"]
+        names = sorted({t["name"].split("_")[0].rstrip("-0123456789") for t in report["threads"]})
+        print(
+            f"  probe {when}: "
+            + ", ".join(f"{k} {rollup.get(k, 0) / 1024:.1f}" for k in keys)
+            + f" MB; {len(report['threads'])} threads ({', '.join(names)})"
+        )
+        if report.get("sqlite"):
+            lite = report["sqlite"]
+            print(
+                f"    SQLite's own memory {lite['used_kb'] / 1024:.1f} MB "
+                f"(peak {lite['high_kb'] / 1024:.1f})"
+            )
+        if report.get("caches"):
+            entries = ", ".join(f"{k} {v}" for k, v in report["caches"].items())
+            print(f"    cache entries: {entries}")
+        files = report["smaps"]["files"][:8]
+        print("    file-backed: " + ", ".join(f"{n} {kb / 1024:.1f}" for n, kb in files))
+        if "trimmed_kb" in report:
+            print(f"    malloc_trim(0) would give back {report['trimmed_kb'] / 1024:.1f} MB")
+        stacks, stack_kb = report["smaps"]["stacks"]
+        print(
+            f"    {stacks} thread stacks hold {stack_kb / 1024:.2f} MB; "
+            f"{report['smaps']['arenas']} malloc arenas besides the main heap; "
+            f"{report['smaps']['anon_count']} anonymous mappings"
+        )
+        anon = report["smaps"]["anon"][:12]
+        print(
+            "    anonymous (rss/size MB): "
+            + ", ".join(f"{w} {r / 1024:.1f}/{s / 1024:.1f}" for r, s, w in anon)
+        )
+        if "traced_kb" in report:
+            print(f"    tracemalloc live {report['traced_kb'] / 1024:.1f} MB; top files:")
+            for where, kb in report["top"][:12]:
+                print(f"      {kb / 1024:6.2f} MB {where}")
+        for where, kb, count in report.get("growth", [])[:15]:
+            print(f"      grew {kb / 1024:+6.2f} MB ({count:+d} blocks) {where}")
+    for thread in reports[-1]["threads"] if reports else []:
+        print(f"    thread {thread['name']}: {' < '.join(thread['stack'][:3])}")
+
+
 def one_store(
     label: str,
     store: str,
@@ -246,9 +294,12 @@ def one_store(
     if not args.fresh:  # the documented deploy step: migrate, then start the new version
         subprocess.run([RUNWATCH, "db", "upgrade", "--store", store], check=True, env=env)
     log = (folder / "serve.log").open("wb")
-    serve = subprocess.Popen(
-        [RUNWATCH, "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env
-    )
+    argv = [RUNWATCH, "serve", "--config", str(config)]
+    probe = folder / "probe.jsonl"
+    if args.probe or args.trace:  # the same command, with a SIGUSR1 report (rss_probe.py)
+        wrap = [sys.executable, str(ROOT / "benchmarks" / "rss_probe.py"), str(probe)]
+        argv = [*wrap, *(["--trace"] if args.trace else []), "--", *argv[1:]]
+    serve = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     sidecars = start_pair(folder, f"127.0.0.1:{metrics}", smtp) if args.pair else []
     pids = {"serve": serve.pid} | {name: car.process.pid for name, car in sidecars}
     samples: dict[str, list[int]] = {}
@@ -257,6 +308,8 @@ def one_store(
         if serve.poll() is not None:
             raise SystemExit(f"serve exited with {serve.returncode}; see {folder / 'serve.log'}")
         start_rss = vm(serve.pid, "VmRSS")
+        if args.probe or args.trace:
+            serve.send_signal(signal.SIGUSR1)
         while not arrivals.empty():
             arrivals.get()
         ctx = multiprocessing.get_context("spawn")
@@ -269,10 +322,15 @@ def one_store(
         sampler.start()
         mails = hooks = 0
         last = time.monotonic()
+        probed = not (args.probe or args.trace)
+        steady_at = time.monotonic() + args.seconds * 0.9
         while proc.is_alive() or time.monotonic() - last < 3:
             # until the producer is done and nothing arrived for 3 s: the last mails
             if proc.is_alive():
                 last = time.monotonic()
+            if not probed and time.monotonic() >= steady_at:
+                serve.send_signal(signal.SIGUSR1)  # still under load
+                probed = True
             try:
                 kind = arrivals.get(timeout=0.2)[0]
             except Exception:
@@ -312,6 +370,8 @@ def one_store(
             f"  Prometheus + Alertmanager together {pair:.1f} MB; "
             f"serve / pair {figures['serve'][0] / pair:.2f} (goal: serve < 80 MB)"
         )
+    if probe.exists():
+        print_probe(probe)
     if args.keep:
         print(f"  kept {folder} (serve.log, configs)")
     else:
@@ -331,6 +391,8 @@ def main() -> int:
     parser.add_argument(
         "--fresh", action="store_true", help="serve migrates an empty store itself (first start)"
     )
+    parser.add_argument("--probe", action="store_true", help="smaps/threads breakdown")
+    parser.add_argument("--trace", action="store_true", help="--probe plus tracemalloc")
     parser.add_argument(
         "--env", action="append", default=[], help="NAME=VALUE for serve (MALLOC_ARENA_MAX=2)"
     )

@@ -247,3 +247,16 @@ def test_image_healthcheck_is_healthy_on_200_and_401_only() -> None:
         server.shutdown()
         server.server_close()
     assert codes == {200: 0, 401: 0, 403: 1, 500: 1, 503: 1}
+
+
+def test_the_image_runs_optimized_from_byte_code_it_carries() -> None:
+    """PYTHONOPTIMIZE=2 (docs/operations.md, "Memory") with a read-only root and
+    PYTHONDONTWRITEBYTECODE: without .opt-2.pyc files in the image every start would compile
+    all it imports from source."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    runtime = text[text.rindex("\nFROM ") :]
+    env = runtime.index("PYTHONOPTIMIZE=2")
+    assert "PYTHONDONTWRITEBYTECODE=1" in runtime
+    assert text.count("python -OO -m compileall") == 2  # the dependencies, runwatch itself
+    assert runtime.index("python3 -m compileall", env) > env  # the standard library, at level 2
+    assert text.count("! -name '*.opt-2.pyc' -delete") == 2

@@ -2,10 +2,14 @@
 commands, PostgreSQL or the ops/HTTP-ingest servers need stay out of a SQLite service's
 memory for its whole life (docs/operations.md, "Memory"). The service runs as its own
 process with an import recorder in front of the real import system; a Failed run must still
-be mailed and posted, and nothing on the list may have been looked for."""
+be mailed and posted, and nothing on the list may have been looked for. The main case runs
+with the interpreter and allocator settings of the image (deploy/Dockerfile: python -OO, two
+malloc arenas), so that what the image saves memory with is what is tested."""
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +22,19 @@ from consumers.model.events import RunStatusEvent
 from consumers.store import open_store
 from tests.conftest import Topics, settings_for, wait_for
 from tests.servers import HttpServer, SmtpServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def image_env() -> dict[str, str]:
+    """The settings deploy/Dockerfile's runtime stage gives every process in the image that
+    change how it runs (not where it logs or finds its files)."""
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    runtime = text[text.rindex("\nFROM ") :]
+    return dict(
+        re.findall(r"\b(PYTHONOPTIMIZE|PYTHONNODEBUGRANGES|MALLOC_ARENA_MAX)=(\S+)", runtime)
+    )
+
 
 # Imported by nothing a SQLite `serve` does, with metrics, console and HTTP ingest off.
 NOT_NEEDED = (
@@ -61,7 +78,12 @@ sys.exit(main(sys.argv[3:]))
 
 
 def _serve(
-    tmp_path: Path, topics: Topics, store_url: str, smtp: SmtpServer, http: HttpServer
+    tmp_path: Path,
+    topics: Topics,
+    store_url: str,
+    smtp: SmtpServer,
+    http: HttpServer,
+    env: dict[str, str],
 ) -> tuple[subprocess.Popen[bytes], Path]:
     settings = settings_for(topics, store_url)
     data = settings.model_dump(mode="json", exclude_none=True)
@@ -89,6 +111,7 @@ def _serve(
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env=os.environ | env,
     )
     log.close()
     return process, record
@@ -108,9 +131,14 @@ def _stop(process: subprocess.Popen[bytes], tmp_path: Path) -> None:
 
 
 def _run_until_mailed(
-    tmp_path: Path, topics: Topics, store_url: str, smtp: SmtpServer, http: HttpServer
+    tmp_path: Path,
+    topics: Topics,
+    store_url: str,
+    smtp: SmtpServer,
+    http: HttpServer,
+    env: dict[str, str] | None = None,
 ) -> list[str]:
-    process, record = _serve(tmp_path, topics, store_url, smtp, http)
+    process, record = _serve(tmp_path, topics, store_url, smtp, http, env or {})
     try:
         _fail_a_run(topics, "fp-1")
         wait_for(lambda: len(smtp.mails) == 1 and len(http.on("/chat")) == 1, timeout=60)
@@ -125,7 +153,9 @@ def test_a_sqlite_serve_at_the_current_schema_never_loads_what_it_does_not_need(
     tmp_path: Path, topics: Topics, store_url: str, smtp: SmtpServer, http: HttpServer
 ) -> None:
     open_store(store_url, migrate=True).dispose()  # `runwatch db upgrade` before the start
-    assert _run_until_mailed(tmp_path, topics, store_url, smtp, http) == []
+    env = image_env()
+    assert env["PYTHONOPTIMIZE"] == "2"  # docstrings and asserts left out: ~4 MB
+    assert _run_until_mailed(tmp_path, topics, store_url, smtp, http, env) == []
 
 
 def test_a_first_start_migrates_with_alembic_and_the_recorder_sees_it(

@@ -5,6 +5,8 @@ batches give the rows one in-order write gives, on SQLite and PostgreSQL alike."
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -253,3 +255,36 @@ def test_replicas_writing_the_same_events_in_opposite_orders_never_deadlock(
     finally:
         for store in replicas:
             store.dispose()
+
+
+# Under `python -OO` (the image's PYTHONOPTIMIZE=2) an assert is gone: the check that
+# SQLAlchemy names a multi-row INSERT's binds <column>_m<row>, which the writer's column
+# order relies on, must still stop a statement that does not.
+_BINDS_CHECK = """
+from sqlalchemy import bindparam, create_engine
+from consumers.store import writer
+from consumers.store.schema import events
+
+assert not __debug__
+def build(conn, count):
+    return events.insert().values(RunId=bindparam("x"))
+
+
+with create_engine("sqlite://").connect() as conn:
+    try:
+        writer._raw(conn, "odd", build, events, 1)
+    except RuntimeError as exc:
+        print("refused:", exc)
+"""
+
+
+def test_the_bind_name_check_holds_under_python_oo() -> None:
+    done = subprocess.run(
+        [sys.executable, "-OO", "-c", _BINDS_CHECK],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("refused: unexpected bind names for odd"), done.stdout

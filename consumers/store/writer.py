@@ -141,7 +141,8 @@ def _raw(
         width = len(positions) // count
         # Multi-row binds are named <column>_m<row>, row after row.
         order = tuple(p.rpartition("_m")[0] for p in positions[:width])
-        assert len(positions) == width * count and all(order), positions[:width]
+        if len(positions) != width * count or not all(order):  # also under python -O
+            raise RuntimeError(f"unexpected bind names for {name}: {positions[:width]}")
         types = {c.name: c.type for c in table.columns}
         convert: list[tuple[int, Callable[[Any], Any]]] = []
         for index, column in enumerate(order):
