@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +247,35 @@ def test_replicas_writing_the_same_events_in_opposite_orders_never_deadlock(
     finally:
         for store in replicas:
             store.dispose()
+
+
+def test_times_are_stored_as_the_instants_they_name_whatever_their_zone(db: Store) -> None:
+    """Times go to both stores as text formatted from their fields (consumers/store/timetext
+    .py): a time in another zone is converted first, and whole seconds keep their six zeros
+    (SQLite compares the text)."""
+    wire = f'{{"TimeGenerated": "{NOW.isoformat()[:19]}Z", "RunId": "zones", "Status": "Queued"}}'
+    parsed = RunStatusEvent.model_validate_json(wire)  # pydantic-core's own UTC tzinfo
+    assert parsed.TimeGenerated.tzinfo is not UTC and parsed.TimeGenerated.tzinfo is not None
+    local = (NOW + timedelta(seconds=1, microseconds=5)).astimezone(timezone(timedelta(hours=2)))
+    batch = [
+        parsed,
+        # model_construct: validation converts to UTC, but the writer must not rely on it
+        RunStatusEvent.model_construct(
+            **{**ev("zones", "Running", 1).__dict__, "TimeGenerated": local}
+        ),
+        ev("zones", "Completed", 2),
+    ]
+    db.write_batch(batch)
+    e, r = events.c, runs.c
+    stored = rows(db, select(e.Status, e.TimeGenerated).order_by(e.TimeGenerated))
+    assert stored == [
+        ("Queued", NOW),
+        ("Running", NOW + timedelta(seconds=1, microseconds=5)),
+        ("Completed", NOW + timedelta(seconds=2)),
+    ]
+    window = select(e.Status).where(e.TimeGenerated > NOW + timedelta(seconds=1))
+    assert rows(db, window) == [("Running",), ("Completed",)]
+    run = rows(db, select(r.FirstSeen, r.StartTime, r.EndTime, r.StatusTime))
+    assert run == [
+        (NOW, NOW + timedelta(seconds=1, microseconds=5), *[NOW + timedelta(seconds=2)] * 2)
+    ]
