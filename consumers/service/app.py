@@ -67,8 +67,9 @@ def new_registry() -> CollectorRegistry:
 # How long a thread holding the GIL runs before a waiting one gets it (Python's default is
 # 5 ms). serve's consumer thread decodes without pause while the store writer gives up the GIL
 # for every SQLite step and every round trip to PostgreSQL; each time it wanted it back it
-# waited up to a whole interval. At 0.5 ms: PostgreSQL ingest 6.6k -> 8.4k events/s, SQLite
-# 4.7k -> 6.3k msg/s in one run each (docs/scaling.md).
+# waited up to a whole interval. With the other cuts of the same change, one run: PostgreSQL
+# 6.6k -> 8.4k events/s, SQLite 4.7k -> 6.3k msg/s; alone on the code before it, no gain
+# showed (docs/scaling.md, "Second pass").
 SWITCH_INTERVAL_S = 0.0005
 
 
