@@ -6,8 +6,9 @@
 4. Latency: a separate process produces a steady rate; produce -> row committed, percentiles,
    beside the floor: the same producer into a bare consumer that only parses, same run.
 
-Both throughput loops run with the benchmark's own data freed and the collector tuned as
-`runwatch serve` tunes it (consumers.service.app.tune_gc), so neither pays for the other's heap.
+Both throughput loops run with the benchmark's own data freed, the collector and the GIL's
+switch interval tuned as `runwatch serve` tunes them (consumers.service.app.tune_interpreter),
+so neither pays for the other's heap.
 
     python benchmarks/ingest.py [--events 200000] [--rate 1000] [--seconds 30] [--bootstrap H:P]
 """
@@ -43,7 +44,7 @@ from consumers.ingest.ingestor import Ingestor, Prepared
 from consumers.ingest.kafka_loop import KafkaLoop
 from consumers.model.events import RunStatusEvent
 from consumers.model.limits import DEFAULT_LIMITS
-from consumers.service.app import tune_gc
+from consumers.service.app import tune_interpreter
 from consumers.store import open_store
 from consumers.store.writer import DeadLetter
 from consumers.telemetry.metrics import Metrics
@@ -265,7 +266,7 @@ def main() -> int:
         sample = [value for _, value in messages[:20_000]]
         count = len(messages)
         del events, messages
-        tune_gc()
+        tune_interpreter()
 
         bounds = DEFAULT_LIMITS.at(datetime.now(UTC))  # as the ingestor does, once per batch
         started = time.perf_counter()

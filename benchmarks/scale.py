@@ -51,6 +51,7 @@ from consumers.ingest.ingestor import Ingestor
 from consumers.ingest.kafka_loop import KafkaLoop
 from consumers.model.alerts import Alert
 from consumers.model.events import RunStatusEvent
+from consumers.service.app import tune_interpreter
 from consumers.store import open_store
 from consumers.store.outbox import Outbox
 from consumers.store.writer import DeadLetter
@@ -87,7 +88,8 @@ def failed_alert(event: RunStatusEvent) -> list[Alert]:
 
 
 def replica(url: str, kafka: dict[str, Any], started: Any, stop: MpEvent, notify: bool) -> None:
-    """One replica's ingest path in its own process (its own GIL, as with `runwatch serve`)."""
+    """One replica's ingest path in its own process (its own GIL, and the collector and switch
+    interval tuned, as with `runwatch serve`)."""
     settings = KafkaSettings.model_validate(kafka)
     store = open_store(url)
     metrics = Metrics(CollectorRegistry())
@@ -109,6 +111,7 @@ def replica(url: str, kafka: dict[str, Any], started: Any, stop: MpEvent, notify
 
     halt = threading.Event()
     threading.Thread(target=lambda: (stop.wait(), halt.set()), daemon=True).start()
+    tune_interpreter()  # as `runwatch serve` does once loaded
     KafkaLoop(settings, prepare, ingestor.write, metrics).run(halt)
     store.dispose()
 

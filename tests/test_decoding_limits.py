@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import tracemalloc
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -17,7 +17,7 @@ from consumers.ingest.decoding import Decoded, EventFormat, decode
 from consumers.ingest.encoding import encode, encode_many
 from consumers.model.errors import DecodeError
 from consumers.model.events import RunStatusEvent
-from consumers.model.limits import IngestLimits
+from consumers.model.limits import PARSED_UTC, IngestLimits
 from consumers.model.updates import RunUpdate
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
@@ -359,3 +359,24 @@ def test_an_exception_on_one_record_rejects_that_record_only(
     assert decoded.rejected is not None
     assert decoded.rejected.reason == "internal"
     assert "KeyError" in decoded.rejected.first[0]
+
+
+def test_the_time_window_shares_the_parsed_events_tzinfo_and_still_bounds_them() -> None:
+    """Each event is compared with both ends of the window: in the tzinfo object pydantic-core
+    gives parsed times, the compare skips two utcoffset() calls (docs/scaling.md); the
+    window still refuses what it refused, from a clock in any zone."""
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC).astimezone(timezone(timedelta(hours=-5)))
+    bounds = IngestLimits(max_future_skew_s=60).at(now)
+
+    def at(seconds: float) -> bytes:
+        when = now + timedelta(seconds=seconds)
+        return RunStatusEvent(TimeGenerated=when, RunId="r", Status="Running").to_json()
+
+    assert bounds.latest.tzinfo is bounds.earliest.tzinfo is PARSED_UTC
+    assert decode(at(0), bounds=bounds).events[0].TimeGenerated.tzinfo is PARSED_UTC
+    assert bounds.latest == datetime(2026, 1, 1, 12, 1, tzinfo=UTC)
+    assert bounds.earliest == datetime(2000, 1, 1, tzinfo=UTC)
+    with pytest.raises(DecodeError) as refused:
+        decode(at(61), bounds=bounds)
+    assert refused.value.reason == "time_out_of_range"
+    assert decode(at(59), bounds=bounds).events

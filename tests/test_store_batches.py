@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -288,3 +288,35 @@ def test_the_bind_name_check_holds_under_python_oo() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("refused: unexpected bind names for odd"), done.stdout
+
+
+def test_times_are_stored_as_the_instants_they_name_whatever_their_zone(db: Store) -> None:
+    """Times go to both stores as text formatted from their fields (consumers/store/timetext
+    .py): a time in another zone is converted first, and whole seconds keep their six zeros
+    (SQLite compares the text)."""
+    wire = f'{{"TimeGenerated": "{NOW.isoformat()[:19]}Z", "RunId": "zones", "Status": "Queued"}}'
+    parsed = RunStatusEvent.model_validate_json(wire)  # pydantic-core's own UTC tzinfo
+    assert parsed.TimeGenerated.tzinfo is not UTC and parsed.TimeGenerated.tzinfo is not None
+    local = (NOW + timedelta(seconds=1, microseconds=5)).astimezone(timezone(timedelta(hours=2)))
+    batch = [
+        parsed,
+        # model_construct: validation converts to UTC, but the writer must not rely on it
+        RunStatusEvent.model_construct(
+            **{**ev("zones", "Running", 1).__dict__, "TimeGenerated": local}
+        ),
+        ev("zones", "Completed", 2),
+    ]
+    db.write_batch(batch)
+    e, r = events.c, runs.c
+    stored = rows(db, select(e.Status, e.TimeGenerated).order_by(e.TimeGenerated))
+    assert stored == [
+        ("Queued", NOW),
+        ("Running", NOW + timedelta(seconds=1, microseconds=5)),
+        ("Completed", NOW + timedelta(seconds=2)),
+    ]
+    window = select(e.Status).where(e.TimeGenerated > NOW + timedelta(seconds=1))
+    assert rows(db, window) == [("Running",), ("Completed",)]
+    run = rows(db, select(r.FirstSeen, r.StartTime, r.EndTime, r.StatusTime))
+    assert run == [
+        (NOW, NOW + timedelta(seconds=1, microseconds=5), *[NOW + timedelta(seconds=2)] * 2)
+    ]

@@ -47,7 +47,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from consumers.service.app import Service, tune_gc
+    from consumers.service.app import Service, tune_interpreter
     from consumers.telemetry.logs import setup_logging
 
     settings = settings_from_args(args)
@@ -62,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     service = Service(settings)
     service.rules.install_sighup()  # `kill -HUP` reloads the rule files
-    tune_gc()
+    tune_interpreter()
     service.run(stop)
     return 0
 

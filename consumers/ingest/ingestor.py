@@ -22,7 +22,7 @@ from consumers.model.alerts import Alert
 from consumers.model.causes import UNKNOWN, CauseTable, classify_event
 from consumers.model.errors import DecodeError, StoreError
 from consumers.model.events import RunStatusEvent, Status
-from consumers.model.limits import DEFAULT_LIMITS, Bounds, IngestLimits
+from consumers.model.limits import DEFAULT_LIMITS, Bounds, IngestLimits, in_parsed_utc
 from consumers.model.updates import RunUpdate
 from consumers.noise.policy import NoisePolicy
 from consumers.outbox.recorder import recording
@@ -311,7 +311,7 @@ class Ingestor:
         skipped: Counter[str] = Counter()
         failures: Counter[str] = Counter()
         causes: Counter[str] = Counter()
-        now = self._clock()
+        now = in_parsed_utc(self._clock())  # the events' tzinfo: a cheap subtraction each
         times: list[datetime] = []
         for _, result in decoded:
             kind = result.format

@@ -18,12 +18,17 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    TypeAdapter,
     ValidationInfo,
 )
 from pydantic_core import PydanticCustomError
 
-from consumers.model.limits import TIME_OUT_OF_RANGE, IngestLimits, json_text, limits_of
+from consumers.model.limits import (
+    PARSED_UTC,
+    TIME_OUT_OF_RANGE,
+    IngestLimits,
+    json_text,
+    limits_of,
+)
 
 StatusName = Literal[
     "NotStarted",
@@ -105,16 +110,11 @@ def to_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-# pydantic-core's parsers give every time written with "Z" or "+00:00" this one tzinfo
-# object (offset 0, equal to UTC): such a time is UTC already.
-_PARSED_UTC = TypeAdapter(datetime).validate_python("2000-01-01T00:00:00Z").tzinfo
-
-
 def _utc(value: datetime) -> datetime:
     """to_utc for a validated field: a time UTC cannot hold (0001-01-01T00:00+01:00) is a
     validation error of its own kind, not an OverflowError out of the decoder."""
     tz = value.tzinfo
-    if tz is _PARSED_UTC or tz is UTC:  # nearly every event: no copy (astimezone was ~1/3
+    if tz is PARSED_UTC or tz is UTC:  # nearly every event: no copy (astimezone was ~1/3
         return value  # of a native event's validation in a profile of `serve`)
     if tz is None:  # to_utc, inlined: it runs for every event
         return value.replace(tzinfo=UTC)

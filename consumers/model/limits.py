@@ -16,10 +16,33 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from pydantic_core import PydanticCustomError
 
-__all__ = ["DEFAULT_LIMITS", "LIMIT_REASONS", "Bounds", "IngestLimits", "json_text"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "LIMIT_REASONS",
+    "PARSED_UTC",
+    "Bounds",
+    "IngestLimits",
+    "in_parsed_utc",
+    "json_text",
+]
+
+# pydantic-core's parsers give every time written with "Z" or "+00:00" this one tzinfo
+# object (offset 0, equal to UTC). Two aware times sharing their tzinfo object compare and
+# subtract field by field; any other pair calls each side's utcoffset() (0.79 against
+# 0.02 us a compare, 1.5 against 0.3 us a subtraction, measured): the times the hot path
+# holds every event against are kept in this one.
+PARSED_UTC = TypeAdapter(datetime).validate_python("2000-01-01T00:00:00Z").tzinfo
+
+
+def in_parsed_utc(value: datetime) -> datetime:
+    """The same instant in PARSED_UTC (a naive time is taken to be UTC)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=PARSED_UTC)
+    return value.astimezone(PARSED_UTC)
+
 
 # Dead-letter reasons of this module's checks (decoding adds too_many_records and internal).
 TIME_OUT_OF_RANGE = "time_out_of_range"
@@ -59,13 +82,15 @@ class IngestLimits(BaseModel):
             raise ValueError("cannot be represented in UTC") from None
 
     def at(self, now: datetime) -> Bounds:
-        """The limits for a batch decoded at `now`: the time window computed once."""
+        """The limits for a batch decoded at `now`: the time window computed once, in the
+        parsed events' own tzinfo (PARSED_UTC), so each event's two compares are cheap."""
         try:
-            latest = now + timedelta(seconds=self.max_future_skew_s)
+            latest = in_parsed_utc(now + timedelta(seconds=self.max_future_skew_s))
         except OverflowError:
-            latest = datetime.max.replace(tzinfo=UTC)
+            latest = datetime.max.replace(tzinfo=PARSED_UTC)
         values = min(self.max_value_chars, self.max_text_chars)
-        return Bounds(self, self.earliest, latest, self.max_key_chars, values)
+        earliest = in_parsed_utc(self.earliest)
+        return Bounds(self, earliest, latest, self.max_key_chars, values)
 
 
 DEFAULT_LIMITS = IngestLimits()

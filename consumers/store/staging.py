@@ -30,7 +30,9 @@ from operator import itemgetter
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, Connection, Table, column, delete, exc, table
+from sqlalchemy import JSON, Connection, DateTime, Table, column, delete, exc, table
+
+from consumers.store.timetext import postgres_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,19 +86,32 @@ class Stage:
 
 
 def _row_values(target: Table, columns: tuple[str, ...]) -> Callable[[Mapping[str, Any]], Any]:
-    """A row's values in column order, JSON columns as their text (COPY's text format)."""
+    """A row's values in column order, JSON columns as their text and times as theirs
+    (COPY's text format; consumers/store/timetext.py says why times are not left to the
+    driver)."""
     pick = itemgetter(*columns)
-    json_at = [i for i, name in enumerate(columns) if isinstance(target.c[name].type, JSON)]
-    if not json_at:
+    convert: list[tuple[int, Callable[[Any], Any]]] = []
+    for index, name in enumerate(columns):
+        kind = target.c[name].type
+        if isinstance(kind, JSON):
+            convert.append((index, json_column_text))
+        elif isinstance(kind, DateTime):
+            convert.append((index, postgres_time))
+    if not convert:
         return pick
 
     def values(row: Mapping[str, Any]) -> list[Any]:
         out = list(pick(row))
-        for index in json_at:
-            out[index] = orjson.dumps(out[index]).decode()
+        for index, function in convert:
+            out[index] = function(out[index])
         return out
 
     return values
+
+
+def json_column_text(value: Any) -> str:
+    """A JSON column's value as the text both stores take."""
+    return orjson.dumps(value).decode()
 
 
 def _quote(name: str) -> str:
