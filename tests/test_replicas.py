@@ -69,7 +69,9 @@ def stream() -> list[RunStatusEvent]:
     return events
 
 
-def configs(tmp_path: Path, topics: Topics, url: str, smtp_port: int) -> list[Path]:
+def configs(
+    tmp_path: Path, topics: Topics, url: str, smtp_port: int, lease_s: int = 3
+) -> list[Path]:
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "rules.yaml").write_text(RULES)
@@ -84,7 +86,7 @@ def configs(tmp_path: Path, topics: Topics, url: str, smtp_port: int) -> list[Pa
         "smtp": {"host": "127.0.0.1", "port": smtp_port, "from": "runwatch <rw@example.com>"},
         "receivers": {"ml-oncall": {"email": {"to": ["oncall@example.com"]}}},
         # a dead replica's claims come back after 3 s instead of a minute
-        "notify": {"lease_s": 3, "concurrency": CONCURRENCY, "claim_batch": 50},
+        "notify": {"lease_s": lease_s, "concurrency": CONCURRENCY, "claim_batch": 50},
     }
     paths = []
     for replica in range(REPLICAS):
@@ -136,7 +138,10 @@ def produce(topics: Topics) -> None:
 def test_three_replicas_send_each_failure_once(
     wide_topics: Topics, fresh_pg: str, smtp: SmtpServer, tmp_path: Path
 ) -> None:
-    paths = configs(tmp_path, wide_topics, fresh_pg, smtp.port)
+    # No replica dies here, so no claim may come back: a lease of 30 s (not the 3 s a kill
+    # test needs) keeps a loaded machine's slow sends from expiring claims, and then any
+    # second attempt below is a claim taken twice, not a slow machine.
+    paths = configs(tmp_path, wide_topics, fresh_pg, smtp.port, lease_s=30)
     db_upgrade(paths[0])
     processes = [serve(path) for path in paths]
     try:
