@@ -103,7 +103,7 @@ runs = Table(
     Index(
         "ix_runs_completed",
         "ExperimentName",
-        "LastSeen",
+        "EndTime",
         "RunId",
         sqlite_where=text("\"Status\" = 'Completed'"),
         postgresql_where=text("\"Status\" = 'Completed'"),
