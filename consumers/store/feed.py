@@ -378,12 +378,7 @@ def ended_loader(store: Store, *, stored_up_to: int) -> EndedLoader:
 
     def load(run_ids: Collection[str]) -> dict[str, EndedRun]:
         ids = sorted(run_ids)
-        found: dict[str, EndedRun] = {}
-        stored = select(events.c.id).where(
-            events.c.RunId == runs.c.RunId,
-            events.c.Status.in_(terminal),
-            events.c.id <= stored_up_to,
-        )
+        ended: dict[str, Any] = {}
         with store.engine.connect() as conn:
             for start in range(0, len(ids), _ID_CHUNK):
                 query = select(
@@ -393,21 +388,34 @@ def ended_loader(store: Store, *, stored_up_to: int) -> EndedLoader:
                     runs.c.StartTime,
                     runs.c.EndTime,
                 ).where(
-                    runs.c.RunId.in_(ids[start : start + _ID_CHUNK]),
-                    runs.c.Status.in_(terminal),
-                    stored.exists(),
+                    runs.c.RunId.in_(ids[start : start + _ID_CHUNK]), runs.c.Status.in_(terminal)
                 )
-                for row in conn.execute(query):
-                    completed = row.Status == Status.Completed.value and row.EndTime is not None
-                    found[row.RunId] = (
-                        (
-                            row.ExperimentName,
-                            to_utc(row.EndTime),
-                            None if row.StartTime is None else to_utc(row.StartTime),
-                        )
-                        if completed
-                        else None
-                    )
+                ended.update((row.RunId, row) for row in conn.execute(query))
+            # Then, for the few that ended (a late event of an ended run is rare), whether
+            # the end was stored by then: a second query, not a correlated one per run,
+            # which PostgreSQL without statistics planned as a scan of every event.
+            stored: set[str] = set()
+            wanted = sorted(ended)
+            for start in range(0, len(wanted), _ID_CHUNK):
+                query = select(events.c.RunId).where(
+                    events.c.RunId.in_(wanted[start : start + _ID_CHUNK]),
+                    events.c.Status.in_(terminal),
+                    events.c.id <= stored_up_to,
+                )
+                stored.update(conn.execute(query).scalars())
+        found: dict[str, EndedRun] = {}
+        for run_id in stored:
+            row = ended[run_id]
+            completed = row.Status == Status.Completed.value and row.EndTime is not None
+            found[run_id] = (
+                (
+                    row.ExperimentName,
+                    to_utc(row.EndTime),
+                    None if row.StartTime is None else to_utc(row.StartTime),
+                )
+                if completed
+                else None
+            )
         return found
 
     return load
