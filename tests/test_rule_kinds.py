@@ -366,7 +366,7 @@ def test_duration_baseline_counts_a_run_once_whichever_way_it_arrives(store: Sto
 def test_run_tracker_counts_a_completed_run_once_from_load_and_feed() -> None:
     """The tracker's side of the same defect: whatever its loader returns, a run the feed
     then completes again is one baseline entry, and the baseline keeps the last n runs."""
-    loaded = [("b1", 60.0), ("b2", 120.0)]
+    loaded = [("b1", T0 + timedelta(minutes=5), 60.0), ("b2", T0 + timedelta(minutes=12), 120.0)]
     tracker = RunTracker(lambda experiments, n: {e: loaded[-n:] for e in experiments}, 3)
     for run_id, start in (("b2", 10), ("b3", 20)):
         tracker.observe(event(start, run_id, "Running"))

@@ -52,8 +52,10 @@ def test_baselines_of_many_experiments_in_one_statement_equal_one_at_a_time(db: 
     assert set(together) == set(names)
     for name in names:
         assert together[name] == load([name], 5)[name], name
-    assert together["x6"] == [(f"x6-{i}", 60.0 + (i % 5) * 30.0) for i in range(2, 7)]
-    assert [r for r, _ in together["late"]] == ["late-0", "late-1", "late-2", "late-3"]
+    assert [(r, s) for r, _, s in together["x6"]] == [
+        (f"x6-{i}", 60.0 + (i % 5) * 30.0) for i in range(2, 7)
+    ]
+    assert [r for r, _, _ in together["late"]] == ["late-0", "late-1", "late-2", "late-3"]
     assert together["idle"] == together["nowhere"] == []
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Mapping
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
@@ -28,6 +29,15 @@ def parse_duration(value: Any) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
-# (experiments, n) -> per experiment its last n completed runs as (run id, seconds), oldest
-# first; one call for many experiments (one query, not one each)
-BaselineLoader = Callable[[Collection[str], int], Mapping[str, list[tuple[str, float]]]]
+# (experiments, n) -> per experiment its last n completed runs by completion time as (run id,
+# completion time, seconds), oldest first; one call for many experiments (one query, not one
+# each). The completion time orders a baseline, whichever order the runs arrived in.
+BaselineRun = tuple[str, datetime, float]
+BaselineLoader = Callable[[Collection[str], int], Mapping[str, list[BaselineRun]]]
+
+
+# A run that ended as the store has it, for a replica that did not see it end (it warmed
+# up after): (experiment, completion time, first Running) for a completed run, else None.
+EndedRun = tuple[str | None, datetime, datetime | None] | None
+# run ids -> those of them whose end was stored before the caller's feed begins
+EndedLoader = Callable[[Collection[str]], Mapping[str, EndedRun]]

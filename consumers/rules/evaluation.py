@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from consumers.model.alerts import Alert
-from consumers.model.durations import BaselineLoader
+from consumers.model.durations import BaselineLoader, EndedLoader
 from consumers.model.events import RunStatusEvent, Status
 from consumers.model.instances import InstanceState
 from consumers.rules.absence import LastSeen
@@ -69,12 +69,13 @@ class Evaluation:
         max_runs: int = DEFAULT_MAX_RUNS,
         on_evict: Callable[[str], None] | None = None,
         last_seen: LastSeen | None = None,
+        ended: EndedLoader | None = None,
     ) -> None:
         self.rules = tuple(r for r in rules if r.enabled and not r.per_event)
         self.guard = guard if guard is not None else RuleGuard()
         self.horizon = None if horizon_s is None else timedelta(seconds=horizon_s)
         size = max((r.duration.baseline_runs for r in self.rules if r.duration), default=20)
-        self.runs = RunTracker(baseline, size, max_runs=max_runs, on_evict=on_evict)
+        self.runs = RunTracker(baseline, size, max_runs=max_runs, on_evict=on_evict, ended=ended)
         self.instances = Instances(states, resolved_receivers)
         self.instances.forget_rules_except(r.name for r in self.rules)
         self.context = Context(self.instances, self.runs, self.guard, describe, self.horizon)
@@ -146,16 +147,21 @@ class Evaluation:
 
     def before_observing(self, events: Iterable[RunStatusEvent]) -> None:
         """Before a batch is observed: the baselines its completions add to, loaded in one
-        query (a catch-up after a warm-up completes runs of many experiments)."""
+        query (a catch-up after a warm-up completes runs of many experiments), and which of
+        the runs the tracker does not know ended before the feed began, one query too."""
         if not self.needs_runs:
             return
+        batch = list(events)
         wanted = {
             e.ExperimentName
-            for e in events
+            for e in batch
             if e.Status == Status.Completed and e.ExperimentName is not None
         }
         if wanted:
             self.guard.call(self._run_rules, self.runs.load_baselines, wanted)
+        unknown = {e.RunId for e in batch if not e.is_terminal}
+        if unknown:
+            self.guard.call(self._run_rules, self.runs.load_ended, unknown)
 
     def load_run(self, event: RunStatusEvent, started: datetime | None) -> None:
         """Warm-up: a run's current state from the store."""

@@ -17,12 +17,14 @@ not judged until its next event brings it back, and a firing alert about it stay
 
 from __future__ import annotations
 
+from bisect import insort
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from consumers.model.durations import BaselineLoader
+from consumers.model.durations import BaselineLoader, BaselineRun, EndedLoader, EndedRun
 from consumers.model.events import STATUS_RANK, RunStatusEvent, Status
 from consumers.rules.reads import Reads
 
@@ -40,27 +42,43 @@ class ActiveRun:
 
 
 class Baseline:
-    """The durations of an experiment's last `size` completed runs, keyed by run.
+    """The durations of an experiment's last `size` completed runs by completion time (then
+    run id), keyed by run.
 
     A completed run can reach the tracker twice: from the store's history (loaded when the
     experiment is first asked about) and from the feed (its completion event). Keyed by run,
-    it counts once whichever way, and in whichever order, it came.
+    it counts once whichever way it came; ordered by when it completed, not by when it
+    arrived, a late completion takes the place it has in the store, so that a replica that
+    loaded its baselines keeps the same runs as one that saw every completion arrive.
     """
 
-    __slots__ = ("_runs", "size")
+    __slots__ = ("_order", "_runs", "size")
 
-    def __init__(self, size: int, runs: Iterable[tuple[str, float]] = ()) -> None:
+    def __init__(self, size: int, runs: Iterable[BaselineRun] = ()) -> None:
         self.size = size
-        self._runs: OrderedDict[str, float] = OrderedDict()
-        for run_id, seconds in runs:
-            self.add(run_id, seconds)
+        self._runs: dict[str, float] = {}
+        self._order: list[tuple[datetime, str]] = []  # (completed, run id), oldest first
+        for run_id, completed, seconds in runs:
+            self.add(run_id, completed, seconds)
 
-    def add(self, run_id: str, seconds: float) -> None:
+    def add(self, run_id: str, completed: datetime, seconds: float) -> None:
         if run_id in self._runs:
             return
+        self._insert(run_id, completed, seconds)
+
+    def put(self, run_id: str, completed: datetime, seconds: float) -> None:
+        """Add the run, or correct its duration (an earlier Running arrived late)."""
+        if run_id in self._runs:
+            self._runs[run_id] = seconds
+        else:
+            self._insert(run_id, completed, seconds)
+
+    def _insert(self, run_id: str, completed: datetime, seconds: float) -> None:
         self._runs[run_id] = seconds
-        while len(self._runs) > self.size:
-            self._runs.popitem(last=False)
+        insort(self._order, (completed, run_id))
+        while len(self._order) > self.size:
+            _, oldest = self._order.pop(0)
+            del self._runs[oldest]
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -69,7 +87,7 @@ class Baseline:
         """The last `n` durations (oldest first), or None while fewer than `n` exist."""
         if len(self._runs) < n:
             return None
-        return list(self._runs.values())[-n:]
+        return [self._runs[run_id] for _, run_id in self._order[-n:]]
 
 
 @dataclass(slots=True)
@@ -90,8 +108,8 @@ def _newer(a: RunStatusEvent, b: RunStatusEvent) -> bool:
     return STATUS_RANK[a.Status] > STATUS_RANK[b.Status]
 
 
-def _remember(memory: OrderedDict[str, None], run_id: str) -> None:
-    memory[run_id] = None
+def _remember(memory: OrderedDict[str, Any], run_id: str, value: Any = None) -> None:
+    memory[run_id] = value
     if len(memory) > _ENDED_MEMORY:
         memory.popitem(last=False)
 
@@ -105,12 +123,16 @@ class RunTracker:
         keep: Reads | None = None,
         max_runs: int = DEFAULT_MAX_RUNS,
         on_evict: Callable[[str], None] | None = None,
+        ended: EndedLoader | None = None,
     ) -> None:
         # Least recently changed first: what the cap evicts.
         self.active: OrderedDict[str, ActiveRun] = OrderedDict()
         self._changed = 0  # bumped on every change of `active`: the index below is redone
         self._by_experiment: tuple[int, dict[str | None, list[ActiveRun]]] = (-1, {})
-        self.ended: OrderedDict[str, None] = OrderedDict()
+        # Completed runs keep (experiment, completion, first Running): a Running stored after
+        # the completion still sets the run's duration, as the store's StartTime has it.
+        self.ended: OrderedDict[str, EndedRun] = OrderedDict()
+        self._ended_loader = ended
         self.evicted: OrderedDict[str, None] = OrderedDict()  # not judged until seen again
         self.trees: OrderedDict[str, Tree] = OrderedDict()
         self.tree_runs = 0  # children across all trees
@@ -128,6 +150,8 @@ class RunTracker:
         if self.track_trees:
             self._tree(event)
         if run_id in self.ended:
+            if event.Status == Status.Running:
+                self._late_start(run_id, event.TimeGenerated)
             return
         current = self.active.get(run_id)
         if current is None:
@@ -141,8 +165,10 @@ class RunTracker:
         if event.is_terminal:
             if self.active.pop(run_id, None) is not None:
                 self._changed += 1
-            _remember(self.ended, run_id)
-            if event.Status == Status.Completed and started is not None:
+            completed = event.Status == Status.Completed
+            ended = (event.ExperimentName, event.TimeGenerated, started) if completed else None
+            _remember(self.ended, run_id, ended)
+            if completed and started is not None:
                 self._completed(event, (event.TimeGenerated - started).total_seconds())
             return
         since = event.TimeGenerated
@@ -216,7 +242,9 @@ class RunTracker:
         if self.track_trees and event.ParentRunId is not None:
             self._tree(event)
         if event.is_terminal:
-            _remember(self.ended, event.RunId)
+            completed = event.Status == Status.Completed
+            ended = (event.ExperimentName, event.TimeGenerated, started) if completed else None
+            _remember(self.ended, event.RunId, ended)
             return
         self._track(ActiveRun(self.keep.cut(event), event.TimeGenerated, started))
 
@@ -228,13 +256,42 @@ class RunTracker:
             if event.is_terminal:
                 tree.ended = event.TimeGenerated
 
+    def load_ended(self, run_ids: Iterable[str]) -> None:
+        """Before the feed's events of runs this tracker does not know: those that ended
+        before its feed begins (the store says so) are remembered as ended, as a replica
+        that saw them end remembers them. Else a late Running of a run that completed
+        before a warm-up made it active again, and absence and duration rules judged it."""
+        if self._ended_loader is None:
+            return
+        unknown = {
+            r for r in run_ids if r not in self.active and r not in self.ended
+        } - self.evicted.keys()
+        if not unknown:
+            return
+        for run_id, ended in sorted(self._ended_loader(unknown).items()):
+            _remember(self.ended, run_id, ended)
+
+    def _late_start(self, run_id: str, at: datetime) -> None:
+        """A Running of a completed run: its duration is from its first Running, whenever
+        that arrived (the store's StartTime)."""
+        ended = self.ended[run_id]
+        if ended is None:
+            return
+        experiment, completed, started = ended
+        if started is None or at < started:
+            started = at
+            self.ended[run_id] = (experiment, completed, started)
+        seconds = (completed - started).total_seconds()
+        if experiment is not None and seconds >= 0:
+            self._baseline(experiment).put(run_id, completed, seconds)
+
     # -- durations ------------------------------------------------------------------------
 
     def _completed(self, event: RunStatusEvent, seconds: float) -> None:
         experiment = event.ExperimentName
         if experiment is None or seconds < 0:
             return
-        self._baseline(experiment).add(event.RunId, seconds)
+        self._baseline(experiment).add(event.RunId, event.TimeGenerated, seconds)
 
     def _baseline(self, experiment: str) -> Baseline:
         durations = self._baselines.get(experiment)

@@ -37,6 +37,7 @@ from consumers.store.feed import (
     baseline_loader,
     current_runs,
     earliest_event,
+    ended_loader,
     last_seen,
     run_details,
 )
@@ -164,6 +165,7 @@ class Scheduler:
 
     def _warm_up(self, ruleset: RuleSet, now: datetime) -> None:
         self._ruleset = ruleset
+        boundary = self._feed.last_id()
         evaluation = Evaluation(
             ruleset.scheduled,
             states=load_states(self._store),
@@ -171,7 +173,9 @@ class Scheduler:
             horizon_s=self._horizon,
             # completions stored up to the last id now are in the runs table the tracker is
             # loaded from; those the feed delivers too are counted once (tracker.Baseline)
-            baseline=baseline_loader(self._store, stored_up_to=self._feed.last_id()),
+            baseline=baseline_loader(self._store, stored_up_to=boundary),
+            # runs that ended before it, which the feed will not end again
+            ended=ended_loader(self._store, stored_up_to=boundary),
             guard=ruleset.guard,
             describe=run_details(self._store),
             max_runs=self._max_runs,

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, literal_column, or_, select, tuple_, union_all
 
-from consumers.model.durations import BaselineLoader
+from consumers.model.durations import BaselineLoader, BaselineRun, EndedLoader, EndedRun
 from consumers.model.events import TERMINAL_STATUSES, RunStatusEvent, Status, to_utc
 from consumers.store.engine import Store
 from consumers.store.schema import events, runs
@@ -307,24 +307,27 @@ def run_details(store: Store) -> Callable[[RunStatusEvent], RunStatusEvent]:
 def baseline_loader(
     store: Store, *, stored_up_to: int | None = None, ended_before: datetime | None = None
 ) -> BaselineLoader:
-    """The last n completed runs of each experiment asked about as (run id, seconds), oldest
-    first: those the caller is not fed. The live scheduler's boundary is the feed's own, a
-    row id (`stored_up_to`: the run's completion was stored at or below it), not a time: a
-    run that completed before the warm-up but was stored after it is the feed's to deliver.
-    The dry run replays by time, so its boundary is a time (`ended_before`). Either way the
-    tracker counts a run once (consumers.rules.tracker.Baseline).
+    """The last n completed runs of each experiment asked about, by completion time (EndTime,
+    then RunId: the order of consumers.rules.tracker.Baseline), as (run id, completion time,
+    seconds), oldest first: those the caller is not fed. The live scheduler's boundary is
+    the feed's own, a row id (`stored_up_to`: the run's completion was stored at or below
+    it), not a time: a run that completed before the warm-up but was stored after it is the
+    feed's to deliver. The dry run replays by time, so its boundary is a time
+    (`ended_before`). Either way the tracker counts a run once
+    (consumers.rules.tracker.Baseline).
 
     One statement for many experiments (a UNION ALL of one limited branch each, the same
     query as for one): a first evaluation of 100 duration rules asked for 50 experiments,
     one round trip each. Each branch is a range of the partial index ix_runs_completed;
-    RunId breaks ties of LastSeen, so the runs chosen do not depend on the plan."""
+    RunId breaks ties of EndTime, so the runs chosen do not depend on the plan. Not LastSeen:
+    it is the run's latest event of any kind (a late heartbeat or Running), so its order is
+    that of arrival, not of completion."""
 
     def branch(experiment: str, n: int) -> Select[Any]:
         query = (
             select(
                 runs.c.ExperimentName,
                 runs.c.RunId,
-                runs.c.LastSeen,
                 runs.c.StartTime,
                 runs.c.EndTime,
             )
@@ -334,7 +337,7 @@ def baseline_loader(
                 runs.c.StartTime.is_not(None),
                 runs.c.EndTime.is_not(None),
             )
-            .order_by(runs.c.LastSeen.desc(), runs.c.RunId.desc())
+            .order_by(runs.c.EndTime.desc(), runs.c.RunId.desc())
             .limit(n)
         )
         if stored_up_to is not None:
@@ -348,7 +351,7 @@ def baseline_loader(
             query = query.where(runs.c.EndTime <= ended_before)
         return query
 
-    def load(experiments: Collection[str], n: int) -> dict[str, list[tuple[str, float]]]:
+    def load(experiments: Collection[str], n: int) -> dict[str, list[BaselineRun]]:
         wanted = sorted(set(experiments))
         found: dict[str, list[tuple[datetime, str, float]]] = {e: [] for e in wanted}
         with store.engine.connect() as conn:
@@ -357,8 +360,62 @@ def baseline_loader(
                 parts = [select(*b.c) for b in chunk]
                 query = union_all(*parts) if len(parts) > 1 else parts[0]
                 for row in conn.execute(query):
-                    seconds = (to_utc(row.EndTime) - to_utc(row.StartTime)).total_seconds()
-                    found[row.ExperimentName].append((to_utc(row.LastSeen), row.RunId, seconds))
-        return {e: [(run, s) for _, run, s in sorted(rows)] for e, rows in found.items()}
+                    ended = to_utc(row.EndTime)
+                    seconds = (ended - to_utc(row.StartTime)).total_seconds()
+                    found[row.ExperimentName].append((ended, row.RunId, seconds))
+        return {e: [(run, t, s) for t, run, s in sorted(rows)] for e, rows in found.items()}
+
+    return load
+
+
+def ended_loader(store: Store, *, stored_up_to: int) -> EndedLoader:
+    """Of the runs asked about, those whose end (a terminal event) was stored at or below
+    `stored_up_to`, the feed's boundary: the runs a replica that never stopped saw end, and
+    a warmed-up one does not know (it loads the runs that have not ended). Completed ones
+    with their experiment, EndTime and StartTime, for their baseline duration. One indexed
+    lookup per run asked about."""
+    terminal = sorted(TERMINAL_STATUSES)
+
+    def load(run_ids: Collection[str]) -> dict[str, EndedRun]:
+        ids = sorted(run_ids)
+        ended: dict[str, Any] = {}
+        with store.engine.connect() as conn:
+            for start in range(0, len(ids), _ID_CHUNK):
+                query = select(
+                    runs.c.RunId,
+                    runs.c.Status,
+                    runs.c.ExperimentName,
+                    runs.c.StartTime,
+                    runs.c.EndTime,
+                ).where(
+                    runs.c.RunId.in_(ids[start : start + _ID_CHUNK]), runs.c.Status.in_(terminal)
+                )
+                ended.update((row.RunId, row) for row in conn.execute(query))
+            # Then, for the few that ended (a late event of an ended run is rare), whether
+            # the end was stored by then: a second query, not a correlated one per run,
+            # which PostgreSQL without statistics planned as a scan of every event.
+            stored: set[str] = set()
+            wanted = sorted(ended)
+            for start in range(0, len(wanted), _ID_CHUNK):
+                query = select(events.c.RunId).where(
+                    events.c.RunId.in_(wanted[start : start + _ID_CHUNK]),
+                    events.c.Status.in_(terminal),
+                    events.c.id <= stored_up_to,
+                )
+                stored.update(conn.execute(query).scalars())
+        found: dict[str, EndedRun] = {}
+        for run_id in stored:
+            row = ended[run_id]
+            completed = row.Status == Status.Completed.value and row.EndTime is not None
+            found[run_id] = (
+                (
+                    row.ExperimentName,
+                    to_utc(row.EndTime),
+                    None if row.StartTime is None else to_utc(row.StartTime),
+                )
+                if completed
+                else None
+            )
+        return found
 
     return load

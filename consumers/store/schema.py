@@ -103,7 +103,7 @@ runs = Table(
     # this definition because SQLAlchemy imports every dialect named in an index's
     # arguments to check them, and a SQLite serve must not load PostgreSQL's
     # (tests/test_footprint.py).
-    Index("ix_runs_completed", "ExperimentName", "LastSeen", "RunId"),
+    Index("ix_runs_completed", "ExperimentName", "EndTime", "RunId"),
 )
 
 dead_letters = Table(
