@@ -25,14 +25,21 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, store_url: str) -> Iterator[Store]:
+def emptied_after(request: pytest.FixtureRequest, store_url: str, *tables: str) -> Iterator[Store]:
+    """A migrated store of the fixture's backend ("sqlite" or "postgresql"), its `tables`
+    emptied after the test (the PostgreSQL database is shared between tests)."""
     url = store_url if request.param == "sqlite" else request.getfixturevalue("pg_url")
     opened = open_store(url, migrate=True)
     yield opened
     with opened.engine.begin() as conn:
-        conn.exec_driver_sql("DELETE FROM leases")
+        for table in tables:
+            conn.exec_driver_sql(f"DELETE FROM {table}")
     opened.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, store_url: str) -> Iterator[Store]:
+    yield from emptied_after(request, store_url, "leases")
 
 
 def test_one_holder_at_a_time_then_takeover_after_expiry(db: Store) -> None:

@@ -8,29 +8,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from consumers.store import Store, open_store
+from consumers.store import Store
 from consumers.store.partition_leases import PartitionLeases, fair_share
+from tests.test_lease import Clock, emptied_after
 
 TTL = 6.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db(request: pytest.FixtureRequest, store_url: str) -> Iterator[Store]:
-    url = store_url if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    opened = open_store(url, migrate=True)
-    yield opened
-    with opened.engine.begin() as conn:
-        conn.exec_driver_sql("DELETE FROM partition_leases")
-        conn.exec_driver_sql("DELETE FROM assignment_members")
-    opened.dispose()
+    yield from emptied_after(request, store_url, "partition_leases", "assignment_members")
 
 
 def _replicas(db: Store, clock: Clock, *names: str) -> list[PartitionLeases]:

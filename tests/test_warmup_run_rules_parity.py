@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from consumers.model.events import RunStatusEvent
-from consumers.rules.engine import RuleSet
 from consumers.rules.tracker import RunTracker
 from consumers.service.scheduler import Scheduler
+from consumers.service.windows import DEFAULT_BUDGET
 from consumers.store import Store
 from tests import test_rule_warmup
-from tests.rulekit import KINDS, T0, Clock, SwitchLease, event, notes, rules
+from tests.rulekit import T0, Clock, SwitchLease, event, notes
 
 stores = test_rule_warmup.stores  # two stores of each backend
 
@@ -66,21 +66,7 @@ rules:
 
 
 def make(store: Store, clock: Clock, lease: Any = None) -> Scheduler:
-    ruleset = RuleSet(rules(RUN_RULES))
-    return Scheduler(
-        store,
-        lambda: ruleset,
-        lease if lease is not None else SwitchLease(),
-        receiver_kinds=KINDS,
-        resolved_receivers=frozenset({"chat"}),
-        clock=clock,
-    )
-
-
-def sent(store: Store) -> list[tuple[Any, str, str, str]]:
-    return sorted(
-        (n.created_at, n.receiver, n.alert["status"], n.alert["summary"]) for n in notes(store)
-    )
+    return test_rule_warmup.make(store, clock, RUN_RULES, lease, budget=DEFAULT_BUDGET)
 
 
 def test_absence_and_duration_rules_raise_what_a_replica_that_never_stopped_raises(
@@ -109,7 +95,7 @@ def test_absence_and_duration_rules_raise_what_a_replica_that_never_stopped_rais
         (a if lease_a.held else b).run_once()
     kinds = {n.alert["rule"] for n in notes(steady)}
     assert kinds == {"stuck-queued", "stuck-any", "long-e1", "long-any"}  # they do fire
-    assert sent(moving) == sent(steady)
+    assert test_rule_warmup.sent(moving) == test_rule_warmup.sent(steady)
 
 
 def _tracker() -> RunTracker:
