@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -109,6 +110,21 @@ def test_a_connection_the_server_closed_is_replaced_on_the_next_send(store: Stor
         server.stop()
 
 
+def calls(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[tuple[Any, ...]]:
+    """`owner.name` still does its work, and each call's arguments (after an instance's
+    self) are recorded in the list returned."""
+    real = getattr(owner, name)
+    seen: list[tuple[Any, ...]] = []
+    method = isinstance(owner, type)
+
+    def recorded(*args: Any) -> Any:
+        seen.append(args[1:] if method else args)
+        return real(*args)
+
+    monkeypatch.setattr(owner, name, recorded)
+    return seen
+
+
 def test_templates_are_looked_up_once_a_second_and_an_edit_is_live_within_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -118,14 +134,7 @@ def test_templates_are_looked_up_once_a_second_and_an_edit_is_live_within_it(
     folder.mkdir(parents=True)
     (folder / "native.json.j2").write_text('{"v": 1}')
     renderer = Renderer(tmp_path / "templates")
-    stats = []
-    real_getmtime = os.path.getmtime
-
-    def getmtime(path: str) -> float:
-        stats.append(path)
-        return real_getmtime(path)
-
-    monkeypatch.setattr(os.path, "getmtime", getmtime)
+    stats = calls(monkeypatch, os.path, "getmtime")
     assert [renderer.render_webhook("native", {}) for _ in range(200)] == [b'{"v":1}'] * 200
     assert len(stats) <= 1  # at most one look at the file, not 200
     (folder / "native.json.j2").write_text('{"v": 2}')
@@ -161,14 +170,7 @@ def test_a_render_copies_no_chained_globals(monkeypatch: pytest.MonkeyPatch) -> 
     """Jinja2 gives each template a ChainMap of globals, which every render copied key by
     key (each lookup raising KeyError in the template's own empty map): half of a webhook
     body's render. Each template's globals are one dict now, and the globals still work."""
-    lookups = []
-    real = collections.ChainMap.__getitem__
-
-    def counted(self: collections.ChainMap[str, object], key: str) -> object:
-        lookups.append(key)
-        return real(self, key)
-
-    monkeypatch.setattr(collections.ChainMap, "__getitem__", counted)
+    lookups = calls(monkeypatch, collections.ChainMap, "__getitem__")
     renderer = Renderer()
     context = alert_context(row(), None, RunUrl(None))
     for _ in range(50):
@@ -181,14 +183,7 @@ def test_a_render_copies_no_chained_globals(monkeypatch: pytest.MonkeyPatch) -> 
 def test_a_successful_post_names_no_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     """The endpoint's redacted name (a hash of the URL) is made for a failure's text only:
     made for every post it was a visible share of a webhook burst's loop."""
-    names = []
-    real = webhook.redact.url
-
-    def counted(url: str) -> str:
-        names.append(url)
-        return real(url)
-
-    monkeypatch.setattr(webhook.redact, "url", counted)
+    names = calls(monkeypatch, webhook.redact, "url")
     server = HttpServer(responses={"/no": lambda n: (500, {}, 0.0)}).start()
 
     async def posts() -> None:
@@ -206,5 +201,5 @@ def test_a_successful_post_names_no_endpoint(monkeypatch: pytest.MonkeyPatch) ->
         asyncio.run(posts())
     finally:
         server.stop()
-    assert names == [server.url("/no")]
+    assert names == [(server.url("/no"),)]
     assert len(server.on("/ok")) == 20
