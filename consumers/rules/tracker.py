@@ -108,6 +108,14 @@ def _newer(a: RunStatusEvent, b: RunStatusEvent) -> bool:
     return STATUS_RANK[a.Status] > STATUS_RANK[b.Status]
 
 
+def _ended(event: RunStatusEvent, started: datetime | None) -> EndedRun | None:
+    """What a run's end leaves to remember: a completion keeps what a late Running needs to
+    set its duration (experiment, completion, first Running); any other end, nothing."""
+    if event.Status != Status.Completed:
+        return None
+    return (event.ExperimentName, event.TimeGenerated, started)
+
+
 def _remember(memory: OrderedDict[str, Any], run_id: str, value: Any = None) -> None:
     memory[run_id] = value
     if len(memory) > _ENDED_MEMORY:
@@ -165,10 +173,8 @@ class RunTracker:
         if event.is_terminal:
             if self.active.pop(run_id, None) is not None:
                 self._changed += 1
-            completed = event.Status == Status.Completed
-            ended = (event.ExperimentName, event.TimeGenerated, started) if completed else None
-            _remember(self.ended, run_id, ended)
-            if completed and started is not None:
+            _remember(self.ended, run_id, _ended(event, started))
+            if event.Status == Status.Completed and started is not None:
                 self._completed(event, (event.TimeGenerated - started).total_seconds())
             return
         since = event.TimeGenerated
@@ -242,9 +248,7 @@ class RunTracker:
         if self.track_trees and event.ParentRunId is not None:
             self._tree(event)
         if event.is_terminal:
-            completed = event.Status == Status.Completed
-            ended = (event.ExperimentName, event.TimeGenerated, started) if completed else None
-            _remember(self.ended, event.RunId, ended)
+            _remember(self.ended, event.RunId, _ended(event, started))
             return
         self._track(ActiveRun(self.keep.cut(event), event.TimeGenerated, started))
 
