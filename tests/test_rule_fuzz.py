@@ -202,9 +202,18 @@ def _outcome(where: str, event: RunStatusEvent) -> tuple[str, object]:
         value = jmespath.compile(where).search(event_data(event))
     except Exception as exc:
         return ("raised", type(exc))
+    return ("value", _nan_marked(value))
+
+
+def _nan_marked(value: object) -> object:
+    """NaN, at any depth (a list of to_number results), as the string "nan": nan != nan."""
     if isinstance(value, float) and math.isnan(value):
-        return ("value", "nan")  # nan != nan
-    return ("value", value)
+        return "nan"
+    if isinstance(value, list):
+        return [_nan_marked(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _nan_marked(item) for key, item in value.items()}
+    return value
 
 
 # `make test`: 100 examples per property (250 cost the suite ~25 s more); `make fuzz`
